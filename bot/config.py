@@ -1,0 +1,112 @@
+"""One ``Settings`` object, read from the environment once in the composition root.
+
+Platform variables keep their ecosystem names; Ackgate's own are prefixed ``ACKGATE_``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from bot.errors import ConfigError
+
+
+def _csv(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=None, extra="ignore", populate_by_name=True)
+
+    # Slack
+    slack_bot_token: SecretStr | None = Field(default=None, validation_alias="SLACK_BOT_TOKEN")
+    slack_signing_secret: SecretStr | None = Field(default=None, validation_alias="SLACK_SIGNING_SECRET")
+    slack_api_url: str = Field(default="https://slack.com/api/", validation_alias="SLACK_API_URL")
+
+    # PagerDuty
+    pagerduty_api_token: SecretStr | None = Field(default=None, validation_alias="PAGERDUTY_API_TOKEN")
+    pagerduty_api_url: str = Field(default="https://api.pagerduty.com", validation_alias="PAGERDUTY_API_URL")
+    pagerduty_from_email: str | None = Field(default=None, validation_alias="PAGERDUTY_FROM_EMAIL")
+    pagerduty_timeout_seconds: float = Field(default=4.0, validation_alias="PAGERDUTY_TIMEOUT_SECONDS")
+
+    # Ackgate
+    database_url: str = Field(default="sqlite:///ackgate.db", validation_alias="ACKGATE_DATABASE_URL")
+    policy_file: Path | None = Field(default=None, validation_alias="ACKGATE_POLICY_FILE")
+    public_url: str = Field(default="http://localhost:3000", validation_alias="ACKGATE_PUBLIC_URL")
+    host: str = Field(default="0.0.0.0", validation_alias="ACKGATE_HOST")  # noqa: S104 - a server binds all
+    port: int = Field(default=3000, ge=1, le=65535, validation_alias="ACKGATE_PORT")
+    admins: Annotated[list[str], NoDecode] = Field(default_factory=list, validation_alias="ACKGATE_ADMINS")
+    provisioner_secret: SecretStr | None = Field(default=None, validation_alias="ACKGATE_PROVISIONER_SECRET")
+    approval_timeout_minutes: int = Field(default=60, ge=1, validation_alias="ACKGATE_APPROVAL_TIMEOUT_MINUTES")
+    log_level: str = Field(default="INFO", validation_alias="ACKGATE_LOG_LEVEL")
+
+    @field_validator("admins", mode="before")
+    @classmethod
+    def _split_admins(cls, v: object) -> object:
+        parts = _csv(v)
+        return [p.lower() for p in parts] if isinstance(parts, list) else parts
+
+    @field_validator("pagerduty_api_url", "slack_api_url", "public_url")
+    @classmethod
+    def _http_url(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("must start with https:// (or http:// for a local test server)")
+        return v
+
+    @model_validator(mode="after")
+    def _slack_pair(self) -> Settings:
+        if (self.slack_bot_token is None) != (self.slack_signing_secret is None):
+            missing = "SLACK_SIGNING_SECRET" if self.slack_signing_secret is None else "SLACK_BOT_TOKEN"
+            raise ValueError(f"{missing} is missing: Slack needs both SLACK_BOT_TOKEN and SLACK_SIGNING_SECRET")
+        return self
+
+    @property
+    def slack_enabled(self) -> bool:
+        return self.slack_bot_token is not None
+
+
+_FIX = {
+    "SLACK_BOT_TOKEN": "set it to the app's Bot User OAuth Token (xoxb-…), from OAuth & Permissions",
+    "SLACK_SIGNING_SECRET": "set it to the Signing Secret from the Slack app's Basic Information page",
+    "PAGERDUTY_API_TOKEN": "create a REST API key in PagerDuty (Integrations → API Access Keys) and set it",
+    "ACKGATE_POLICY_FILE": "point it at your policy YAML; examples/policy.yaml is a commented starting point",
+    "ACKGATE_PORT": "use a port number between 1 and 65535",
+}
+
+
+def _alias(loc: tuple[int | str, ...]) -> str:
+    field = Settings.model_fields.get(str(loc[0])) if loc else None
+    alias = field.validation_alias if field is not None else None
+    if isinstance(alias, str):
+        return alias
+    if isinstance(alias, AliasChoices):
+        return str(alias.choices[0])
+    return str(loc[0]) if loc else "settings"
+
+
+def load_settings(*, require_runtime: bool = True, **overrides: object) -> Settings:
+    """Read the environment. Raises :class:`ConfigError` with one line naming the setting and the fix."""
+    try:
+        settings = Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        name = _alias(tuple(err["loc"])) if err["loc"] else ""
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        if not name:
+            raise ConfigError(f"Configuration error: {msg}.") from None
+        raise ConfigError(f"{name} is invalid: {msg}. {_FIX.get(name, '')}".strip()) from None
+    if require_runtime:
+        for name, value in (
+            ("PAGERDUTY_API_TOKEN", settings.pagerduty_api_token),
+            ("ACKGATE_POLICY_FILE", settings.policy_file),
+        ):
+            if value is None:
+                raise ConfigError(f"{name} is not set: {_FIX[name]}.")
+        if not settings.slack_enabled:
+            raise ConfigError(f"SLACK_BOT_TOKEN is not set: {_FIX['SLACK_BOT_TOKEN']}.")
+    return settings

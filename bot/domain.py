@@ -1,0 +1,176 @@
+"""Ackgate's domain values: who asks, for what, and what PagerDuty says about them.
+
+Everything here is a frozen value. State changes happen in storage by compare-and-set
+(see :mod:`bot.ports`), never by mutating these objects.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+
+
+def new_id(prefix: str) -> str:
+    """A short, unguessable, human-typable id such as ``g-7k2m9q4x``."""
+    alphabet = "23456789abcdefghjkmnpqrstuvwxyz"
+    return prefix + "-" + "".join(secrets.choice(alphabet) for _ in range(8))
+
+
+@dataclass(frozen=True)
+class Principal:
+    """A chat user, neutral of platform. Email is the join key with PagerDuty and the policy."""
+
+    platform: str  # "slack" | "teams"
+    user_id: str
+    email: str
+    name: str = ""
+
+    @property
+    def key(self) -> str:
+        return f"{self.platform}:{self.user_id}"
+
+
+@dataclass(frozen=True)
+class MessageRef:
+    """Where a message Ackgate posted lives, so it can be updated in place later."""
+
+    platform: str
+    channel: str
+    message_id: str
+
+
+# --- PagerDuty facts -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PagerDutyUser:
+    id: str
+    email: str
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class Incident:
+    """The PagerDuty incident a request is tied to: its ticket and its justification."""
+
+    id: str
+    number: int
+    title: str
+    status: str  # triggered | acknowledged | resolved
+    html_url: str
+    service_id: str = ""
+    service_name: str = ""
+    urgency: str = ""
+    acknowledger_ids: tuple[str, ...] = ()
+
+    @property
+    def label(self) -> str:
+        return f"#{self.number} {self.title}"
+
+
+@dataclass(frozen=True)
+class OnCall:
+    user_id: str
+    user_email: str
+    escalation_policy_id: str
+    escalation_level: int
+    schedule_id: str | None = None
+    start: datetime | None = None
+    end: datetime | None = None  # None: permanent on-call
+
+
+# --- requests and grants -------------------------------------------------------------------
+
+
+class RequestStatus(StrEnum):
+    PENDING = "pending"  # waiting for approvals
+    APPROVED = "approved"  # approved (or auto-approved); a grant exists
+    DENIED = "denied"
+    REFUSED = "refused"  # no flow's gate passed
+    TIMED_OUT = "timed_out"  # nobody decided in time
+    CANCELLED = "cancelled"
+
+
+class GrantStatus(StrEnum):
+    PROVISIONING = "provisioning"  # written before the provisioner is called
+    ACTIVE = "active"
+    REVOKING = "revoking"  # revoke owed; retried until the provisioner confirms
+    ENDED = "ended"
+    FAILED = "failed"  # provisioning kept failing
+
+
+class EndReason(StrEnum):
+    EXPIRED = "expired"
+    REVOKED = "revoked"
+    INCIDENT_RESOLVED = "incident_resolved"
+
+
+@dataclass(frozen=True)
+class Approval:
+    approver_email: str
+    at: datetime
+
+
+@dataclass(frozen=True)
+class AccessRequest:
+    id: str
+    requester: Principal
+    resource: str
+    duration_seconds: int
+    reason: str
+    flow: str
+    status: RequestStatus
+    created_at: datetime
+    incident: Incident | None = None
+    approvers: tuple[str, ...] = ()  # eligible approver emails, fixed when the request was made
+    required_approvals: int = 1
+    approvals: tuple[Approval, ...] = ()
+    decided_by: str | None = None
+    decided_at: datetime | None = None
+    note: str = ""  # why it was refused, denied or timed out
+    grant_id: str | None = None
+    approval_channel: str | None = None
+
+    @property
+    def justification(self) -> str:
+        """The requester's reason, else the incident's title."""
+        if self.reason:
+            return self.reason
+        if self.incident is not None:
+            return f"PagerDuty incident {self.incident.label}"
+        return ""
+
+
+@dataclass(frozen=True)
+class Grant:
+    id: str
+    request_id: str
+    resource: str
+    holder: Principal
+    flow: str
+    status: GrantStatus
+    created_at: datetime
+    expires_at: datetime
+    justification: str = ""
+    incident: Incident | None = None
+    approved_by: tuple[str, ...] = ()
+    end_reason: EndReason | None = None
+    ended_at: datetime | None = None
+    ended_by: str | None = None
+    revoke_attempts: int = 0
+    next_attempt_at: datetime | None = None
+    last_error: str = ""
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    """One line of the append-only audit log."""
+
+    at: datetime
+    kind: str  # e.g. "access.requested", "gate.evaluated", "grant.expired"
+    actor: str  # email of who caused it, or "ackgate"
+    subject: str  # request, grant or transaction id
+    data: dict[str, object] = field(default_factory=dict)
+    seq: int | None = None  # assigned by storage

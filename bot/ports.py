@@ -1,0 +1,253 @@
+"""The ports the core needs, split by role. Adapters in ``storage/``, ``handlers/`` and the
+PagerDuty client implement them; the core imports only this module.
+
+Every storage method is atomic on its own. Transitions are compare-and-set: they name the state
+they expect and raise :class:`bot.errors.AlreadyDecided` when the stored state differs, so a
+double click, a retried delivery or two replicas racing resolve exactly once.
+Storage failures raise :class:`bot.errors.StorageError` and change nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Protocol
+
+from bot.domain import (
+    AccessRequest,
+    AuditEvent,
+    EndReason,
+    Grant,
+    GrantStatus,
+    Incident,
+    MessageRef,
+    OnCall,
+    PagerDutyUser,
+    Principal,
+    RequestStatus,
+)
+from bot.views import Card
+
+# --- storage ------------------------------------------------------------------------------
+
+
+class RequestStore(Protocol):
+    async def add(self, request: AccessRequest) -> None:
+        """Insert a new request. Raises ``StorageError`` if the id exists."""
+        ...
+
+    async def get(self, request_id: str) -> AccessRequest | None: ...
+
+    async def list_for(self, requester_email: str, *, limit: int = 20) -> list[AccessRequest]:
+        """The requester's most recent requests, newest first."""
+        ...
+
+    async def add_approval(self, request_id: str, *, approver_email: str, at: datetime) -> AccessRequest:
+        """Atomically record one approval on a PENDING request and return the updated request.
+
+        A second approval by the same approver is not counted again (the request is returned
+        unchanged). Raises ``AlreadyDecided`` (with ``status`` and ``by``) when the request is no
+        longer pending, ``NotFound`` when it does not exist.
+        """
+        ...
+
+    async def decide(
+        self,
+        request_id: str,
+        *,
+        expected: RequestStatus,
+        new: RequestStatus,
+        by: str | None,
+        at: datetime,
+        note: str = "",
+        grant_id: str | None = None,
+    ) -> AccessRequest:
+        """Compare-and-set the status from ``expected`` to ``new``; set decided_by/at, note, grant id.
+
+        Raises ``AlreadyDecided`` (carrying the stored status and decider) when the stored
+        status is not ``expected``; ``NotFound`` when the request does not exist.
+        """
+        ...
+
+    async def pending_created_before(self, cutoff: datetime) -> list[AccessRequest]:
+        """PENDING requests created before ``cutoff`` (for approval time-outs)."""
+        ...
+
+
+class GrantStore(Protocol):
+    async def add(self, grant: Grant) -> None:
+        """Insert a new grant (normally in PROVISIONING). Raises ``StorageError`` if the id exists."""
+        ...
+
+    async def get(self, grant_id: str) -> Grant | None: ...
+
+    async def list_for(self, holder_email: str, *, include_ended: bool = False) -> list[Grant]:
+        """The holder's grants, soonest expiry first; ENDED and FAILED only when asked."""
+        ...
+
+    async def transition(
+        self,
+        grant_id: str,
+        *,
+        expected: GrantStatus,
+        new: GrantStatus,
+        at: datetime,
+        end_reason: EndReason | None = None,
+        ended_by: str | None = None,
+        expires_at: datetime | None = None,
+        last_error: str | None = None,
+    ) -> Grant:
+        """Compare-and-set the status. Moving to REVOKING stores end_reason/ended_by and makes the
+        revoke due now; moving to ENDED stamps ended_at; ``expires_at``/``last_error`` update when
+        given. Raises ``AlreadyDecided`` when the stored status differs, ``NotFound`` when absent.
+        """
+        ...
+
+    async def extend(self, grant_id: str, *, expected_expires_at: datetime, new_expires_at: datetime) -> Grant:
+        """Compare-and-set the expiry of an ACTIVE grant. Raises ``AlreadyDecided`` when the grant
+        is not active or its expiry moved since it was read."""
+        ...
+
+    async def due_to_expire(self, now: datetime, *, limit: int = 100) -> list[Grant]:
+        """ACTIVE grants with ``expires_at <= now``, earliest first (an index range scan)."""
+        ...
+
+    async def next_expiry(self) -> datetime | None:
+        """The earliest ``expires_at`` among ACTIVE grants, or None."""
+        ...
+
+    async def revokes_due(self, now: datetime, *, limit: int = 100) -> list[Grant]:
+        """REVOKING grants whose ``next_attempt_at <= now``."""
+        ...
+
+    async def schedule_revoke_retry(self, grant_id: str, *, at: datetime, error: str) -> Grant:
+        """Record a failed revoke attempt: increment revoke_attempts, set next_attempt_at and
+        last_error. Only for REVOKING grants (else ``AlreadyDecided``)."""
+        ...
+
+    async def active_for_incident(self, incident_id: str) -> list[Grant]:
+        """ACTIVE grants issued under that PagerDuty incident."""
+        ...
+
+    async def count_active(self) -> int: ...
+
+
+class AuditLog(Protocol):
+    async def append(self, event: AuditEvent) -> None:
+        """Append one event. Never updates or deletes."""
+        ...
+
+    async def since(self, at: datetime, *, limit: int = 100_000) -> list[AuditEvent]:
+        """Events at or after ``at``, oldest first, with ``seq`` set."""
+        ...
+
+
+class SettingsStore(Protocol):
+    async def get(self, key: str) -> str | None: ...
+
+    async def set(self, key: str, value: str) -> str | None:
+        """Set a value and return the previous one."""
+        ...
+
+
+class MessageStore(Protocol):
+    """Which chat messages show an object (a request, a transaction, an incident)."""
+
+    async def add(self, subject: str, ref: MessageRef) -> None: ...
+
+    async def refs(self, subject: str) -> list[MessageRef]: ...
+
+
+class Store(Protocol):
+    """All the role ports of one backend, plus its lifecycle."""
+
+    requests: RequestStore
+    grants: GrantStore
+    audit: AuditLog
+    settings: SettingsStore
+    messages: MessageStore
+
+    async def open(self) -> None:
+        """Connect and apply pending migrations (idempotent; safe with several replicas)."""
+        ...
+
+    async def close(self) -> None: ...
+
+    async def ping(self) -> None:
+        """Raise ``StorageError`` if the database cannot answer a trivial query."""
+        ...
+
+
+# --- PagerDuty ----------------------------------------------------------------------------
+
+
+class PagerDutyDirectory(Protocol):
+    """What the core asks PagerDuty's REST API. Every method fails closed with a
+    :class:`bot.errors.PagerDutyError` subclass."""
+
+    async def user_by_email(self, email: str) -> PagerDutyUser | None:
+        """The user whose login email equals ``email`` (case-insensitive), or None."""
+        ...
+
+    async def acknowledged_incidents(
+        self,
+        user_id: str,
+        *,
+        service_ids: Sequence[str] = (),
+        urgencies: Sequence[str] = (),
+    ) -> list[Incident]:
+        """Incidents currently acknowledged *by this user* (not merely assigned), newest first."""
+        ...
+
+    async def oncalls(
+        self,
+        *,
+        user_ids: Sequence[str] = (),
+        escalation_policy_ids: Sequence[str] = (),
+        schedule_ids: Sequence[str] = (),
+    ) -> list[OnCall]:
+        """Current on-call entries matching the filters (all pages)."""
+        ...
+
+    async def incident(self, incident_id: str) -> Incident:
+        """One incident by id. Raises ``PagerDutyNotFound``."""
+        ...
+
+    async def ping(self) -> None:
+        """Raise a ``PagerDutyError`` if the API is unreachable or rejects the token."""
+        ...
+
+
+# --- chat and provisioning ----------------------------------------------------------------
+
+
+class ChatNotifier(Protocol):
+    """Sends and updates messages on one chat platform."""
+
+    async def send_to_user(self, user: Principal, card: Card) -> MessageRef:
+        """Direct-message a user. Raises ``ChatError``."""
+        ...
+
+    async def send_to_channel(self, channel: str, card: Card) -> MessageRef:
+        """Post in a channel. Raises ``ChatError``."""
+        ...
+
+    async def update(self, ref: MessageRef, card: Card) -> None:
+        """Replace a message Ackgate posted earlier. Raises ``ChatError``."""
+        ...
+
+    async def user_by_email(self, email: str) -> Principal | None:
+        """The chat user with that email, or None."""
+        ...
+
+
+class Provisioner(Protocol):
+    """Makes a grant real in the target system. Both calls must be idempotent on the grant id."""
+
+    async def grant(self, grant: Grant) -> None:
+        """Raise ``ProvisioningError`` when access could not be given after the provisioner's retries."""
+        ...
+
+    async def revoke(self, grant: Grant) -> None:
+        """Raise ``ProvisioningError`` when access could not be taken away; the caller retries later."""
+        ...
