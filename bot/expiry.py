@@ -1,0 +1,72 @@
+"""The expiry scheduler: revokes each grant at its expiry without scanning every grant each tick.
+
+It sleeps until the earliest expiry (one indexed query), or until woken because a grant was
+made or extended, then ends what is due. Revokes the provisioner did not confirm are retried on
+the same loop, and pending approvals time out. On start it first catches up on everything that
+expired while Ackgate was down. Safe on several replicas: each transition is compare-and-set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from bot.access import AccessService
+from bot.clock import Clock
+from bot.ports import GrantStore
+
+log = logging.getLogger("ackgate.expiry")
+
+
+class ExpiryScheduler:
+    def __init__(self, service: AccessService, *, grants: GrantStore, clock: Clock, idle_seconds: float = 5.0) -> None:
+        self.service = service
+        self.grants = grants
+        self.clock = clock
+        self.idle_seconds = idle_seconds  # how often revoke retries and approval time-outs are looked at
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def wake(self) -> None:
+        """A grant was made or extended: recompute when to wake up."""
+        self._wake.set()
+
+    async def run_once(self) -> None:
+        """Do everything that is due now. Tests call this after moving the fake clock."""
+        expired = await self.service.expire_due()
+        retried = await self.service.retry_revokes()
+        timed_out = await self.service.time_out_pending()
+        if expired or retried or timed_out:
+            log.info("expired %d grants, confirmed %d revokes, timed out %d requests", expired, retried, timed_out)
+
+    async def seconds_until_next(self) -> float:
+        nxt = await self.grants.next_expiry()
+        if nxt is None:
+            return self.idle_seconds
+        return min(max((nxt - self.clock.now()).total_seconds(), 0.0), self.idle_seconds)
+
+    async def run(self) -> None:
+        while True:
+            self._wake.clear()  # before the pass, so a wake during it is not lost
+            try:
+                await self.run_once()
+                delay = await self.seconds_until_next()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("expiry pass failed; retrying shortly")
+                delay = 1.0
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=delay)
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self.run(), name="ackgate-expiry")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None

@@ -1,0 +1,169 @@
+"""What follows each event besides its audit line: chat messages, in-place updates, metrics and
+waking the expiry scheduler. :func:`registry` is the one explicit map from event to side effects.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+
+from bot import cards
+from bot.bus import Reaction
+from bot.domain import AccessRequest, Principal
+from bot.errors import ChatError
+from bot.events import (
+    SYSTEM,
+    AccessGranted,
+    AccessRefused,
+    ApprovalRecorded,
+    ApprovalRequested,
+    Event,
+    GrantEnded,
+    GrantExtended,
+    ProvisioningFailed,
+    RequestApproved,
+    RequestDenied,
+    RequestTimedOut,
+    RevokeFailed,
+)
+from bot.ports import ChatNotifier, MessageStore
+from bot.views import Card
+
+log = logging.getLogger("ackgate.reactions")
+
+
+class Metrics:
+    """The counters the reactions feed; the app binds them to Prometheus."""
+
+    def outcome(self, outcome: str) -> None:
+        """A request reached ``outcome`` (granted, pending, refused, denied, timed_out, failed)."""
+
+    def revoke_lag(self, seconds: float) -> None:
+        """A grant ended ``seconds`` after its expiry."""
+
+    def revoke_failure(self) -> None:
+        """A provisioner revoke attempt failed and will be retried."""
+
+
+class Reactions:
+    def __init__(
+        self,
+        *,
+        notifiers: Mapping[str, ChatNotifier],
+        messages: MessageStore,
+        metrics: Metrics | None = None,
+        wake_scheduler: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.notifiers = notifiers
+        self.messages = messages
+        self.metrics = metrics or Metrics()
+        self.wake_scheduler = wake_scheduler
+
+    def _notifier(self, platform: str) -> ChatNotifier | None:
+        notifier = self.notifiers.get(platform)
+        if notifier is None:
+            log.warning("no chat notifier for platform %s", platform)
+        return notifier
+
+    async def _tell(self, who: Principal, card: Card) -> None:
+        notifier = self._notifier(who.platform)
+        if notifier is not None:
+            await notifier.send_to_user(who, card)
+
+    # --- approvals ------------------------------------------------------------------------
+
+    async def post_approval_request(self, event: ApprovalRequested) -> None:
+        """Post the Approve/Deny card to the flow's channel, or DM each eligible approver."""
+        request = event.request
+        notifier = self._notifier(request.requester.platform)
+        if notifier is None:
+            return
+        card = cards.approval_card(request)
+        if request.approval_channel:
+            ref = await notifier.send_to_channel(request.approval_channel, card)
+            await self.messages.add(request.id, ref)
+            return
+        for email in request.approvers:
+            try:
+                approver = await notifier.user_by_email(email)
+                if approver is None:
+                    log.warning("approver %s has no %s account; not notified", email, request.requester.platform)
+                    continue
+                await self.messages.add(request.id, await notifier.send_to_user(approver, card))
+            except ChatError:
+                log.exception("could not notify approver %s of %s", email, request.id)
+
+    async def update_approval_messages(self, event: Event) -> None:
+        request: AccessRequest = getattr(event, "request")  # noqa: B009 - every caller's event has one
+        notifier = self._notifier(request.requester.platform)
+        if notifier is None:
+            return
+        card = cards.approval_card(request)
+        for ref in await self.messages.refs(request.id):
+            try:
+                await notifier.update(ref, card)
+            except ChatError:
+                log.exception("could not update approval message %s for %s", ref.message_id, request.id)
+
+    # --- the requester and the holder -----------------------------------------------------
+
+    async def tell_requester_decision(self, event: RequestDenied | RequestTimedOut) -> None:
+        await self._tell(event.request.requester, cards.decision_card(event.request))
+
+    async def tell_holder_granted(self, event: AccessGranted) -> None:
+        # Automatic grants are answered in the command's own reply; approved ones arrive later.
+        if event.grant.approved_by:
+            await self._tell(event.grant.holder, cards.granted_card(event.grant))
+
+    async def tell_provisioning_failed(self, event: ProvisioningFailed) -> None:
+        card = cards.failed_card(event.grant, event.error)
+        if event.grant.approved_by:
+            await self._tell(event.grant.holder, card)
+        notifier = self._notifier(event.request.requester.platform)
+        if notifier is None:
+            return
+        for email in event.grant.approved_by:
+            approver = await notifier.user_by_email(email)
+            if approver is not None:
+                await notifier.send_to_user(approver, card)
+
+    async def tell_holder_ended(self, event: GrantEnded) -> None:
+        # Whoever revoked their own grant was answered already.
+        if event.grant.ended_by in (SYSTEM, None) or event.grant.ended_by != event.grant.holder.email.lower():
+            await self._tell(event.grant.holder, cards.ended_card(event.grant))
+
+    # --- scheduler and metrics ------------------------------------------------------------
+
+    async def wake(self, event: Event) -> None:
+        self.wake_scheduler()
+
+    def count(self, outcome: str) -> Reaction:
+        async def counted(event: Event) -> None:
+            self.metrics.outcome(outcome)
+
+        counted.__name__ = f"count_{outcome}"
+        return counted
+
+    async def record_lag(self, event: GrantEnded) -> None:
+        if str(event.grant.end_reason) == "expired":
+            self.metrics.revoke_lag(max((event.at - event.grant.expires_at).total_seconds(), 0.0))
+
+    async def record_revoke_failure(self, event: RevokeFailed) -> None:
+        self.metrics.revoke_failure()
+
+
+def registry(r: Reactions) -> dict[type[Event], list[Reaction]]:
+    """The one map from events to side effects (each event's audit is written before these)."""
+    return {
+        ApprovalRequested: [r.post_approval_request, r.count("pending")],
+        ApprovalRecorded: [r.update_approval_messages],
+        RequestApproved: [r.update_approval_messages],
+        RequestDenied: [r.update_approval_messages, r.tell_requester_decision, r.count("denied")],
+        RequestTimedOut: [r.update_approval_messages, r.tell_requester_decision, r.count("timed_out")],
+        AccessRefused: [r.count("refused")],
+        AccessGranted: [r.tell_holder_granted, r.wake, r.count("granted")],
+        ProvisioningFailed: [r.tell_provisioning_failed, r.count("failed")],
+        GrantExtended: [r.wake],
+        GrantEnded: [r.tell_holder_ended, r.record_lag],
+        RevokeFailed: [r.record_revoke_failure],
+    }
