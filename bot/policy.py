@@ -6,16 +6,25 @@ Loading (YAML with line numbers, errors that name file, line and fix) lives in
 
 from __future__ import annotations
 
+import difflib
 from datetime import timedelta
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
-from bot.durations import parse_duration
+from bot.durations import format_duration, parse_duration
 from bot.errors import UsageError
+
+Loc = tuple[str | int, ...]
 
 
 def _duration(value: object) -> object:
+    # YAML turns ``8`` into an int and ``1:30`` into 90 (base 60); pydantic would read both as
+    # seconds, so a policy meaning "8 hours" would silently grant 8 seconds. Demand a unit.
+    if isinstance(value, int | float):
+        raise ValueError(
+            f"{value!r} has no unit; write a duration such as 30m, 8h or 1h30m (in quotes if it has a colon)"
+        )
     if isinstance(value, str):
         try:
             return parse_duration(value)
@@ -36,13 +45,15 @@ class ProvisionerSpec(_Frozen):
 
     type: Literal["webhook", "noop"]
     url: str | None = None
-    timeout_seconds: float = 10.0
+    timeout_seconds: float = Field(default=10.0, gt=0)
     max_attempts: int = Field(default=5, ge=1, le=20)
 
     @model_validator(mode="after")
     def _url_for_webhook(self) -> ProvisionerSpec:
         if self.type == "webhook" and not self.url:
             raise ValueError("a webhook provisioner needs a url, such as https://provisioner.internal/ackgate")
+        if self.url and not self.url.startswith(("https://", "http://")):
+            raise ValueError(f"url {self.url!r} must start with https:// (or http:// inside a private network)")
         return self
 
 
@@ -174,34 +185,9 @@ class Policy(_Frozen):
 
     @model_validator(mode="after")
     def _references(self) -> Policy:
-        names = [r.name for r in self.resources]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"resource names must be unique; repeated: {', '.join(dupes)}")
-        known = set(names)
-        for r in self.resources:
-            if r.provisioner != "noop" and r.provisioner not in self.provisioners:
-                raise ValueError(
-                    f"resource {r.name!r} names provisioner {r.provisioner!r}, which is not defined "
-                    f"under provisioners: (defined: {', '.join(sorted(self.provisioners)) or 'none'})"
-                )
-        flow_names = [f.name for f in self.flows]
-        if len(set(flow_names)) != len(flow_names):
-            raise ValueError("flow names must be unique")
-        for f in self.flows:
-            for res in f.resources:
-                if res != "*" and res not in known:
-                    raise ValueError(f"flow {f.name!r} names resource {res!r}, which is not defined under resources:")
-            groups = list(f.requesters.groups)
-            if isinstance(f.approval, ApproversApproval):
-                groups += list(f.approval.groups)
-                if not (f.approval.approvers or f.approval.groups):
-                    raise ValueError(f"flow {f.name!r}: approvers approval needs approvers or groups")
-            for g in groups:
-                if g not in self.groups:
-                    raise ValueError(f"flow {f.name!r} names group {g!r}, which is not defined under groups:")
-            if f.default_duration > f.max_duration:
-                raise ValueError(f"flow {f.name!r}: default_duration is longer than max_duration")
+        problems = reference_problems(self)
+        if problems:
+            raise PolicyReferenceError(problems)
         return self
 
     def resource(self, name: str) -> Resource | None:
@@ -215,3 +201,79 @@ class Policy(_Frozen):
 
     def group_members(self, group: str) -> tuple[str, ...]:
         return self.groups.get(group, ())
+
+
+class PolicyReferenceError(ValueError):
+    """Every cross-reference problem of a policy at once, each with the field path it is about,
+    so :mod:`bot.policy_file` can point at the right line. Pydantic keeps it in the error's ctx."""
+
+    def __init__(self, problems: list[tuple[Loc, str]]) -> None:
+        super().__init__("; ".join(message for _, message in problems))
+        self.problems = tuple(problems)
+
+
+def _unknown(kind: str, name: str, known: list[str]) -> str:
+    """``which is not defined under groups: (defined: a, b). Did you mean 'a'?``"""
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return f"which is not defined under {kind}: (defined: {', '.join(sorted(known)) or 'none'}).{hint}"
+
+
+def reference_problems(policy: Policy) -> list[tuple[Loc, str]]:
+    """Names that do not resolve, repeats and contradictions, in file order, with their field paths."""
+    problems: list[tuple[Loc, str]] = []
+    add = problems.append
+    names = [r.name for r in policy.resources]
+    provisioners = [*policy.provisioners, "noop"]
+    if "noop" in policy.provisioners and policy.provisioners["noop"].type != "noop":
+        add(
+            (
+                ("provisioners", "noop"),
+                "the name 'noop' is reserved for the built-in noop provisioner; rename it",
+            )
+        )
+    for i, r in enumerate(policy.resources):
+        if names.index(r.name) != i:
+            add((("resources", i, "name"), f"resource name {r.name!r} is used twice; names must be unique"))
+        if r.provisioner not in provisioners:
+            unknown = _unknown("provisioners", r.provisioner, provisioners)
+            add(
+                (
+                    ("resources", i, "provisioner"),
+                    f"resource {r.name!r} names provisioner {r.provisioner!r}, {unknown}",
+                )
+            )
+    flow_names = [f.name for f in policy.flows]
+    groups = list(policy.groups)
+    for i, f in enumerate(policy.flows):
+        if flow_names.index(f.name) != i:
+            add((("flows", i, "name"), f"flow name {f.name!r} is used twice; names must be unique"))
+        for j, res in enumerate(f.resources):
+            if res != "*" and res not in names:
+                unknown = _unknown("resources", res, names)
+                add((("flows", i, "resources", j), f"flow {f.name!r} names resource {res!r}, {unknown}"))
+        named: list[tuple[Loc, str]] = [
+            (("flows", i, "requesters", "groups", j), g) for j, g in enumerate(f.requesters.groups)
+        ]
+        if isinstance(f.approval, ApproversApproval):
+            named += [(("flows", i, "approval", "groups", j), g) for j, g in enumerate(f.approval.groups)]
+            if not (f.approval.approvers or f.approval.groups):
+                add(
+                    (
+                        ("flows", i, "approval"),
+                        f"flow {f.name!r}: approvers approval needs approvers or groups",
+                    )
+                )
+        for loc, g in named:
+            if g not in policy.groups:
+                add((loc, f"flow {f.name!r} names group {g!r}, {_unknown('groups', g, groups)}"))
+        if f.default_duration > f.max_duration:
+            default, longest = format_duration(f.default_duration), format_duration(f.max_duration)
+            add(
+                (
+                    ("flows", i, "default_duration"),
+                    f"flow {f.name!r}: default_duration ({default}) is longer than max_duration ({longest}); "
+                    "shorten it or raise max_duration",
+                )
+            )
+    return problems

@@ -1,0 +1,34 @@
+"""Storage backends for Ackgate's ports: SQLite for one replica, PostgreSQL for several.
+
+store = open_store(settings.database_url)
+await store.open()   # connect and migrate
+"""
+
+from __future__ import annotations
+
+from bot.errors import ConfigError
+from bot.ports import Store
+from storage.postgres import PostgresStore
+from storage.sqlite import SqliteStore
+
+__all__ = ["PostgresStore", "SqliteStore", "open_store"]
+
+_SQLITE = "sqlite:///"
+_ACCEPTED = "use sqlite:///path/to/ackgate.db (sqlite:////abs/path.db for an absolute path) or postgresql://user@host:5432/dbname"
+
+
+def open_store(url: str) -> Store:
+    """The store for ``url``, not yet connected: call ``await store.open()``.
+
+    ``sqlite:///relative.db``, ``sqlite:////absolute.db`` and ``sqlite:///:memory:`` open SQLite;
+    ``postgresql://`` and ``postgres://`` URLs open a PostgreSQL pool.
+    """
+    scheme, sep, _ = url.partition("://")
+    scheme = scheme.lower()
+    if scheme == "sqlite" and url.startswith(_SQLITE) and len(url) > len(_SQLITE):
+        return SqliteStore(url[len(_SQLITE) :])
+    if scheme in ("postgresql", "postgres"):
+        return PostgresStore(url)
+    # Only the scheme is echoed: the rest of the URL may carry a password.
+    shown = f"{scheme}://" if sep else "a value without a scheme"
+    raise ConfigError(f"ACKGATE_DATABASE_URL is not a database URL Ackgate knows ({shown}): {_ACCEPTED}.")

@@ -1,0 +1,320 @@
+"""Row <-> domain mapping shared by the SQLite and PostgreSQL backends.
+
+The backends differ only in how they hold a datetime (ISO text in SQLite, ``timestamptz`` in
+PostgreSQL), so a :class:`Codec` is built with those two functions and does everything else once:
+column order, JSON for nested values, enums, and the error a lost compare-and-set raises.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, fields
+from datetime import UTC, datetime
+from enum import Enum
+from typing import Any, Protocol
+
+from bot.domain import (
+    AccessRequest,
+    Approval,
+    AuditEvent,
+    EndReason,
+    Grant,
+    GrantStatus,
+    Incident,
+    MessageRef,
+    Principal,
+    RequestStatus,
+)
+from bot.errors import AlreadyDecided, NotFound, UserError
+
+
+class Row(Protocol):
+    """What both drivers' rows offer: ``sqlite3.Row`` and ``asyncpg.Record``."""
+
+    def __getitem__(self, key: str, /) -> Any: ...
+
+
+REQUEST_COLUMNS = (
+    "id",
+    "requester_platform",
+    "requester_user_id",
+    "requester_email",
+    "requester_name",
+    "resource",
+    "duration_seconds",
+    "reason",
+    "flow",
+    "status",
+    "created_at",
+    "incident",
+    "approvers",
+    "required_approvals",
+    "decided_by",
+    "decided_at",
+    "note",
+    "grant_id",
+    "approval_channel",
+)
+
+GRANT_COLUMNS = (
+    "id",
+    "request_id",
+    "resource",
+    "holder_platform",
+    "holder_user_id",
+    "holder_email",
+    "holder_name",
+    "flow",
+    "status",
+    "created_at",
+    "expires_at",
+    "justification",
+    "incident",
+    "incident_id",
+    "approved_by",
+    "end_reason",
+    "ended_at",
+    "ended_by",
+    "revoke_attempts",
+    "next_attempt_at",
+    "last_error",
+)
+
+AUDIT_COLUMNS = ("at", "kind", "actor", "subject", "data")
+
+
+def utc(at: datetime) -> datetime:
+    """``at`` in UTC. A naive datetime is a programming error: its zone is unknowable."""
+    if at.tzinfo is None or at.utcoffset() is None:
+        raise ValueError(f"Storage needs timezone-aware datetimes, got naive {at.isoformat()}.")
+    return at.astimezone(UTC)
+
+
+def iso(at: datetime) -> str:
+    """Fixed-width UTC text, so SQLite's string comparison orders it like time."""
+    return utc(at).isoformat(timespec="microseconds")
+
+
+def from_iso(text: str) -> datetime:
+    return datetime.fromisoformat(text).astimezone(UTC)
+
+
+def _json_default(value: object) -> object:
+    # Audit data should be JSON already; a stray datetime or enum must not lose an audit line.
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Enum):
+        return value.value
+    return str(value)
+
+
+def dump_json(value: object) -> str:
+    return json.dumps(value, default=_json_default, separators=(",", ":"))
+
+
+_INCIDENT_FIELDS = frozenset(f.name for f in fields(Incident))
+
+
+def _dump_incident(incident: Incident | None) -> str | None:
+    return None if incident is None else dump_json(asdict(incident))
+
+
+def _load_incident(text: str | None) -> Incident | None:
+    if text is None:
+        return None
+    stored = json.loads(text)
+    # Keep only fields this version knows, so a row written by a newer replica still loads.
+    known = {k: v for k, v in stored.items() if k in _INCIDENT_FIELDS}
+    known["acknowledger_ids"] = tuple(known.get("acknowledger_ids", ()))
+    return Incident(**known)
+
+
+class Codec:
+    """Maps domain values to column tuples and rows back to domain values."""
+
+    def __init__(self, *, dump_time: Callable[[datetime], object], load_time: Callable[[Any], datetime]):
+        self.dump_time = dump_time
+        self._load_time = load_time
+
+    def _maybe_time(self, at: datetime | None) -> object:
+        return None if at is None else self.dump_time(at)
+
+    def _load_maybe_time(self, value: object) -> datetime | None:
+        return None if value is None else self._load_time(value)
+
+    # --- requests ---------------------------------------------------------------------------
+
+    def request_values(self, r: AccessRequest) -> tuple[object, ...]:
+        """Column values in :data:`REQUEST_COLUMNS` order (approvals live in their own table)."""
+        return (
+            r.id,
+            r.requester.platform,
+            r.requester.user_id,
+            r.requester.email,
+            r.requester.name,
+            r.resource,
+            r.duration_seconds,
+            r.reason,
+            r.flow,
+            r.status.value,
+            self.dump_time(r.created_at),
+            _dump_incident(r.incident),
+            dump_json(list(r.approvers)),
+            r.required_approvals,
+            r.decided_by,
+            self._maybe_time(r.decided_at),
+            r.note,
+            r.grant_id,
+            r.approval_channel,
+        )
+
+    def approval(self, row: Row) -> Approval:
+        return Approval(approver_email=row["approver_email"], at=self._load_time(row["at"]))
+
+    def request(self, row: Row, approvals: Sequence[Approval]) -> AccessRequest:
+        return AccessRequest(
+            id=row["id"],
+            requester=Principal(
+                platform=row["requester_platform"],
+                user_id=row["requester_user_id"],
+                email=row["requester_email"],
+                name=row["requester_name"],
+            ),
+            resource=row["resource"],
+            duration_seconds=int(row["duration_seconds"]),
+            reason=row["reason"],
+            flow=row["flow"],
+            status=RequestStatus(row["status"]),
+            created_at=self._load_time(row["created_at"]),
+            incident=_load_incident(row["incident"]),
+            approvers=tuple(json.loads(row["approvers"])),
+            required_approvals=int(row["required_approvals"]),
+            approvals=tuple(approvals),
+            decided_by=row["decided_by"],
+            decided_at=self._load_maybe_time(row["decided_at"]),
+            note=row["note"],
+            grant_id=row["grant_id"],
+            approval_channel=row["approval_channel"],
+        )
+
+    # --- grants -----------------------------------------------------------------------------
+
+    def grant_values(self, g: Grant) -> tuple[object, ...]:
+        """Column values in :data:`GRANT_COLUMNS` order."""
+        return (
+            g.id,
+            g.request_id,
+            g.resource,
+            g.holder.platform,
+            g.holder.user_id,
+            g.holder.email,
+            g.holder.name,
+            g.flow,
+            g.status.value,
+            self.dump_time(g.created_at),
+            self.dump_time(g.expires_at),
+            g.justification,
+            _dump_incident(g.incident),
+            None if g.incident is None else g.incident.id,
+            dump_json(list(g.approved_by)),
+            None if g.end_reason is None else g.end_reason.value,
+            self._maybe_time(g.ended_at),
+            g.ended_by,
+            g.revoke_attempts,
+            self._maybe_time(g.next_attempt_at),
+            g.last_error,
+        )
+
+    def grant(self, row: Row) -> Grant:
+        end_reason = row["end_reason"]
+        return Grant(
+            id=row["id"],
+            request_id=row["request_id"],
+            resource=row["resource"],
+            holder=Principal(
+                platform=row["holder_platform"],
+                user_id=row["holder_user_id"],
+                email=row["holder_email"],
+                name=row["holder_name"],
+            ),
+            flow=row["flow"],
+            status=GrantStatus(row["status"]),
+            created_at=self._load_time(row["created_at"]),
+            expires_at=self._load_time(row["expires_at"]),
+            justification=row["justification"],
+            incident=_load_incident(row["incident"]),
+            approved_by=tuple(json.loads(row["approved_by"])),
+            end_reason=None if end_reason is None else EndReason(end_reason),
+            ended_at=self._load_maybe_time(row["ended_at"]),
+            ended_by=row["ended_by"],
+            revoke_attempts=int(row["revoke_attempts"]),
+            next_attempt_at=self._load_maybe_time(row["next_attempt_at"]),
+            last_error=row["last_error"],
+        )
+
+    # --- audit and messages -----------------------------------------------------------------
+
+    def audit_values(self, e: AuditEvent) -> tuple[object, ...]:
+        return (self.dump_time(e.at), e.kind, e.actor, e.subject, dump_json(e.data))
+
+    def audit(self, row: Row) -> AuditEvent:
+        return AuditEvent(
+            at=self._load_time(row["at"]),
+            kind=row["kind"],
+            actor=row["actor"],
+            subject=row["subject"],
+            data=json.loads(row["data"]),
+            seq=int(row["seq"]),
+        )
+
+    @staticmethod
+    def message_ref(row: Row) -> MessageRef:
+        return MessageRef(platform=row["platform"], channel=row["channel"], message_id=row["message_id"])
+
+
+# --- what a lost compare-and-set raises ----------------------------------------------------------
+# Short sentences shown to the person who clicked; they say who got there first when known.
+
+_REQUEST_DONE = {
+    RequestStatus.APPROVED: "This request was already approved",
+    RequestStatus.DENIED: "This request was already denied",
+    RequestStatus.REFUSED: "This request was already refused",
+    RequestStatus.CANCELLED: "This request was already cancelled",
+    RequestStatus.TIMED_OUT: "This request has already timed out",
+    RequestStatus.PENDING: "This request is still pending",
+}
+
+_GRANT_STATE = {
+    GrantStatus.PROVISIONING: "This grant is still being set up.",
+    GrantStatus.ACTIVE: "This grant is already active.",
+    GrantStatus.REVOKING: "This grant is already being revoked.",
+    GrantStatus.ENDED: "This grant has already ended.",
+    GrantStatus.FAILED: "This grant could not be set up.",
+}
+
+
+def request_conflict(request_id: str, row: Row | None) -> UserError:
+    """The error for a request transition that changed no row; ``row`` holds status and decided_by."""
+    if row is None:
+        return NotFound(f"No request has the id {request_id}.")
+    status = RequestStatus(row["status"])
+    by: str | None = row["decided_by"]
+    timed_out = status in (RequestStatus.TIMED_OUT, RequestStatus.PENDING)
+    sentence = _REQUEST_DONE[status] + ("" if by is None or timed_out else f" by {by}") + "."
+    return AlreadyDecided(sentence, status=status.value, by=by)
+
+
+def grant_conflict(grant_id: str, row: Row | None) -> UserError:
+    """The error for a grant transition that changed no row; ``row`` holds status and ended_by."""
+    if row is None:
+        return NotFound(f"No grant has the id {grant_id}.")
+    status = GrantStatus(row["status"])
+    by: str | None = row["ended_by"]
+    return AlreadyDecided(_GRANT_STATE[status], status=status.value, by=by)
+
+
+def expiry_moved() -> AlreadyDecided:
+    return AlreadyDecided(
+        "This grant's expiry changed meanwhile. Check it and try again.", status=GrantStatus.ACTIVE.value
+    )

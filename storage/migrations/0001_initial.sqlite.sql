@@ -1,0 +1,100 @@
+-- Ackgate's first schema for SQLite. Datetimes are fixed-width UTC ISO text, so text order is
+-- time order; nested values are JSON text.
+
+CREATE TABLE requests (
+    id                  TEXT PRIMARY KEY,
+    requester_platform  TEXT NOT NULL,
+    requester_user_id   TEXT NOT NULL,
+    requester_email     TEXT NOT NULL,
+    requester_name      TEXT NOT NULL DEFAULT '',
+    resource            TEXT NOT NULL,
+    duration_seconds    INTEGER NOT NULL,
+    reason              TEXT NOT NULL DEFAULT '',
+    flow                TEXT NOT NULL,
+    status              TEXT NOT NULL
+        CHECK (status IN ('pending', 'approved', 'denied', 'refused', 'timed_out', 'cancelled')),
+    created_at          TEXT NOT NULL,
+    incident            TEXT,
+    approvers           TEXT NOT NULL DEFAULT '[]',
+    required_approvals  INTEGER NOT NULL DEFAULT 1,
+    decided_by          TEXT,
+    decided_at          TEXT,
+    note                TEXT NOT NULL DEFAULT '',
+    grant_id            TEXT,
+    approval_channel    TEXT
+);
+CREATE INDEX requests_by_requester ON requests (requester_email, created_at);
+CREATE INDEX requests_by_status_created ON requests (status, created_at);
+
+-- One row per approver: the unique key is what makes a double click count once.
+CREATE TABLE approvals (
+    seq             INTEGER PRIMARY KEY AUTOINCREMENT,
+    request_id      TEXT NOT NULL REFERENCES requests (id) ON DELETE CASCADE,
+    approver_email  TEXT NOT NULL,
+    at              TEXT NOT NULL,
+    UNIQUE (request_id, approver_email)
+);
+
+CREATE TABLE grants (
+    id               TEXT PRIMARY KEY,
+    request_id       TEXT NOT NULL,
+    resource         TEXT NOT NULL,
+    holder_platform  TEXT NOT NULL,
+    holder_user_id   TEXT NOT NULL,
+    holder_email     TEXT NOT NULL,
+    holder_name      TEXT NOT NULL DEFAULT '',
+    flow             TEXT NOT NULL,
+    status           TEXT NOT NULL
+        CHECK (status IN ('provisioning', 'active', 'revoking', 'ended', 'failed')),
+    created_at       TEXT NOT NULL,
+    expires_at       TEXT NOT NULL,
+    justification    TEXT NOT NULL DEFAULT '',
+    incident         TEXT,
+    incident_id      TEXT,
+    approved_by      TEXT NOT NULL DEFAULT '[]',
+    end_reason       TEXT,
+    ended_at         TEXT,
+    ended_by         TEXT,
+    revoke_attempts  INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at  TEXT,
+    last_error       TEXT NOT NULL DEFAULT ''
+);
+-- The expiry sweeper, the revoke retrier and the incident-resolved hook each read one range.
+CREATE INDEX grants_by_status_expiry ON grants (status, expires_at, id);
+CREATE INDEX grants_by_status_next_attempt ON grants (status, next_attempt_at, id);
+CREATE INDEX grants_by_incident ON grants (incident_id, status, expires_at, id);
+CREATE INDEX grants_by_holder ON grants (holder_email, expires_at);
+
+CREATE TABLE audit (
+    seq      INTEGER PRIMARY KEY AUTOINCREMENT,
+    at       TEXT NOT NULL,
+    kind     TEXT NOT NULL,
+    actor    TEXT NOT NULL,
+    subject  TEXT NOT NULL,
+    data     TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX audit_by_at ON audit (at);
+
+-- The audit log is evidence: the database itself refuses to rewrite it.
+CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
+BEGIN
+    SELECT RAISE(ABORT, 'the audit log is append-only');
+END;
+CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+BEGIN
+    SELECT RAISE(ABORT, 'the audit log is append-only');
+END;
+
+CREATE TABLE settings (
+    key    TEXT PRIMARY KEY,
+    value  TEXT NOT NULL
+);
+
+CREATE TABLE message_refs (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    subject     TEXT NOT NULL,
+    platform    TEXT NOT NULL,
+    channel     TEXT NOT NULL,
+    message_id  TEXT NOT NULL,
+    UNIQUE (subject, platform, channel, message_id)
+);

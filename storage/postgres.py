@@ -1,0 +1,423 @@
+"""The PostgreSQL backend: an asyncpg pool shared by several replicas.
+
+Compare-and-set is one ``UPDATE ... WHERE status = $expected RETURNING *``: under READ COMMITTED a
+second writer waits for the first row lock, re-checks the condition and updates nothing, so two
+replicas racing resolve exactly once. Migrations run under a transaction-scoped advisory lock so
+replicas starting together apply them once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import asyncpg
+
+from bot.domain import (
+    AccessRequest,
+    Approval,
+    AuditEvent,
+    EndReason,
+    Grant,
+    GrantStatus,
+    MessageRef,
+    RequestStatus,
+)
+from bot.errors import ConfigError, StorageError
+from bot.ports import AuditLog, GrantStore, MessageStore, RequestStore, SettingsStore
+from storage import migrations
+from storage.codec import (
+    AUDIT_COLUMNS,
+    GRANT_COLUMNS,
+    REQUEST_COLUMNS,
+    Codec,
+    Row,
+    expiry_moved,
+    grant_conflict,
+    request_conflict,
+    utc,
+)
+
+# Any bigint works; every Ackgate replica must use the same one. These are the bytes "ackgate!".
+MIGRATION_LOCK = int.from_bytes(b"ackgate!", "big")
+ACQUIRE_TIMEOUT_SECONDS = 10.0
+COMMAND_TIMEOUT_SECONDS = 30.0
+_DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError, TimeoutError)
+
+
+def _load_time(value: datetime) -> datetime:
+    return value.astimezone(UTC)
+
+
+_CODEC = Codec(dump_time=utc, load_time=_load_time)
+_ACTIVE = GrantStatus.ACTIVE.value
+_REVOKING = GrantStatus.REVOKING.value
+
+
+def _insert(table: str, columns: Sequence[str]) -> str:
+    marks = ", ".join(f"${n}" for n in range(1, len(columns) + 1))
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})"  # noqa: S608 - constant names
+
+
+_INSERT_REQUEST = _insert("requests", REQUEST_COLUMNS)
+_INSERT_GRANT = _insert("grants", GRANT_COLUMNS)
+_INSERT_AUDIT = _insert("audit", AUDIT_COLUMNS)
+_INSERT_APPROVAL = (
+    "INSERT INTO approvals (request_id, approver_email, at) VALUES ($1, $2, $3)"
+    " ON CONFLICT (request_id, approver_email) DO NOTHING"
+)
+
+# Exposed so tests can EXPLAIN them and see an index scan.
+DUE_TO_EXPIRE_SQL = "SELECT * FROM grants WHERE status = $1 AND expires_at <= $2 ORDER BY expires_at, id LIMIT $3"
+REVOKES_DUE_SQL = (
+    "SELECT * FROM grants WHERE status = $1 AND next_attempt_at <= $2 ORDER BY next_attempt_at, id LIMIT $3"
+)
+ACTIVE_FOR_INCIDENT_SQL = "SELECT * FROM grants WHERE incident_id = $1 AND status = $2 ORDER BY expires_at, id"
+
+
+def describe(dsn: str) -> str:
+    """host:port/database, never the password, for error messages."""
+    parts = urlsplit(dsn)
+    try:
+        port: object = parts.port or 5432
+    except ValueError:  # not a number; open() reports it as a configuration error
+        port = "?"
+    return f"{parts.hostname or 'localhost'}:{port}{parts.path or '/'}"
+
+
+class _Pool:
+    """The pool and the translation of driver errors into ``StorageError``."""
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self.where = describe(dsn)
+        self._pool: Any = None
+
+    async def open(self) -> None:
+        if self._pool is not None:
+            return
+        try:
+            self._pool = await asyncpg.create_pool(
+                self.dsn, min_size=1, max_size=10, command_timeout=COMMAND_TIMEOUT_SECONDS
+            )
+        except ValueError as exc:  # asyncpg's ClientConfigurationError is one too
+            raise ConfigError(
+                "ACKGATE_DATABASE_URL is not a valid PostgreSQL URL: use postgresql://user:password@host:5432/dbname."
+            ) from exc
+        except _DRIVER_ERRORS as exc:
+            raise StorageError(
+                f"Could not connect to PostgreSQL at {self.where}: {exc}. "
+                "Check ACKGATE_DATABASE_URL and that the database is running."
+            ) from exc
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close()
+
+    @asynccontextmanager
+    async def connection(self, doing: str, *, transaction: bool = False) -> AsyncIterator[Any]:
+        """A pooled connection, inside a transaction when asked; any exception rolls it back."""
+        if self._pool is None:
+            raise StorageError("The PostgreSQL store is not open. Call open() before using it.")
+        try:
+            async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT_SECONDS) as conn:
+                if not transaction:
+                    yield conn
+                    return
+                async with conn.transaction():
+                    yield conn
+        except _DRIVER_ERRORS as exc:
+            raise StorageError(
+                f"Could not {doing} in PostgreSQL at {self.where}: {exc}. "
+                "Check that the database is running and reachable."
+            ) from exc
+
+
+class _Requests:
+    def __init__(self, db: _Pool) -> None:
+        self._db = db
+
+    @staticmethod
+    async def _complete(conn: Any, rows: Sequence[Row]) -> list[AccessRequest]:
+        """Attach each request's approvals (one query for all of them), keeping the rows' order."""
+        if not rows:
+            return []
+        ids = [row["id"] for row in rows]
+        approvals: dict[str, list[Approval]] = {i: [] for i in ids}
+        sql = "SELECT * FROM approvals WHERE request_id = ANY($1::text[]) ORDER BY seq"
+        for a in await conn.fetch(sql, ids):
+            approvals[a["request_id"]].append(_CODEC.approval(a))
+        return [_CODEC.request(row, approvals[row["id"]]) for row in rows]
+
+    async def add(self, request: AccessRequest) -> None:
+        async with self._db.connection(f"save request {request.id}", transaction=True) as conn:
+            try:
+                await conn.execute(_INSERT_REQUEST, *_CODEC.request_values(request))
+            except asyncpg.UniqueViolationError as exc:
+                raise StorageError(f"Could not save request {request.id}: that id is already taken.") from exc
+            await conn.executemany(
+                _INSERT_APPROVAL, [(request.id, a.approver_email, utc(a.at)) for a in request.approvals]
+            )
+
+    async def get(self, request_id: str) -> AccessRequest | None:
+        async with self._db.connection(f"read request {request_id}") as conn:
+            rows = await conn.fetch("SELECT * FROM requests WHERE id = $1", request_id)
+            found = await self._complete(conn, rows)
+        return found[0] if found else None
+
+    async def list_for(self, requester_email: str, *, limit: int = 20) -> list[AccessRequest]:
+        sql = "SELECT * FROM requests WHERE requester_email = $1 ORDER BY created_at DESC, id DESC LIMIT $2"
+        async with self._db.connection(f"list the requests of {requester_email}") as conn:
+            return await self._complete(conn, await conn.fetch(sql, requester_email, limit))
+
+    async def add_approval(self, request_id: str, *, approver_email: str, at: datetime) -> AccessRequest:
+        async with self._db.connection(f"record an approval of request {request_id}", transaction=True) as conn:
+            # The row lock keeps decide() from changing the status between this check and the insert.
+            row = await conn.fetchrow("SELECT status, decided_by FROM requests WHERE id = $1 FOR UPDATE", request_id)
+            if row is None or row["status"] != RequestStatus.PENDING.value:
+                raise request_conflict(request_id, row)
+            await conn.execute(_INSERT_APPROVAL, request_id, approver_email, utc(at))
+            rows = await conn.fetch("SELECT * FROM requests WHERE id = $1", request_id)
+            return (await self._complete(conn, rows))[0]
+
+    async def decide(
+        self,
+        request_id: str,
+        *,
+        expected: RequestStatus,
+        new: RequestStatus,
+        by: str | None,
+        at: datetime,
+        note: str = "",
+        grant_id: str | None = None,
+    ) -> AccessRequest:
+        sql = (
+            "UPDATE requests SET status = $1, decided_by = $2, decided_at = $3, note = $4,"
+            " grant_id = COALESCE($5, grant_id) WHERE id = $6 AND status = $7 RETURNING *"
+        )
+        params = (new.value, by, utc(at), note, grant_id, request_id, expected.value)
+        async with self._db.connection(f"decide request {request_id}", transaction=True) as conn:
+            updated = await conn.fetchrow(sql, *params)
+            if updated is None:
+                current = await conn.fetchrow("SELECT status, decided_by FROM requests WHERE id = $1", request_id)
+                raise request_conflict(request_id, current)
+            return (await self._complete(conn, [updated]))[0]
+
+    async def pending_created_before(self, cutoff: datetime) -> list[AccessRequest]:
+        sql = "SELECT * FROM requests WHERE status = $1 AND created_at < $2 ORDER BY created_at, id"
+        async with self._db.connection("list pending requests") as conn:
+            return await self._complete(conn, await conn.fetch(sql, RequestStatus.PENDING.value, utc(cutoff)))
+
+
+class _Grants:
+    def __init__(self, db: _Pool) -> None:
+        self._db = db
+
+    async def _cas(
+        self, grant_id: str, doing: str, sql: str, params: Sequence[object], *, checks_expiry: bool = False
+    ) -> Grant:
+        """Run a ``... RETURNING *`` update; no row back means the compare-and-set lost."""
+        async with self._db.connection(doing, transaction=True) as conn:
+            updated = await conn.fetchrow(sql, *params)
+            if updated is not None:
+                return _CODEC.grant(updated)
+            current = await conn.fetchrow("SELECT status, ended_by FROM grants WHERE id = $1", grant_id)
+            if checks_expiry and current is not None and current["status"] == _ACTIVE:
+                raise expiry_moved()
+            raise grant_conflict(grant_id, current)
+
+    async def _select(self, doing: str, sql: str, *params: object) -> list[Grant]:
+        async with self._db.connection(doing) as conn:
+            return [_CODEC.grant(row) for row in await conn.fetch(sql, *params)]
+
+    async def add(self, grant: Grant) -> None:
+        async with self._db.connection(f"save grant {grant.id}") as conn:
+            try:
+                await conn.execute(_INSERT_GRANT, *_CODEC.grant_values(grant))
+            except asyncpg.UniqueViolationError as exc:
+                raise StorageError(f"Could not save grant {grant.id}: that id is already taken.") from exc
+
+    async def get(self, grant_id: str) -> Grant | None:
+        found = await self._select(f"read grant {grant_id}", "SELECT * FROM grants WHERE id = $1", grant_id)
+        return found[0] if found else None
+
+    async def list_for(self, holder_email: str, *, include_ended: bool = False) -> list[Grant]:
+        sql = "SELECT * FROM grants WHERE holder_email = $1"
+        if not include_ended:
+            sql += " AND status NOT IN ('ended', 'failed')"
+        sql += " ORDER BY expires_at, id"
+        return await self._select(f"list the grants of {holder_email}", sql, holder_email)
+
+    async def transition(
+        self,
+        grant_id: str,
+        *,
+        expected: GrantStatus,
+        new: GrantStatus,
+        at: datetime,
+        end_reason: EndReason | None = None,
+        ended_by: str | None = None,
+        expires_at: datetime | None = None,
+        last_error: str | None = None,
+    ) -> Grant:
+        sql = (
+            "UPDATE grants SET status = $1, end_reason = COALESCE($2, end_reason),"
+            " ended_by = COALESCE($3, ended_by), expires_at = COALESCE($4, expires_at),"
+            " last_error = COALESCE($5, last_error), next_attempt_at = COALESCE($6, next_attempt_at),"
+            " ended_at = COALESCE($7, ended_at) WHERE id = $8 AND status = $9 RETURNING *"
+        )
+        params = (
+            new.value,
+            None if end_reason is None else end_reason.value,
+            ended_by,
+            None if expires_at is None else utc(expires_at),
+            last_error,
+            utc(at) if new is GrantStatus.REVOKING else None,  # the first revoke attempt is due now
+            utc(at) if new is GrantStatus.ENDED else None,
+            grant_id,
+            expected.value,
+        )
+        return await self._cas(grant_id, f"move grant {grant_id} to {new.value}", sql, params)
+
+    async def extend(self, grant_id: str, *, expected_expires_at: datetime, new_expires_at: datetime) -> Grant:
+        sql = "UPDATE grants SET expires_at = $1 WHERE id = $2 AND status = $3 AND expires_at = $4 RETURNING *"
+        params = (utc(new_expires_at), grant_id, _ACTIVE, utc(expected_expires_at))
+        return await self._cas(grant_id, f"extend grant {grant_id}", sql, params, checks_expiry=True)
+
+    async def due_to_expire(self, now: datetime, *, limit: int = 100) -> list[Grant]:
+        return await self._select("list grants due to expire", DUE_TO_EXPIRE_SQL, _ACTIVE, utc(now), limit)
+
+    async def next_expiry(self) -> datetime | None:
+        async with self._db.connection("find the next grant expiry") as conn:
+            at = await conn.fetchval("SELECT min(expires_at) FROM grants WHERE status = $1", _ACTIVE)
+        return None if at is None else _load_time(at)
+
+    async def revokes_due(self, now: datetime, *, limit: int = 100) -> list[Grant]:
+        return await self._select("list revokes due", REVOKES_DUE_SQL, _REVOKING, utc(now), limit)
+
+    async def schedule_revoke_retry(self, grant_id: str, *, at: datetime, error: str) -> Grant:
+        sql = (
+            "UPDATE grants SET revoke_attempts = revoke_attempts + 1, next_attempt_at = $1, last_error = $2"
+            " WHERE id = $3 AND status = $4 RETURNING *"
+        )
+        params = (utc(at), error, grant_id, _REVOKING)
+        return await self._cas(grant_id, f"schedule a revoke retry of grant {grant_id}", sql, params)
+
+    async def active_for_incident(self, incident_id: str) -> list[Grant]:
+        doing = f"list the grants of incident {incident_id}"
+        return await self._select(doing, ACTIVE_FOR_INCIDENT_SQL, incident_id, _ACTIVE)
+
+    async def count_active(self) -> int:
+        async with self._db.connection("count active grants") as conn:
+            return int(await conn.fetchval("SELECT count(*) FROM grants WHERE status = $1", _ACTIVE))
+
+
+class _Audit:
+    def __init__(self, db: _Pool) -> None:
+        self._db = db
+
+    async def append(self, event: AuditEvent) -> None:
+        async with self._db.connection(f"append audit event {event.kind}") as conn:
+            await conn.execute(_INSERT_AUDIT, *_CODEC.audit_values(event))
+
+    async def since(self, at: datetime, *, limit: int = 100_000) -> list[AuditEvent]:
+        sql = "SELECT * FROM audit WHERE at >= $1 ORDER BY seq LIMIT $2"
+        async with self._db.connection("read the audit log") as conn:
+            return [_CODEC.audit(row) for row in await conn.fetch(sql, utc(at), limit)]
+
+
+class _Settings:
+    def __init__(self, db: _Pool) -> None:
+        self._db = db
+
+    async def get(self, key: str) -> str | None:
+        async with self._db.connection(f"read setting {key}") as conn:
+            value = await conn.fetchval("SELECT value FROM settings WHERE key = $1", key)
+        return None if value is None else str(value)
+
+    async def set(self, key: str, value: str) -> str | None:
+        async with self._db.connection(f"save setting {key}", transaction=True) as conn:
+            previous = await conn.fetchval("SELECT value FROM settings WHERE key = $1 FOR UPDATE", key)
+            await conn.execute(
+                "INSERT INTO settings (key, value) VALUES ($1, $2)"
+                " ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                key,
+                value,
+            )
+        return None if previous is None else str(previous)
+
+
+class _Messages:
+    def __init__(self, db: _Pool) -> None:
+        self._db = db
+
+    async def add(self, subject: str, ref: MessageRef) -> None:
+        sql = (
+            "INSERT INTO message_refs (subject, platform, channel, message_id) VALUES ($1, $2, $3, $4)"
+            " ON CONFLICT DO NOTHING"
+        )
+        async with self._db.connection(f"remember a message about {subject}") as conn:
+            await conn.execute(sql, subject, ref.platform, ref.channel, ref.message_id)
+
+    async def refs(self, subject: str) -> list[MessageRef]:
+        async with self._db.connection(f"read the messages about {subject}") as conn:
+            rows = await conn.fetch("SELECT * FROM message_refs WHERE subject = $1 ORDER BY seq", subject)
+        return [_CODEC.message_ref(row) for row in rows]
+
+
+class PostgresStore:
+    """Every role port over one PostgreSQL database.
+
+    Extra query parameters in the URL are sent as server settings, so
+    ``postgresql://ackgate@db/ackgate?search_path=ackgate`` keeps Ackgate's tables in their own schema.
+    """
+
+    def __init__(self, dsn: str) -> None:
+        self._db = _Pool(dsn)
+        self.requests: RequestStore = _Requests(self._db)
+        self.grants: GrantStore = _Grants(self._db)
+        self.audit: AuditLog = _Audit(self._db)
+        self.settings: SettingsStore = _Settings(self._db)
+        self.messages: MessageStore = _Messages(self._db)
+
+    async def open(self) -> None:
+        await self._db.open()
+        try:
+            await self._migrate()
+        except BaseException:
+            await self._db.close()
+            raise
+
+    async def _migrate(self) -> None:
+        async with self._db.connection("apply database migrations", transaction=True) as conn:
+            # Held until commit: a replica that starts meanwhile waits, then finds nothing to do.
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_version (version integer PRIMARY KEY,"
+                " name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            current = int(await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_version"))
+            for migration in migrations.load("postgres"):
+                if migration.version > current:
+                    await conn.execute(migration.sql)  # no arguments: the simple protocol runs many statements
+                    await conn.execute(
+                        "INSERT INTO schema_version (version, name) VALUES ($1, $2)",
+                        migration.version,
+                        migration.name,
+                    )
+
+    async def schema_version(self) -> int:
+        """The highest migration applied to this database."""
+        async with self._db.connection("read the schema version") as conn:
+            return int(await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_version"))
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    async def ping(self) -> None:
+        async with self._db.connection("answer a health check") as conn:
+            await conn.fetchval("SELECT 1")

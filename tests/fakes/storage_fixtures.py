@@ -1,0 +1,183 @@
+"""Stores for tests, and domain values to fill them with.
+
+Use the fixtures by listing this module in the root ``tests/conftest.py``::
+
+    pytest_plugins = ["tests.fakes.storage_fixtures"]
+
+or by binding them in a test module: ``store = storage_fixtures.store`` (with ``database_url``
+and ``backend``, which it depends on).
+
+``store`` runs a test once per backend (SQLite in a temporary file, PostgreSQL in a throw-away
+schema); ``memory_store`` is a fast SQLite store for tests that are not about storage.
+
+PostgreSQL comes from ``ACKGATE_TEST_POSTGRES_URL`` (default
+``postgresql://postgres@127.0.0.1:5432/test``). When it cannot be reached the PostgreSQL half
+fails, because CI has one; set ``ACKGATE_TEST_POSTGRES_URL=skip`` to skip it on purpose.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from bot.domain import (
+    AccessRequest,
+    Grant,
+    GrantStatus,
+    Incident,
+    Principal,
+    RequestStatus,
+)
+from bot.ports import Store
+from storage import open_store
+from storage.postgres import describe
+
+POSTGRES_URL_ENV = "ACKGATE_TEST_POSTGRES_URL"
+DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
+BACKENDS = ("sqlite", "postgres")
+
+T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+ALICE = Principal(platform="slack", user_id="U0ALICE", email="alice@example.com", name="Alice")
+BOB = Principal(platform="slack", user_id="U0BOB", email="bob@example.com", name="Bob")
+CAROL = Principal(platform="teams", user_id="29:carol", email="carol@example.com", name="Carol")
+
+
+# --- domain values ----------------------------------------------------------------------------
+
+
+def make_incident(**changes: object) -> Incident:
+    incident = Incident(
+        id="PINC001",
+        number=4242,
+        title="Checkout latency above SLO",
+        status="acknowledged",
+        html_url="https://example.pagerduty.com/incidents/PINC001",
+        service_id="PSVC001",
+        service_name="checkout",
+        urgency="high",
+        acknowledger_ids=("PUSER01", "PUSER02"),
+    )
+    return replace(incident, **changes)  # type: ignore[arg-type]
+
+
+def make_request(id: str = "r-aaaa2222", **changes: object) -> AccessRequest:
+    request = AccessRequest(
+        id=id,
+        requester=ALICE,
+        resource="prod-db",
+        duration_seconds=3600,
+        reason="debugging checkout",
+        flow="oncall-approval",
+        status=RequestStatus.PENDING,
+        created_at=T0,
+        approvers=(BOB.email, CAROL.email),
+        required_approvals=1,
+    )
+    return replace(request, **changes)  # type: ignore[arg-type]
+
+
+def make_grant(id: str = "g-aaaa2222", **changes: object) -> Grant:
+    grant = Grant(
+        id=id,
+        request_id="r-aaaa2222",
+        resource="prod-db",
+        holder=ALICE,
+        flow="oncall-approval",
+        status=GrantStatus.ACTIVE,
+        created_at=T0,
+        expires_at=T0 + timedelta(hours=1),
+        justification="debugging checkout",
+    )
+    return replace(grant, **changes)  # type: ignore[arg-type]
+
+
+# --- databases --------------------------------------------------------------------------------
+
+
+def postgres_base_url() -> str | None:
+    """The server the PostgreSQL half runs against, or None when told to skip it."""
+    url = os.environ.get(POSTGRES_URL_ENV, DEFAULT_POSTGRES_URL)
+    return None if url.strip().lower() == "skip" else url
+
+
+def with_search_path(url: str, schema: str) -> str:
+    # asyncpg sends unknown URL query parameters as server settings.
+    return f"{url}{'&' if '?' in url else '?'}search_path={schema}"
+
+
+@asynccontextmanager
+async def postgres_schema_url() -> AsyncIterator[str]:
+    """A URL whose tables live in a fresh schema, dropped afterwards, so tests never collide."""
+    base = postgres_base_url()
+    if base is None:
+        pytest.skip(f"{POSTGRES_URL_ENV}=skip: the PostgreSQL half is skipped")
+    try:
+        admin = await asyncpg.connect(base, timeout=5)
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        pytest.fail(
+            f"PostgreSQL is unreachable at {describe(base)} ({exc}). Start it, point {POSTGRES_URL_ENV} "
+            f"at a reachable server, or set {POSTGRES_URL_ENV}=skip to skip the PostgreSQL half.",
+            pytrace=False,
+        )
+    schema = f"ackgate_test_{secrets.token_hex(6)}"
+    try:
+        await admin.execute(f"CREATE SCHEMA {schema}")
+        yield with_search_path(base, schema)
+    finally:
+        await admin.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        await admin.close()
+
+
+@asynccontextmanager
+async def url_for(backend: str, directory: Path) -> AsyncIterator[str]:
+    """A fresh, empty database of that backend."""
+    if backend == "sqlite":
+        yield f"sqlite:///{directory / f'ackgate-{secrets.token_hex(4)}.db'}"
+    else:
+        async with postgres_schema_url() as url:
+            yield url
+
+
+@asynccontextmanager
+async def opened(url: str) -> AsyncIterator[Store]:
+    """A store on ``url``, opened (migrated) and closed afterwards."""
+    store = open_store(url)
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+async def database_url(backend: str, tmp_path: Path) -> AsyncIterator[str]:
+    """A fresh database URL, once per backend."""
+    async with url_for(backend, tmp_path) as url:
+        yield url
+
+
+@pytest.fixture
+async def store(database_url: str) -> AsyncIterator[Store]:
+    """An opened store, once per backend."""
+    async with opened(database_url) as s:
+        yield s
+
+
+@pytest.fixture
+async def memory_store() -> AsyncIterator[Store]:
+    """An opened in-memory SQLite store, for tests that need storage but are not about it."""
+    async with opened("sqlite:///:memory:") as s:
+        yield s
