@@ -76,10 +76,10 @@ def only(text: str) -> str:
 def test_example_policy_loads_and_covers_the_four_pagerduty_cases() -> None:
     policy = load_policy(EXAMPLE)
     flows = list(policy.flows)
-    # access per ticket (and justification from the incident): acknowledged incident, then approvers
-    assert any(
-        isinstance(f.gate, AcknowledgedIncidentGate) and isinstance(f.approval, ApproversApproval) for f in flows
-    )
+    # access per ticket (and justification from the incident): an acknowledged incident grants
+    assert any(isinstance(f.gate, AcknowledgedIncidentGate) and isinstance(f.approval, AutoApproval) for f in flows)
+    # named approvers, two of whom must agree, in a channel
+    assert any(isinstance(f.approval, ApproversApproval) and f.approval.required == 2 for f in flows)
     # delegated approval: whoever is on call for an escalation policy approves
     assert any(isinstance(f.approval, OnCallApproval) and f.approval.escalation_policy for f in flows)
     # automatic on-call access

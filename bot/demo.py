@@ -1,0 +1,129 @@
+"""``ackgate demo``: the real server on loopback, with built-in PagerDuty and Slack simulators,
+playing a scripted scenario through real signed HTTP requests, printed as a transcript.
+
+No accounts and no network are needed. It exits 0 when every scene ends as it should.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import textwrap
+from pathlib import Path
+from urllib.parse import unquote
+
+from bot.clock import FakeClock
+from bot.provisioners import NoopProvisioner
+from bot.simulators.stage import Person, Reply, Stage
+
+EXAMPLE_POLICY = Path(__file__).resolve().parent.parent / "examples" / "policy.yaml"
+
+
+class Transcript:
+    def __init__(self, stage: Stage) -> None:
+        self.stage = stage
+        self._seen = 0
+        self.failures: list[str] = []
+
+    def scene(self, title: str) -> None:
+        print(f"\n── {title} " + "─" * max(0, 70 - len(title)))
+
+    def say(self, line: str) -> None:
+        print(f"  {line}")
+
+    def types(self, who: Person, text: str) -> None:
+        print(f"\n  {who.name} types:  /access {text}")
+
+    def shows(self, to: str, text: str) -> None:
+        body = textwrap.indent(text.strip(), "      ")
+        print(f"  Ackgate → {to}:\n{body}")
+
+    def pagerduty_calls(self) -> None:
+        calls = self.stage.pd.requests[self._seen :]
+        self._seen = len(self.stage.pd.requests)
+        for call in calls:
+            query = f"?{unquote(call.raw_query)}" if call.raw_query else ""
+            print(f"  Ackgate asked PagerDuty: {call.method} {call.path}{query}")
+
+    def reply(self, who: Person, reply: Reply) -> None:
+        if reply.ack.get("text") and reply.follow_up is not None:
+            self.shows(f"{who.name} (at once)", str(reply.ack["text"]))
+        self.pagerduty_calls()
+        self.shows(who.name, reply.text)
+
+    def expect(self, condition: bool, what: str) -> None:
+        if not condition:
+            self.failures.append(what)
+            print(f"  !! expected: {what}")
+
+
+async def run_demo(*, verbose: bool = False) -> int:
+    logging.basicConfig(level=logging.INFO if verbose else logging.CRITICAL)
+    if not EXAMPLE_POLICY.exists():
+        print(f"ackgate demo: {EXAMPLE_POLICY} is missing; run the demo from a checkout of Ackgate.")
+        return 2
+    noop = NoopProvisioner()
+    with tempfile.TemporaryDirectory(prefix="ackgate-demo-") as workdir:
+        stage = Stage(
+            policy_file=EXAMPLE_POLICY,
+            workdir=Path(workdir),
+            clock=FakeClock(),
+            provisioners={"iam": noop, "manual": noop, "noop": noop},
+        )
+        async with stage:
+            t = Transcript(stage)
+            print("Ackgate demo: the real server on", stage.url, "with simulated PagerDuty and Slack.")
+            print(f"Policy: {EXAMPLE_POLICY}; database: SQLite in {workdir}.")
+            await _scenes(stage, t)
+    if t.failures:
+        print(f"\nThe demo did not go as scripted ({len(t.failures)} problem(s)).")
+        return 1
+    print("\nEvery scene went as scripted.")
+    return 0
+
+
+async def _scenes(stage: Stage, t: Transcript) -> None:
+    alice, bob, dana, mallory = (stage.person(n) for n in ("alice", "bob", "dana", "mallory"))
+    database = stage.pd.add_service("Database", service_id="PABC123", escalation_policy_id="PESC456")
+    bob_pd = next(u.id for u in stage.pd.users.values() if u.email == bob.email)
+    alice_pd = next(u.id for u in stage.pd.users.values() if u.email == alice.email)
+    stage.pd.add_oncall(bob_pd, escalation_policy_id="PESC456", level=1)
+
+    t.scene("1. An acknowledged incident gives access at once, and it expires on its own")
+    incident = stage.pd.add_incident(
+        "Replication lag on pg-main",
+        service=database,
+        urgency="high",
+        assigned_to=[alice_pd],
+        acknowledged_by=[alice_pd],
+    )
+    t.say(f"PagerDuty: alice acknowledged incident #{incident.number} “Replication lag on pg-main” (Database, high).")
+    t.types(alice, "prod-db 2h checking replication lag")
+    reply = await stage.command(alice, "prod-db 2h checking replication lag")
+    t.reply(alice, reply)
+    t.expect("Access granted: prod-db" in reply.text, "alice is granted prod-db")
+    t.say("\n  … two hours pass …")
+    await stage.pass_time(2 * 3600)
+    t.shows("alice (direct message)", await stage.wait_for_dm(alice, "expired"))
+
+    t.scene("2. Delegated approval: whoever is on call approves a helper's request")
+    t.say("PagerDuty: bob is on call (level 1) for escalation policy PESC456; dana is a DBA.")
+    t.types(dana, f"prod-k8s 1h helping with INC-{incident.number}")
+    reply = await stage.command(dana, f"prod-k8s 1h helping with INC-{incident.number}")
+    t.reply(dana, reply)
+    card = await stage.wait_for_dm(bob, "requests prod-k8s")
+    t.shows("bob (direct message)", card)
+    request_id = next(line.split()[1].rstrip(".") for line in card.splitlines() if line.startswith("Request r-"))
+    t.say(f"\n  bob clicks Approve on request {request_id}")
+    click = await stage.click(bob, "approve", request_id)
+    t.shows("bob", click.text)
+    t.shows("dana (direct message)", await stage.wait_for_dm(dana, "Access granted: prod-k8s"))
+    t.shows("bob's approval message, updated in place", stage.dms(bob)[0])
+    t.expect("Approved by bob@example.com" in stage.dms(bob)[0], "bob's card shows the decision")
+
+    t.scene("3. No acknowledged incident, no access")
+    t.types(mallory, "prod-db 2h")
+    reply = await stage.command(mallory, "prod-db 2h")
+    t.reply(mallory, reply)
+    t.expect("was not granted" in reply.text, "mallory is refused")
+    t.pagerduty_calls()

@@ -1,0 +1,336 @@
+"""A PagerDuty REST API v2 simulator: a real aiohttp server on 127.0.0.1, for tests and ``ackgate demo``.
+
+It answers the endpoints Ackgate uses in the shapes of PagerDuty's OpenAPI document (wrapped bodies,
+``limit/offset/more/total``, reference objects) and honours their filters and pagination (default
+page 25, at most 100). State is changed through helpers (``add_user``, ``add_incident``,
+``acknowledge``, ``add_oncall``...); failures are injected with ``fail_next``, ``rate_limit_next``,
+``slow_next`` and ``reject_auth_next``. Every request is recorded in ``requests``.
+
+It imports no OpenAPI library and reads no reference files, because the demo runs it where those are
+absent. Tests plug conformance checks in through ``validator(request, response)``; whatever a
+validator raises is kept in ``validation_errors`` (the answer is still sent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from types import TracebackType
+from typing import Any
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+from multidict import CIMultiDict, MultiDict
+
+from bot.clock import Clock, SystemClock
+from bot.simulators.pagerduty_state import Json, PagerDutyState, SimIncident, SimOnCall, SimUser, iso
+
+__all__ = ["PagerDutySimulator", "RecordedRequest", "RecordedResponse", "SimIncident", "SimOnCall", "SimUser"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LIMIT, MAX_LIMIT, MAX_OFFSET = 25, 100, 10_000
+MAX_NOTES = 2000
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    method: str
+    path: str
+    raw_query: str
+    query: MultiDict[str]
+    headers: CIMultiDict[str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body) if self.body else None
+
+
+@dataclass(frozen=True)
+class RecordedResponse:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body) if self.body else None
+
+
+Validator = Callable[[RecordedRequest, RecordedResponse], None]
+
+
+@dataclass
+class _Fault:
+    status: int | None  # None: only delay, then answer normally
+    delay: float = 0.0
+    headers: dict[str, str] = field(default_factory=dict)
+    remaining: int | None = 1  # None: until clear_faults()
+
+
+def _error(status: int, message: str, code: int, *, errors: Iterable[str] = (), **headers: str) -> web.Response:
+    body: Json = {"error": {"message": message, "code": code}}
+    if errors:
+        body["error"]["errors"] = list(errors)
+    return web.json_response(body, status=status, headers=headers or None)
+
+
+class PagerDutySimulator(PagerDutyState):
+    """Serves :class:`PagerDutyState` over HTTP. ``async with PagerDutySimulator() as pd: pd.base_url``."""
+
+    def __init__(
+        self,
+        *,
+        token: str = "sim-token",  # noqa: S107 - the simulator's well-known demo token
+        clock: Clock | None = None,
+        validator: Validator | None = None,
+        web_url: str = "https://ackgate-demo.pagerduty.com",
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
+        super().__init__(clock=clock or SystemClock(), web_url=web_url)
+        self.token = token
+        self.validator = validator
+        self.requests: list[RecordedRequest] = []
+        self.validation_errors: list[Exception] = []
+        self._faults: list[_Fault] = []
+        self._host, self._port = host, port
+        self._runner: web.AppRunner | None = None
+        self._base_url: str | None = None
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> str:
+        @web.middleware
+        async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+            return await self._handle(request, handler)
+
+        app = web.Application(middlewares=[middleware])
+        app.router.add_get("/users", self._list_users)
+        app.router.add_get("/users/{id}", self._get_user)
+        app.router.add_get("/incidents", self._list_incidents)
+        app.router.add_get("/incidents/{id}", self._get_incident)
+        app.router.add_get("/incidents/{id}/notes", self._list_notes)
+        app.router.add_post("/incidents/{id}/notes", self._add_note)
+        app.router.add_get("/oncalls", self._list_oncalls)
+        # a client that gave up must not keep a slow handler (or shutdown) waiting
+        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=0.5)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self._host, self._port)
+        await site.start()
+        host, port = self._runner.addresses[0][:2]
+        self._base_url = self.api_url = f"http://{host}:{port}"
+        return self._base_url
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> PagerDutySimulator:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    @property
+    def base_url(self) -> str:
+        if self._base_url is None:
+            raise RuntimeError("The PagerDuty simulator is not started; await start() first.")
+        return self._base_url
+
+    # --- failure modes ----------------------------------------------------------------------
+
+    def fail_next(self, times: int | None = 1, *, status: int = 500) -> None:
+        """The next ``times`` requests (None: all, until :meth:`clear_faults`) answer ``status``."""
+        self._faults.append(_Fault(status, remaining=times))
+
+    def rate_limit_next(self, times: int | None = 1, *, reset: float = 1.0) -> None:
+        headers = {"ratelimit-limit": "960", "ratelimit-remaining": "0", "ratelimit-reset": f"{reset:g}"}
+        self._faults.append(_Fault(429, headers=headers, remaining=times))
+
+    def slow_next(self, times: int | None = 1, *, seconds: float) -> None:
+        self._faults.append(_Fault(None, delay=seconds, remaining=times))
+
+    def reject_auth_next(self, times: int | None = 1) -> None:
+        self._faults.append(_Fault(401, remaining=times))
+
+    def clear_faults(self) -> None:
+        self._faults.clear()
+
+    def requests_to(self, path: str, method: str = "GET") -> list[RecordedRequest]:
+        return [r for r in self.requests if r.path == path and r.method == method]
+
+    # --- HTTP -------------------------------------------------------------------------------
+
+    async def _handle(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        recorded = RecordedRequest(
+            request.method,
+            request.path,
+            request.rel_url.raw_query_string,
+            MultiDict(request.query),
+            CIMultiDict(request.headers),
+            await request.read(),
+        )
+        self.requests.append(recorded)
+        response = await self._answer(request, handler)
+        if self.validator is not None:
+            self._validate(recorded, response)
+        return response
+
+    async def _answer(self, request: web.Request, handler: Handler) -> web.Response:
+        fault = self._take_fault()
+        if fault is not None:
+            await asyncio.sleep(fault.delay)
+            if fault.status is not None:
+                return self._fault_response(fault)
+        if request.headers.get("Authorization") != f"Token token={self.token}":
+            return _error(401, "Authentication failed", 2006)
+        try:
+            response = await handler(request)
+        except web.HTTPNotFound:
+            return _error(404, "Not Found", 2100)
+        except web.HTTPMethodNotAllowed:
+            return _error(405, "Method Not Allowed", 2001)
+        assert isinstance(response, web.Response)  # every handler here builds a json_response
+        return response
+
+    def _take_fault(self) -> _Fault | None:
+        if not self._faults:
+            return None
+        fault = self._faults[0]
+        if fault.remaining is not None:
+            fault.remaining -= 1
+            if fault.remaining <= 0:
+                self._faults.pop(0)
+        return fault
+
+    def _fault_response(self, fault: _Fault) -> web.Response:
+        messages = {401: ("Authentication failed", 2006), 429: ("Rate Limit Exceeded", 2020)}
+        message, code = messages.get(
+            fault.status or 500, ("An internal error has occurred. PagerDuty team has been notified.", 2000)
+        )
+        return _error(fault.status or 500, message, code, **fault.headers)
+
+    def _validate(self, request: RecordedRequest, response: web.Response) -> None:
+        assert self.validator is not None
+        body = response.body if isinstance(response.body, bytes) else b""
+        recorded = RecordedResponse(response.status, dict(response.headers), body)
+        try:
+            self.validator(request, recorded)
+        except Exception as exc:
+            log.error("PagerDuty simulator: %s %s failed validation: %s", request.method, request.path, exc)
+            self.validation_errors.append(exc)
+
+    def _page(self, request: web.Request, items: list[Json], key: str) -> web.Response:
+        try:
+            limit = int(request.query.get("limit", DEFAULT_LIMIT))
+            offset = int(request.query.get("offset", 0))
+        except ValueError:
+            return _error(400, "Invalid Input Provided", 2001, errors=["limit and offset must be integers"])
+        limit = max(1, min(limit, MAX_LIMIT))
+        if offset < 0 or offset + limit > MAX_OFFSET:
+            return _error(400, "Arguments Caused Error", 2002, errors=["Offset must be less than 10000"])
+        page = items[offset : offset + limit]
+        total = len(items) if request.query.get("total") == "true" else None
+        more = offset + len(page) < len(items)
+        return web.json_response({key: page, "limit": limit, "offset": offset, "more": more, "total": total})
+
+    # --- handlers ---------------------------------------------------------------------------
+
+    async def _list_users(self, request: web.Request) -> web.Response:
+        # PagerDuty's `query` is a substring match on name or email
+        needle = request.query.get("query", "").lower()
+        users = [u for u in self.users.values() if needle in u.email.lower() or needle in u.name.lower()]
+        return self._page(request, [self._user(u) for u in users], "users")
+
+    async def _get_user(self, request: web.Request) -> web.Response:
+        user = self.users.get(request.match_info["id"])
+        if user is None:
+            return _error(404, "Not Found", 2100)
+        return web.json_response({"user": self._user(user)})
+
+    async def _list_incidents(self, request: web.Request) -> web.Response:
+        q = request.query
+        statuses, assigned = set(q.getall("statuses[]", [])), set(q.getall("user_ids[]", []))
+        services, urgencies = set(q.getall("service_ids[]", [])), set(q.getall("urgencies[]", []))
+        found = [
+            self._incident(i)
+            for i in self.incidents.values()
+            if (not statuses or i.status in statuses)
+            and (not assigned or assigned.intersection(i.assigned_to))
+            and (not services or i.service_id in services)
+            and (not urgencies or i.urgency in urgencies)
+        ]
+        return self._page(request, found, "incidents")
+
+    async def _get_incident(self, request: web.Request) -> web.Response:
+        incident = self._find_incident(request.match_info["id"])
+        if incident is None:
+            return _error(404, "Not Found", 2100)
+        return web.json_response({"incident": self._incident(incident)})
+
+    async def _list_notes(self, request: web.Request) -> web.Response:
+        incident = self._find_incident(request.match_info["id"])
+        if incident is None:
+            return _error(404, "Not Found", 2100)
+        return web.json_response({"notes": incident.notes})
+
+    async def _add_note(self, request: web.Request) -> web.Response:
+        incident = self._find_incident(request.match_info["id"])
+        if incident is None:
+            return _error(404, "Not Found", 2100)
+        sender = request.headers.get("From", "").strip().lower()
+        if not sender:
+            message = 'You must specify a user\'s email address in the "From" header to perform this action'
+            return _error(400, message, 2001)
+        author = next((u for u in self.users.values() if u.email.lower() == sender), None)
+        if author is None:
+            return _error(400, "Requester User Not Found", 1008)
+        try:
+            content = (await request.json())["note"]["content"]
+        except (ValueError, KeyError, TypeError):
+            content = None
+        if not isinstance(content, str) or not content.strip():
+            return _error(400, "Invalid Input Provided", 2001, errors=["Note content must be present"])
+        if len(incident.notes) >= MAX_NOTES:
+            return _error(400, "Invalid Input Provided", 2001, errors=["Incident has reached the note limit"])
+        now = iso(self.clock.now())
+        note = {
+            "id": self._next_id("PN"),
+            "user": self._ref("user", author.id, author.name),
+            "channel": {"summary": "The PagerDuty website or APIs"},
+            "content": content,
+            "created_at": now,
+            "updated_at": now,
+        }
+        incident.notes.append(note)
+        return web.json_response({"note": note})
+
+    async def _list_oncalls(self, request: web.Request) -> web.Response:
+        q = request.query
+        users, policies = set(q.getall("user_ids[]", [])), set(q.getall("escalation_policy_ids[]", []))
+        schedules = set(q.getall("schedule_ids[]", []))
+        expand_users = "users" in q.getall("include[]", [])
+        now = self.clock.now()
+        try:
+            since = datetime.fromisoformat(q["since"]) if "since" in q else now
+            until = datetime.fromisoformat(q["until"]) if "until" in q else now
+        except ValueError:
+            return _error(400, "Invalid Input Provided", 2004, errors=["since and until must be ISO 8601 times"])
+        found = [
+            self._oncall(o, expand_users=expand_users)
+            for o in sorted(self.oncall_entries, key=lambda o: (o.escalation_policy_id, o.level))
+            if (o.start is None or o.start <= until)
+            and (o.end is None or o.end > since)
+            and (not users or o.user_id in users)
+            and (not policies or o.escalation_policy_id in policies)
+            and (not schedules or o.schedule_id in schedules)
+        ]
+        return self._page(request, found, "oncalls")

@@ -1,0 +1,244 @@
+"""PagerDuty V3 webhooks, without any web framework: signature checks, lenient parsing, ordering
+and de-duplication. ``handlers/pagerduty_webhooks.py`` puts these behind an HTTP endpoint.
+
+References: FACTS.md §7 (payload and delivery), §8 (``X-PagerDuty-Signature``), §9.9-§9.10
+(several signatures in one header, payloads that vary between accounts and years).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final, Protocol
+
+from bot.errors import UsageError
+
+SIGNATURE_HEADER: Final = "X-PagerDuty-Signature"
+WEBHOOK_ID_HEADER: Final = "X-Webhook-Id"
+SUBSCRIPTION_HEADER: Final = "X-Webhook-Subscription"
+
+PING_EVENT_TYPE: Final = "pagey.ping"
+
+# The incident lifecycle events Ackgate mirrors into chat. Everything else PagerDuty sends (and it
+# adds types without notice) is acknowledged and dropped.
+HANDLED_EVENT_TYPES: Final = frozenset(
+    {
+        "incident.triggered",
+        "incident.acknowledged",
+        "incident.unacknowledged",
+        "incident.resolved",
+        "incident.reopened",
+        "incident.reassigned",
+        "incident.escalated",
+        "incident.annotated",
+        "incident.priority_updated",
+    }
+)
+
+STATUS_ORDER: Final[Mapping[str, int]] = {"triggered": 0, "acknowledged": 1, "resolved": 2}
+
+# The only events allowed to move an incident to an earlier status (resolved -> triggered,
+# acknowledged -> triggered); anything else reporting an earlier status is a late delivery.
+BACKWARD_EVENT_TYPES: Final = frozenset({"incident.reopened", "incident.unacknowledged"})
+
+_V1: Final = "v1="
+
+
+class MalformedWebhook(UsageError):
+    """The body is not a PagerDuty V3 webhook: not JSON, or no ``event`` with an ``id`` and ``event_type``."""
+
+
+def verify_signature(body: bytes, header: str | None, secrets: Sequence[str]) -> bool:
+    """True when any ``v1=`` signature in ``header`` is HMAC-SHA256 of the raw ``body`` under any secret.
+
+    Several secrets are accepted so a subscription's secret can be rotated without dropping
+    webhooks. Entries with another version prefix or non-hex digits are ignored, as are empty
+    secrets: an HMAC under an empty key is one anybody can compute.
+    """
+    if not header:
+        return False
+    offered: list[bytes] = []
+    for entry in header.split(","):
+        entry = entry.strip()
+        if not entry.startswith(_V1):
+            continue
+        try:
+            offered.append(bytes.fromhex(entry[len(_V1) :]))
+        except ValueError:
+            continue
+    if not offered:
+        return False
+    matched = False
+    for secret in secrets:
+        if not secret:
+            continue
+        expected = hmac.new(secret.encode("utf-8"), body, hashlib.sha256).digest()
+        for candidate in offered:
+            # No early return: the time taken should not tell which secret or entry matched.
+            matched |= hmac.compare_digest(expected, candidate)
+    return matched
+
+
+@dataclass(frozen=True)
+class WebhookIncident:
+    """The incident an event is about. Events whose data is only a reference to the incident
+    (``incident.annotated``, responders) fill ``id``, ``title`` and ``html_url``; the rest is None."""
+
+    id: str
+    number: int | None = None
+    title: str | None = None
+    status: str | None = None
+    html_url: str | None = None
+    incident_key: str | None = None
+    service_id: str | None = None
+    service_summary: str | None = None
+    urgency: str | None = None
+
+
+@dataclass(frozen=True)
+class WebhookEvent:
+    id: str
+    event_type: str
+    resource_type: str
+    occurred_at: datetime
+    agent_id: str | None = None
+    agent_summary: str | None = None
+    agent_email: str | None = None
+    incident: WebhookIncident | None = None
+    data: Mapping[str, Any] = field(default_factory=dict, hash=False, compare=False, repr=False)
+
+
+def parse_event(body: bytes) -> WebhookEvent:
+    """Parse a V3 body leniently (FACTS §9.10: fields come and go, ids are 7 or 14 characters).
+
+    Raises :class:`MalformedWebhook` for non-JSON, a missing ``event`` object, or a missing
+    ``id``, ``event_type`` or ISO 8601 ``occurred_at`` (ordering depends on it).
+    """
+    try:
+        payload = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MalformedWebhook("The webhook body is not UTF-8 JSON; send the PagerDuty V3 payload unchanged.") from exc
+    event = payload.get("event") if isinstance(payload, dict) else None
+    if not isinstance(event, dict):
+        raise MalformedWebhook("The webhook body has no `event` object; is this a PagerDuty V3 webhook?")
+    event_id = _text(event.get("id"))
+    event_type = _text(event.get("event_type"))
+    if event_id is None or event_type is None:
+        raise MalformedWebhook("The webhook event has no `id` or `event_type`; is this a PagerDuty V3 webhook?")
+    data = event.get("data")
+    data = data if isinstance(data, dict) else {}
+    agent = event.get("agent")
+    agent = agent if isinstance(agent, dict) else {}
+    return WebhookEvent(
+        id=event_id,
+        event_type=event_type,
+        resource_type=_text(event.get("resource_type")) or event_type.split(".", 1)[0],
+        occurred_at=_timestamp(event.get("occurred_at")),
+        agent_id=_text(agent.get("id")),
+        agent_summary=_text(agent.get("summary")),
+        agent_email=_text(agent.get("email")),
+        incident=_incident(data),
+        data=data,
+    )
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _timestamp(value: object) -> datetime:
+    try:
+        parsed = datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        parsed = None
+    if parsed is None:
+        raise MalformedWebhook("The webhook event has no ISO 8601 `occurred_at`; is this a PagerDuty V3 webhook?")
+    # PagerDuty sends Z; a naive stamp would be ambiguous, and UTC is its documented default.
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+def _incident(data: Mapping[str, Any]) -> WebhookIncident | None:
+    if data.get("type") == "incident":
+        incident_id = _text(data.get("id"))
+        if incident_id is None:
+            return None
+        service = data.get("service")
+        service = service if isinstance(service, dict) else {}
+        number = data.get("number")
+        return WebhookIncident(
+            id=incident_id,
+            number=number if isinstance(number, int) and not isinstance(number, bool) else None,
+            title=_text(data.get("title")),
+            status=_text(data.get("status")),
+            html_url=_text(data.get("html_url")),
+            incident_key=_text(data.get("incident_key")),
+            service_id=_text(service.get("id")),
+            service_summary=_text(service.get("summary")),
+            urgency=_text(data.get("urgency")),
+        )
+    ref = data.get("incident")
+    if isinstance(ref, dict) and (ref_id := _text(ref.get("id"))) is not None:
+        return WebhookIncident(id=ref_id, title=_text(ref.get("summary")), html_url=_text(ref.get("html_url")))
+    return None
+
+
+def advances(current_status: str | None, current_at: datetime | None, event: WebhookEvent) -> bool:
+    """Whether ``event`` should replace what we hold about its incident (status as of ``current_at``).
+
+    Delivery is at-least-once and a retried webhook can arrive after newer ones, so an event older
+    than what we hold never applies, and a status earlier in :data:`STATUS_ORDER` applies only
+    through ``incident.reopened`` or ``incident.unacknowledged`` strictly newer than ours.
+    Events that carry no incident status (notes, responders, pings) never advance.
+    """
+    new_rank = STATUS_ORDER.get(event.incident.status or "") if event.incident is not None else None
+    if new_rank is None:
+        return False
+    current_rank = STATUS_ORDER.get(current_status or "")
+    if current_rank is None:
+        return True
+    if current_at is not None and event.occurred_at < current_at:
+        return False
+    if new_rank >= current_rank:
+        return True
+    return event.event_type in BACKWARD_EVENT_TYPES and (current_at is None or event.occurred_at > current_at)
+
+
+class SeenStore(Protocol):
+    async def first_time(self, key: str) -> bool:
+        """Atomically record ``key``; True only for the first caller ever to record it.
+
+        Raises ``StorageError`` when the store cannot answer (the caller then asks for a retry).
+        """
+        ...
+
+
+class InMemorySeenStore:
+    """A bounded, per-process :class:`SeenStore`: remembers the ``max_keys`` most recently seen keys.
+
+    Atomic because nothing awaits between the look-up and the insert. PagerDuty retries for up to
+    48 hours, so a replica restart or eviction can let a very late redelivery through; a database
+    backed store closes that gap.
+    """
+
+    def __init__(self, *, max_keys: int = 10_000) -> None:
+        if max_keys < 1:
+            raise ValueError("max_keys must be at least 1")
+        self._max = max_keys
+        self._keys: OrderedDict[str, None] = OrderedDict()
+
+    async def first_time(self, key: str) -> bool:
+        if key in self._keys:
+            self._keys.move_to_end(key)
+            return False
+        self._keys[key] = None
+        if len(self._keys) > self._max:
+            self._keys.popitem(last=False)
+        return True
+
+    def __len__(self) -> int:
+        return len(self._keys)

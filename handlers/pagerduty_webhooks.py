@@ -1,0 +1,178 @@
+"""``POST /webhooks/pagerduty``: receives PagerDuty V3 webhooks (FACTS.md §7-§8).
+
+PagerDuty wants a 2xx within 5 seconds, so a verified event is answered 202 at once and handed to
+``on_event`` in a background task. Status codes are chosen for PagerDuty's retry rules: it retries
+5xx and never other 4xx, and 3 consecutive dropped deliveries disable the subscription for 24 hours.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import Any
+
+from aiohttp import web
+from pydantic import SecretStr
+
+from bot.errors import StorageError
+from bot.webhooks import (
+    HANDLED_EVENT_TYPES,
+    PING_EVENT_TYPE,
+    SIGNATURE_HEADER,
+    SUBSCRIPTION_HEADER,
+    WEBHOOK_ID_HEADER,
+    MalformedWebhook,
+    SeenStore,
+    WebhookEvent,
+    parse_event,
+    verify_signature,
+)
+
+log = logging.getLogger("ackgate.webhooks")
+
+OnEvent = Callable[[WebhookEvent], Awaitable[None]]
+Spawn = Callable[[Coroutine[Any, Any, None]], None]
+
+_CHUNK = 64 * 1024
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def mount_pagerduty_webhooks(
+    app: web.Application,
+    *,
+    secrets: Sequence[SecretStr],
+    on_event: OnEvent,
+    seen: SeenStore,
+    count_signature_failure: Callable[[], None] = lambda: None,
+    count_event: Callable[[str], None] = lambda event_type: None,
+    path: str = "/webhooks/pagerduty",
+    max_body: int = 256 * 1024,
+    spawn: Spawn | None = None,
+    shutdown_grace: float = 5.0,
+) -> None:
+    """Add the webhook route to ``app`` (before it starts).
+
+    ``on_event`` receives each verified, first-seen event whose type is in
+    :data:`bot.webhooks.HANDLED_EVENT_TYPES`; ``count_event`` is called with its type at the same
+    moment. ``spawn`` runs the processing coroutine; the coroutine never raises, it logs. The default
+    spawner keeps its tasks alive and, at shutdown, waits ``shutdown_grace`` seconds for them
+    before cancelling the rest.
+    """
+    keys = [s for s in secrets if s.get_secret_value()]
+    spawn = spawn or _task_spawner(app, grace=shutdown_grace)
+
+    async def process(event: WebhookEvent) -> None:
+        try:
+            await on_event(event)
+        except Exception:
+            # Already answered 202, so PagerDuty will not redeliver; the log is the only trace.
+            log.exception(
+                "processing PagerDuty webhook event %s (%s) failed",
+                event.id,
+                event.event_type,
+                extra={"event_id": event.id, "event_type": event.event_type},
+            )
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        try:
+            body = await _read_capped(request, max_body)
+        except _TooLarge:
+            # PagerDuty itself drops payloads over 256 KB, so this is not PagerDuty.
+            return web.Response(status=413, text=f"body larger than {max_body} bytes\n")
+        signature = request.headers.get(SIGNATURE_HEADER, "").strip()
+        if not signature or not body:
+            return web.Response(status=400, text=f"{SIGNATURE_HEADER} header and a body are required\n")
+        if not keys:
+            # 503, not 4xx: PagerDuty keeps retrying 5xx for 48 hours instead of disabling the subscription.
+            log.error(
+                "PagerDuty webhook refused: PAGERDUTY_WEBHOOK_SECRET is not set; "
+                "set it to the subscription's secret (shown once, when the subscription is created)"
+            )
+            return web.Response(status=503, text="webhook secret not configured\n")
+        if not verify_signature(body, signature, [k.get_secret_value() for k in keys]):
+            # Loud on purpose: PagerDuty disables a subscription after 3 failed deliveries in a
+            # row, so a secret mix-up silently stops incident mirroring for 24 hours.
+            count_signature_failure()
+            log.warning(
+                "PagerDuty webhook rejected: bad %s (subscription %s, from %s); "
+                "check PAGERDUTY_WEBHOOK_SECRET against the subscription's secret",
+                SIGNATURE_HEADER,
+                request.headers.get(SUBSCRIPTION_HEADER, "unknown"),
+                request.remote,
+                extra={"subscription": request.headers.get(SUBSCRIPTION_HEADER), "remote": request.remote},
+            )
+            return web.Response(status=401, text="signature does not match\n")
+        try:
+            event = parse_event(body)
+        except MalformedWebhook as exc:
+            return web.Response(status=400, text=exc.message + "\n")
+        if event.event_type == PING_EVENT_TYPE:
+            log.info(
+                "PagerDuty webhook ping received (subscription %s)", request.headers.get(SUBSCRIPTION_HEADER, "unknown")
+            )
+            return _accepted("ping")
+        if event.event_type not in HANDLED_EVENT_TYPES:
+            log.debug("PagerDuty webhook event type %s ignored", event.event_type)
+            return _accepted("ignored")
+        try:
+            fresh = await _first_time(seen, request.headers.get(WEBHOOK_ID_HEADER, "").strip(), event.id)
+        except StorageError:
+            log.exception("PagerDuty webhook de-duplication store failed; asking PagerDuty to retry")
+            return web.Response(status=503, text="try again later\n")
+        if not fresh:
+            return _accepted("duplicate")
+        count_event(event.event_type)
+        spawn(process(event))
+        return _accepted("accepted")
+
+    app.router.add_post(path, handle)
+
+
+async def _read_capped(request: web.Request, max_body: int) -> bytes:
+    if request.content_length is not None and request.content_length > max_body:
+        raise _TooLarge
+    # Chunked bodies carry no length, so count while reading and stop just past the cap.
+    body = bytearray()
+    while chunk := await request.content.read(min(_CHUNK, max_body + 1 - len(body))):
+        body += chunk
+        if len(body) > max_body:
+            raise _TooLarge
+    return bytes(body)
+
+
+async def _first_time(seen: SeenStore, webhook_id: str, event_id: str) -> bool:
+    # X-Webhook-Id is the documented redelivery key; the event id also catches the same event
+    # arriving through two subscriptions. Both are recorded, so either repeat is caught later.
+    by_webhook = await seen.first_time(f"pagerduty-webhook:{webhook_id}") if webhook_id else True
+    by_event = await seen.first_time(f"pagerduty-event:{event_id}")
+    return by_webhook and by_event
+
+
+def _accepted(outcome: str) -> web.Response:
+    return web.json_response({"status": outcome}, status=202)
+
+
+def _task_spawner(app: web.Application, *, grace: float) -> Spawn:
+    # The event loop keeps only weak references to tasks; without this set a task could be
+    # garbage-collected half-way through processing.
+    tasks: set[asyncio.Task[None]] = set()
+
+    def spawn(coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    async def drain(app: web.Application) -> None:
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(set(tasks), timeout=grace)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
+    app.on_shutdown.append(drain)
+    return spawn

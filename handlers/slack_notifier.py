@@ -1,0 +1,156 @@
+"""Slack's side of the chat ports: posting and updating cards, and who a Slack user is.
+
+Every Web API failure becomes a :class:`bot.errors.ChatError` whose message says what to do;
+the Slack SDK's exceptions never leave this module (or :func:`call_slack`, which the
+listeners in :mod:`handlers.slack` share).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from types import MappingProxyType
+from typing import Any
+
+import aiohttp
+from slack_sdk.errors import SlackApiError, SlackClientError
+from slack_sdk.web.async_client import AsyncWebClient
+from slack_sdk.web.async_slack_response import AsyncSlackResponse
+
+from bot import messages
+from bot.domain import MessageRef, Principal
+from bot.errors import ChatError, IdentityError
+from bot.views import Card
+from handlers.slack_blocks import render_card
+
+PLATFORM = "slack"
+
+# Every Web API method Ackgate calls, with the bot scopes it needs. The manifest's scopes are
+# derived from (and tested against) this table, so a new call cannot ship without its scope.
+WEB_API_SCOPES: Mapping[str, frozenset[str]] = MappingProxyType(
+    {
+        "auth.test": frozenset(),  # bolt calls it once to learn the bot's own user id
+        "users.info": frozenset({"users:read", "users:read.email"}),  # email needs the second
+        "users.lookupByEmail": frozenset({"users:read.email"}),
+        "conversations.open": frozenset({"im:write"}),
+        "chat.postMessage": frozenset({"chat:write"}),
+        "chat.update": frozenset({"chat:write"}),
+        "views.open": frozenset(),  # a trigger id is the permission
+        "views.update": frozenset(),
+    }
+)
+SLASH_COMMAND_SCOPE = "commands"
+
+
+def required_bot_scopes() -> frozenset[str]:
+    """The bot scopes the app must be installed with: the Web API calls plus the slash command."""
+    return frozenset({SLASH_COMMAND_SCOPE}).union(*WEB_API_SCOPES.values())
+
+
+async def call_slack(method: str, call: Awaitable[AsyncSlackResponse]) -> AsyncSlackResponse:
+    """Await one Web API call, turning Slack's refusals and network failures into ``ChatError``."""
+    try:
+        return await call
+    except SlackApiError as exc:
+        raise ChatError(messages.slack_refused(method, _error_code(exc))) from exc
+    except (SlackClientError, aiohttp.ClientError, TimeoutError) as exc:
+        raise ChatError(messages.slack_unreachable(method)) from exc
+
+
+def _error_code(exc: SlackApiError) -> str:
+    return str(exc.response.get("error") or "unknown_error")
+
+
+def principal_from_user(user: Mapping[str, Any]) -> Principal:
+    """A Principal from a Web API user object. Raises ``IdentityError`` when no email is visible
+    (a bot, or the app lacks ``users:read.email``): email is how Ackgate finds people in PagerDuty."""
+    profile = user.get("profile") or {}
+    email = str(profile.get("email") or "").strip().lower()
+    if not email:
+        raise IdentityError(messages.NO_EMAIL)
+    name = profile.get("real_name") or user.get("real_name") or user.get("name") or ""
+    return Principal(platform=PLATFORM, user_id=str(user["id"]), email=email, name=str(name))
+
+
+class SlackNotifier:
+    """:class:`bot.ports.ChatNotifier` for Slack, through the Web API."""
+
+    def __init__(self, client: AsyncWebClient) -> None:
+        self._client = client
+
+    async def send_to_user(self, user: Principal, card: Card) -> MessageRef:
+        # chat.update needs the D… conversation id, not the user id, so open the DM first.
+        opened = await call_slack("conversations.open", self._client.conversations_open(users=user.user_id))
+        return await self.send_to_channel(str(opened["channel"]["id"]), card)
+
+    async def send_to_channel(self, channel: str, card: Card) -> MessageRef:
+        posted = await call_slack(
+            "chat.postMessage", self._client.chat_postMessage(channel=channel, **render_card(card))
+        )
+        return MessageRef(platform=PLATFORM, channel=str(posted["channel"]), message_id=str(posted["ts"]))
+
+    async def update(self, ref: MessageRef, card: Card) -> None:
+        await call_slack(
+            "chat.update", self._client.chat_update(channel=ref.channel, ts=ref.message_id, **render_card(card))
+        )
+
+    async def user_by_email(self, email: str) -> Principal | None:
+        try:
+            found = await self._client.users_lookupByEmail(email=email)
+        except SlackApiError as exc:
+            if _error_code(exc) == "users_not_found":
+                return None
+            raise ChatError(messages.slack_refused("users.lookupByEmail", _error_code(exc))) from exc
+        except (SlackClientError, aiohttp.ClientError, TimeoutError) as exc:
+            raise ChatError(messages.slack_unreachable("users.lookupByEmail")) from exc
+        user = dict(found["user"])
+        if not (user.get("profile") or {}).get("email"):
+            user["profile"] = {**(user.get("profile") or {}), "email": email}
+        return principal_from_user(user)
+
+
+class SlackIdentity:
+    """Who a Slack user id is, from users.info, cached for ``ttl_seconds``.
+
+    Concurrent lookups of one user share a single users.info call (users.info is Tier 4, and a
+    burst of clicks on one approval message should cost one call). Failures are not cached.
+    """
+
+    def __init__(
+        self,
+        client: AsyncWebClient,
+        *,
+        ttl_seconds: float = 600.0,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._client = client
+        self._ttl = ttl_seconds
+        self._monotonic = monotonic
+        self._cache: dict[str, tuple[float, Principal]] = {}
+        self._inflight: dict[str, asyncio.Future[Principal]] = {}
+
+    async def principal(self, user_id: str) -> Principal:
+        """Raises ``IdentityError`` when the user has no visible email, ``ChatError`` when Slack fails."""
+        cached = self._cache.get(user_id)
+        if cached is not None and cached[0] > self._monotonic():
+            return cached[1]
+        lookup = self._inflight.get(user_id)
+        if lookup is None:
+            lookup = asyncio.ensure_future(self._fetch(user_id))
+            self._inflight[user_id] = lookup
+            lookup.add_done_callback(lambda done: self._forget(user_id, done))
+        # shield: one impatient caller being cancelled must not cancel the others' lookup.
+        return await asyncio.shield(lookup)
+
+    def _forget(self, user_id: str, done: asyncio.Future[Principal]) -> None:
+        if self._inflight.get(user_id) is done:
+            del self._inflight[user_id]
+        if not done.cancelled():
+            done.exception()  # retrieved here so an unawaited failure is not logged as lost
+
+    async def _fetch(self, user_id: str) -> Principal:
+        found = await call_slack("users.info", self._client.users_info(user=user_id))
+        principal = principal_from_user(found["user"])
+        self._cache[user_id] = (self._monotonic() + self._ttl, principal)
+        return principal

@@ -1,0 +1,632 @@
+"""The PagerDuty REST client, through the simulator over loopback HTTP (and httpx.MockTransport where simpler)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from bot.config import Settings
+from bot.errors import ConfigError, PagerDutyAuthError, PagerDutyError, PagerDutyNotFound, PagerDutyUnavailable
+from bot.pagerduty import PagerDutyClient
+from bot.simulators.pagerduty import PagerDutySimulator
+from bot.throttling import RateBudgetExceeded, SlidingWindowLimiter
+from tests.fakes import pagerduty_fixtures
+from tests.fakes.pagerduty_fixtures import FROM_EMAIL, TOKEN, ClientFactory, FakeTime
+
+pd_sim = pagerduty_fixtures.pd_sim
+make_pd_client = pagerduty_fixtures.make_pd_client
+fake_time = pagerduty_fixtures.fake_time
+
+T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+
+
+def mock_client(handler: Callable[[httpx.Request], httpx.Response], **kwargs: Any) -> PagerDutyClient:
+    """A client whose HTTP answers come from ``handler`` (no network)."""
+    options: dict[str, Any] = {"base_url": "https://api.pagerduty.test", "deadline": 3.0}
+    options.update(kwargs)
+    return PagerDutyClient(SecretStr(TOKEN), transport=httpx.MockTransport(handler), **options)
+
+
+# --- users ------------------------------------------------------------------------------------
+
+
+async def test_user_by_email_picks_the_exact_match_among_substring_results(
+    pd_sim: PagerDutySimulator, make_pd_client: ClientFactory
+) -> None:
+    pd_sim.add_user("jose.doe@x.com", "Jose Doe")
+    pd_sim.add_user("ellie.doe@x.com", "Ellie Doe")
+    wanted = pd_sim.add_user("e.doe@x.com", "E Doe")
+
+    user = await make_pd_client().user_by_email("E.Doe@X.com")
+
+    assert user is not None
+    assert (user.id, user.email) == (wanted, "e.doe@x.com")
+    (sent,) = pd_sim.requests_to("/users")
+    assert sent.query.getall("query") == ["e.doe@x.com"]
+    assert sent.query["limit"] == "100"
+
+
+async def test_user_by_email_encodes_plus_so_it_does_not_arrive_as_a_space(
+    pd_sim: PagerDutySimulator, make_pd_client: ClientFactory
+) -> None:
+    wanted = pd_sim.add_user("alice+oncall@example.com", "Alice")
+
+    user = await make_pd_client().user_by_email("alice+oncall@example.com")
+
+    assert user is not None
+    assert user.id == wanted
+    assert "alice%2Boncall%40example.com" in pd_sim.requests_to("/users")[0].raw_query
+
+
+async def test_user_by_email_is_none_when_only_substrings_match(
+    pd_sim: PagerDutySimulator, make_pd_client: ClientFactory
+) -> None:
+    pd_sim.add_user("ellie.doe@x.com", "Ellie Doe")
+
+    assert await make_pd_client().user_by_email("e.doe@x.com") is None
+
+
+async def test_user_lookup_pages_until_the_exact_match_appears(
+    pd_sim: PagerDutySimulator, make_pd_client: ClientFactory
+) -> None:
+    for n in range(130):
+        pd_sim.add_user(f"user{n}.ops@example.com", f"Ops {n}")
+    wanted = pd_sim.add_user("ops@example.com", "Ops")  # 131st substring match: on the second page
+    for n in range(130, 250):
+        pd_sim.add_user(f"user{n}.ops@example.com", f"Ops {n}")
+
+    user = await make_pd_client().user_by_email("ops@example.com")
+
+    assert user is not None
+    assert user.id == wanted
+    assert [r.query["offset"] for r in pd_sim.requests_to("/users")] == ["0", "100"]
+
+
+# --- acknowledged incidents -------------------------------------------------------------------
+
+
+async def test_only_incidents_this_user_acknowledged_count_not_merely_assigned(
+    pd_sim: PagerDutySimulator, make_pd_client: ClientFactory
+) -> None:
+    alice, bob = pd_sim.add_user("alice@example.com", "Alice"), pd_sim.add_user("bob@example.com", "Bob")
+    mine = pd_sim.add_incident("Checkout is down", acknowledged_by=[alice])
+    pd_sim.add_incident("Assigned, not acknowledged", assigned_to=[alice], status="acknowledged")
+    pd_sim.add_incident("Triggered and assigned", assigned_to=[alice])
+    pd_sim.add_incident("Bob acknowledged, alice co-assigned", assigned_to=[alice], acknowledged_by=[bob])
+
+    found = await make_pd_client().acknowledged_incidents(alice)
+
+    assert [i.id for i in found] == [mine.id]
+    assert found[0].acknowledger_ids == (alice,)
+    assert found[0].status == "acknowledged"
+    (sent,) = pd_sim.requests_to("/incidents")
+    assert sent.query.getall("user_ids[]") == [alice]
+    assert sent.query.getall("statuses[]") == ["acknowledged"]
+
+
+async def test_service_and_urgency_filters_are_sent_as_repeated_parameters(
+    pd_sim: PagerDutySimulator, make_pd_client: ClientFactory
+) -> None:
+    alice = pd_sim.add_user("alice@example.com", "Alice")
+    web, db, batch = pd_sim.add_service("Web"), pd_sim.add_service("DB"), pd_sim.add_service("Batch")
+    high_web = pd_sim.add_incident("Web 500s", service=web, urgency="high", acknowledged_by=[alice])
+    low_db = pd_sim.add_incident("DB slow", service=db, urgency="low", acknowledged_by=[alice])
+    pd_sim.add_incident("Batch late", service=batch, urgency="high", acknowledged_by=[alice])
+    pd_sim.add_incident("Web warning", service=web, urgency="low", acknowledged_by=[alice])
+
+    client = make_pd_client()
+    both = await client.acknowledged_incidents(alice, service_ids=[web, db], urgencies=["high"])
+    low = await client.acknowledged_incidents(alice, service_ids=[db], urgencies=["low", "high"])
+
+    assert [i.id for i in both] == [high_web.id]
+    assert [i.id for i in low] == [low_db.id]
+    first, second = pd_sim.requests_to("/incidents")
+    assert sorted(first.query.getall("service_ids[]")) == sorted([web, db])
+    assert second.query.getall("urgencies[]") == ["high", "low"]
+
+
+async def test_acknowledged_incidents_follow_pagination_beyond_100_newest_first(
+    pd_sim: PagerDutySimulator, make_pd_client: ClientFactory
+) -> None:
+    alice = pd_sim.add_user("alice@example.com", "Alice")
+    made = [pd_sim.add_incident(f"Incident {n}", acknowledged_by=[alice]) for n in range(250)]
+
+    found = await make_pd_client().acknowledged_incidents(alice)
+
+    assert [i.number for i in found] == sorted((i.number for i in made), reverse=True)
+    pages = pd_sim.requests_to("/incidents")
+    assert [(r.query["limit"], r.query["offset"]) for r in pages] == [("100", "0"), ("100", "100"), ("100", "200")]
+
+
+async def test_resolved_incident_no_longer_counts(pd_sim: PagerDutySimulator, make_pd_client: ClientFactory) -> None:
+    alice = pd_sim.add_user("alice@example.com", "Alice")
+    incident = pd_sim.add_incident("Checkout is down", acknowledged_by=[alice])
+    client = make_pd_client()
+    assert len(await client.acknowledged_incidents(alice)) == 1
+
+    pd_sim.resolve(incident.id)
+
+    assert await client.acknowledged_incidents(alice) == []
+
+
+# --- on call ----------------------------------------------------------------------------------
+
+
+async def test_oncalls_carry_levels_emails_schedules_and_permanent_entries(
+    pd_sim: PagerDutySimulator, make_pd_client: ClientFactory
+) -> None:
+    now = datetime.now(UTC)
+    alice = pd_sim.add_user("alice@example.com", "Alice")
+    shift = (now - timedelta(hours=1), now + timedelta(hours=7))
+    pd_sim.add_oncall(
+        alice, escalation_policy_id="PEPWEB", level=1, schedule_id="PSCHED1", start=shift[0], end=shift[1]
+    )
+    pd_sim.add_oncall(alice, escalation_policy_id="PEPDB", level=2)  # direct target, permanent
+    pd_sim.add_oncall(
+        alice, escalation_policy_id="PEPOLD", level=1, start=now - timedelta(days=2), end=now - timedelta(days=1)
+    )
+
+    entries = await make_pd_client().oncalls(user_ids=[alice])
+
+    by_policy = {e.escalation_policy_id: e for e in entries}
+    assert set(by_policy) == {"PEPWEB", "PEPDB"}
+    web, db = by_policy["PEPWEB"], by_policy["PEPDB"]
+    assert (web.escalation_level, web.schedule_id, web.user_email) == (1, "PSCHED1", "alice@example.com")
+    assert (web.start, web.end) == shift
+    assert (db.escalation_level, db.schedule_id, db.start, db.end) == (2, None, None, None)
+    (sent,) = pd_sim.requests_to("/oncalls")
+    assert sent.query.getall("include[]") == ["users"]
+    assert sent.query["limit"] == "100"
+
+
+async def test_oncall_filters_by_policy_and_schedule_and_pages(
+    pd_sim: PagerDutySimulator, make_pd_client: ClientFactory
+) -> None:
+    users = [pd_sim.add_user(f"eng{n}@example.com", f"Eng {n}") for n in range(120)]
+    for user in users:
+        pd_sim.add_oncall(user, escalation_policy_id="PEPBIG", level=1, schedule_id="PSBIG")
+    pd_sim.add_oncall(users[0], escalation_policy_id="PEPOTHER", level=3, schedule_id="PSOTHER")
+
+    client = make_pd_client()
+    big = await client.oncalls(escalation_policy_ids=["PEPBIG"])
+    other = await client.oncalls(schedule_ids=["PSOTHER"])
+
+    assert len(big) == 120
+    assert {e.escalation_policy_id for e in big} == {"PEPBIG"}
+    assert [(e.user_id, e.escalation_level) for e in other] == [(users[0], 3)]
+    assert len(pd_sim.requests_to("/oncalls")) == 3  # two pages, then one
+
+
+# --- single incident, notes, ping -------------------------------------------------------------
+
+
+async def test_incident_by_id_or_number(pd_sim: PagerDutySimulator, make_pd_client: ClientFactory) -> None:
+    made = pd_sim.add_incident("Checkout is down", urgency="low")
+    client = make_pd_client()
+
+    by_id, by_number = await client.incident(made.id), await client.incident(str(made.number))
+
+    assert by_id == by_number
+    assert (by_id.title, by_id.status, by_id.urgency, by_id.service_name) == (
+        "Checkout is down",
+        "triggered",
+        "low",
+        "Production",
+    )
+    assert by_id.html_url.endswith(f"/incidents/{made.id}")
+
+
+async def test_unknown_incident_raises_not_found(pd_sim: PagerDutySimulator, make_pd_client: ClientFactory) -> None:
+    with pytest.raises(PagerDutyNotFound, match="no incident PNOPE"):
+        await make_pd_client().incident("PNOPE")
+    assert len(pd_sim.requests) == 1  # a 404 is an answer, not a failure to retry
+
+
+async def test_incident_id_from_chat_cannot_change_the_endpoint() -> None:
+    seen: list[bytes] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.raw_path)
+        return httpx.Response(404, json={"error": {"message": "Not Found", "code": 2100}})
+
+    client = mock_client(handler)
+    with pytest.raises(PagerDutyNotFound):
+        await client.incident("../users?x=1")
+    await client.aclose()
+    assert seen == [b"/incidents/..%2Fusers%3Fx%3D1"]
+
+
+async def test_note_is_posted_with_from_header_and_wrapped_body(
+    pd_sim: PagerDutySimulator, make_pd_client: ClientFactory
+) -> None:
+    incident = pd_sim.add_incident("Checkout is down")
+
+    await make_pd_client().add_note(incident.id, "alice got prod-db for 1h (g-7k2m9q4x)")
+
+    (sent,) = pd_sim.requests_to(f"/incidents/{incident.id}/notes", "POST")
+    assert sent.headers["From"] == FROM_EMAIL
+    assert sent.headers["Content-Type"] == "application/json"
+    assert sent.json() == {"note": {"content": "alice got prod-db for 1h (g-7k2m9q4x)"}}
+    assert [n["content"] for n in pd_sim.incidents[incident.id].notes] == ["alice got prod-db for 1h (g-7k2m9q4x)"]
+
+
+async def test_note_without_from_email_is_refused_before_any_call(
+    pd_sim: PagerDutySimulator, make_pd_client: ClientFactory
+) -> None:
+    with pytest.raises(PagerDutyError, match="PAGERDUTY_FROM_EMAIL"):
+        await make_pd_client(from_email=None).add_note("PI00001", "hello")
+    assert pd_sim.requests == []
+
+
+async def test_note_is_not_repeated_after_a_server_error(
+    pd_sim: PagerDutySimulator, make_pd_client: ClientFactory, fake_time: FakeTime
+) -> None:
+    incident = pd_sim.add_incident("Checkout is down")
+    pd_sim.fail_next(status=500)
+
+    with pytest.raises(PagerDutyUnavailable):
+        await make_pd_client(time=fake_time).add_note(incident.id, "hello")
+
+    assert len(pd_sim.requests) == 1
+    assert pd_sim.incidents[incident.id].notes == []
+
+
+async def test_ping_succeeds_with_a_good_token_and_fails_with_a_bad_one(
+    pd_sim: PagerDutySimulator, make_pd_client: ClientFactory
+) -> None:
+    await make_pd_client().ping()
+    assert pd_sim.requests[0].query["limit"] == "1"
+
+    with pytest.raises(PagerDutyAuthError):
+        await make_pd_client(token="wrong-token").ping()
+
+
+# --- errors, retries, deadlines ---------------------------------------------------------------
+
+
+async def test_rejected_token_says_to_check_the_setting_without_echoing_it(
+    pd_sim: PagerDutySimulator, make_pd_client: ClientFactory
+) -> None:
+    with pytest.raises(PagerDutyAuthError) as caught:
+        await make_pd_client(token="wrong-token-123").user_by_email("alice@example.com")
+
+    assert "PAGERDUTY_API_TOKEN" in caught.value.message
+    assert "401" in caught.value.message
+    assert "wrong-token-123" not in str(caught.value)
+    assert len(pd_sim.requests) == 1  # a bad token is not retried
+
+
+async def test_forbidden_means_the_token_lacks_scope() -> None:
+    client = mock_client(
+        lambda request: httpx.Response(403, json={"error": {"message": "Access Denied", "code": 2010}})
+    )
+    with pytest.raises(PagerDutyAuthError, match="scope"):
+        await client.incident("PI1")
+    await client.aclose()
+
+
+async def test_other_client_errors_carry_pagerdutys_message() -> None:
+    body = {"error": {"message": "Invalid Input Provided", "code": 2001, "errors": ["Limit must be at most 100"]}}
+    client = mock_client(lambda request: httpx.Response(400, json=body))
+    with pytest.raises(PagerDutyError) as caught:
+        await client.ping()
+    await client.aclose()
+    assert type(caught.value) is PagerDutyError
+    assert "Invalid Input Provided; Limit must be at most 100" in caught.value.message
+    assert "2001" in caught.value.message
+
+
+async def test_rate_limited_call_waits_for_ratelimit_reset_then_succeeds(
+    pd_sim: PagerDutySimulator, make_pd_client: ClientFactory, fake_time: FakeTime
+) -> None:
+    alice = pd_sim.add_user("alice@example.com", "Alice")
+    pd_sim.rate_limit_next(reset=2)
+
+    user = await make_pd_client(time=fake_time).user_by_email("alice@example.com")
+
+    assert user is not None
+    assert user.id == alice
+    assert fake_time.sleeps == [2.0]
+    assert len(pd_sim.requests_to("/users")) == 2
+
+
+async def test_retry_after_is_honoured_too() -> None:
+    answers = [
+        httpx.Response(429, headers={"Retry-After": "1.5"}),
+        httpx.Response(200, json={"users": [], "more": False}),
+    ]
+    time_ = FakeTime()
+    client = mock_client(lambda request: answers.pop(0), monotonic=time_, sleep=time_.sleep)
+    assert await client.user_by_email("nobody@example.com") is None
+    await client.aclose()
+    assert time_.sleeps == [1.5]
+
+
+async def test_rate_limit_reset_beyond_the_deadline_fails_closed_without_waiting(
+    pd_sim: PagerDutySimulator, make_pd_client: ClientFactory, fake_time: FakeTime
+) -> None:
+    pd_sim.rate_limit_next(reset=30)
+
+    with pytest.raises(PagerDutyUnavailable, match="429"):
+        await make_pd_client(time=fake_time, deadline=5.0).user_by_email("alice@example.com")
+
+    assert fake_time.sleeps == []
+    assert len(pd_sim.requests) == 1
+
+
+async def test_persistent_500_fails_closed_within_the_deadline(
+    pd_sim: PagerDutySimulator, make_pd_client: ClientFactory
+) -> None:
+    pd_sim.fail_next(None, status=500)
+    client = make_pd_client(deadline=0.5)
+
+    started = time.monotonic()
+    with pytest.raises(PagerDutyUnavailable, match="HTTP 500"):
+        await client.acknowledged_incidents("PU00001")
+    elapsed = time.monotonic() - started
+
+    assert elapsed < 0.5 + 0.25, "failure time is bounded by the deadline"
+    assert len(pd_sim.requests) >= 2, "a 500 is retried while the deadline allows"
+
+
+async def test_backoff_never_sleeps_past_the_deadline(
+    pd_sim: PagerDutySimulator, make_pd_client: ClientFactory, fake_time: FakeTime
+) -> None:
+    pd_sim.fail_next(None, status=503)
+    client = make_pd_client(time=fake_time, deadline=0.25, max_attempts=10)
+    started = fake_time.now
+
+    with pytest.raises(PagerDutyUnavailable):
+        await client.incident("PI1")
+
+    assert fake_time.now - started < 0.25
+    assert fake_time.sleeps == [0.1]  # the next backoff (0.2 s) would cross the deadline
+
+
+async def test_slow_server_fails_closed_within_the_deadline(
+    pd_sim: PagerDutySimulator, make_pd_client: ClientFactory
+) -> None:
+    pd_sim.slow_next(None, seconds=5)
+    client = make_pd_client(deadline=0.4, timeout=0.25)
+
+    started = time.monotonic()
+    with pytest.raises(PagerDutyUnavailable, match="timed out"):
+        await client.oncalls(user_ids=["PU00001"])
+    elapsed = time.monotonic() - started
+
+    assert elapsed < 0.4 + 0.25, "failure time is bounded by the deadline"
+
+
+async def test_transport_errors_are_retried_then_fail_closed() -> None:
+    attempts: list[str] = []
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        attempts.append(request.url.path)
+        raise httpx.ConnectError("connection refused", request=request)
+
+    time_ = FakeTime()
+    client = mock_client(refuse, monotonic=time_, sleep=time_.sleep, max_attempts=3)
+    with pytest.raises(PagerDutyUnavailable, match="unreachable"):
+        await client.ping()
+    await client.aclose()
+    assert len(attempts) == 3
+    assert time_.sleeps == [0.1, 0.2]
+
+
+async def test_an_unreadable_answer_fails_closed() -> None:
+    client = mock_client(lambda request: httpx.Response(200, json={"incident": {"id": "PI1", "title": "no number"}}))
+    with pytest.raises(PagerDutyError, match="could not read"):
+        await client.incident("PI1")
+    await client.aclose()
+
+
+# --- cache, coalescing, budget ----------------------------------------------------------------
+
+
+async def test_cached_user_lookup_makes_no_http_call_until_the_ttl_passes(
+    pd_sim: PagerDutySimulator, make_pd_client: ClientFactory, fake_time: FakeTime
+) -> None:
+    pd_sim.add_user("alice@example.com", "Alice")
+    client = make_pd_client(time=fake_time, cache_ttl=30)
+
+    first = await client.user_by_email("alice@example.com")
+    fake_time.advance(29)
+    again = await client.user_by_email("ALICE@example.com")
+    assert again == first
+    assert len(pd_sim.requests) == 1
+
+    fake_time.advance(2)
+    await client.user_by_email("alice@example.com")
+    assert len(pd_sim.requests) == 2
+
+
+async def test_cached_oncalls_make_no_http_call(
+    pd_sim: PagerDutySimulator, make_pd_client: ClientFactory, fake_time: FakeTime
+) -> None:
+    alice = pd_sim.add_user("alice@example.com", "Alice")
+    pd_sim.add_oncall(alice, escalation_policy_id="PEP1")
+    client = make_pd_client(time=fake_time)
+
+    assert await client.oncalls(escalation_policy_ids=["PEP1"]) == await client.oncalls(escalation_policy_ids=["PEP1"])
+    assert len(pd_sim.requests) == 1
+
+
+async def test_acknowledged_incidents_are_never_cached(
+    pd_sim: PagerDutySimulator, make_pd_client: ClientFactory, fake_time: FakeTime
+) -> None:
+    alice = pd_sim.add_user("alice@example.com", "Alice")
+    incident = pd_sim.add_incident("Checkout is down", acknowledged_by=[alice])
+    client = make_pd_client(time=fake_time)
+    assert len(await client.acknowledged_incidents(alice)) == 1
+
+    pd_sim.unacknowledge(incident.id)
+
+    assert await client.acknowledged_incidents(alice) == []
+
+
+async def test_ten_concurrent_identical_lookups_make_one_http_call(
+    pd_sim: PagerDutySimulator, make_pd_client: ClientFactory
+) -> None:
+    alice = pd_sim.add_user("alice@example.com", "Alice")
+    pd_sim.add_incident("Checkout is down", acknowledged_by=[alice])
+    client = make_pd_client()
+
+    users = await asyncio.gather(*(client.user_by_email("alice@example.com") for _ in range(10)))
+    acked = await asyncio.gather(*(client.acknowledged_incidents(alice) for _ in range(10)))
+
+    assert len({u.id for u in users if u}) == 1
+    assert all(len(a) == 1 for a in acked)
+    assert len(pd_sim.requests_to("/users")) == 1
+    assert len(pd_sim.requests_to("/incidents")) == 1
+
+
+async def test_a_failed_shared_lookup_fails_every_waiter_and_is_not_cached(
+    pd_sim: PagerDutySimulator, make_pd_client: ClientFactory, fake_time: FakeTime
+) -> None:
+    pd_sim.add_user("alice@example.com", "Alice")
+    pd_sim.reject_auth_next()
+    client = make_pd_client(time=fake_time)
+
+    results = await asyncio.gather(
+        *(client.user_by_email("alice@example.com") for _ in range(5)), return_exceptions=True
+    )
+
+    assert all(isinstance(r, PagerDutyAuthError) for r in results)
+    assert len(pd_sim.requests) == 1
+    assert await client.user_by_email("alice@example.com") is not None
+
+
+async def test_limiter_never_lets_more_than_its_budget_start_in_any_window() -> None:
+    time_ = FakeTime(start=0.0)
+    limiter = SlidingWindowLimiter(5, window=60.0, monotonic=time_, sleep=time_.sleep)
+    started: list[float] = []
+    for arrival in [0, 0, 1, 2, 2, 3, 3, 3, 10, 61, 61, 62, 119, 120, 121, 122, 122, 180, 300, 300]:
+        time_.now = max(time_.now, float(arrival))
+        await limiter.acquire(deadline=time_.now + 1000)
+        started.append(time_.now)
+
+    assert started == sorted(started)
+    assert len(started) == 20
+    for t in started:
+        assert sum(1 for s in started if t <= s < t + 60) <= 5
+    assert time_.sleeps, "the sixth request within a minute had to wait"
+
+
+async def test_limiter_refuses_rather_than_waiting_past_the_deadline() -> None:
+    time_ = FakeTime(start=0.0)
+    limiter = SlidingWindowLimiter(2, window=60.0, monotonic=time_, sleep=time_.sleep)
+    await limiter.acquire(deadline=5)
+    await limiter.acquire(deadline=5)
+
+    with pytest.raises(RateBudgetExceeded):
+        await limiter.acquire(deadline=5)
+
+    assert time_.sleeps == []
+    time_.now = 60.0
+    await limiter.acquire(deadline=65)  # the refused attempt reserved nothing
+
+
+async def test_exhausted_request_budget_fails_the_call_closed(
+    pd_sim: PagerDutySimulator, make_pd_client: ClientFactory, fake_time: FakeTime
+) -> None:
+    client = make_pd_client(time=fake_time, requests_per_minute=2, cache_ttl=0)
+    await client.ping()
+    await client.ping()
+
+    with pytest.raises(PagerDutyUnavailable, match="budget"):
+        await client.ping()
+
+    assert len(pd_sim.requests) == 2
+    assert fake_time.sleeps == []
+
+
+# --- secrets and metrics ----------------------------------------------------------------------
+
+
+async def test_token_never_appears_in_errors_or_logs(
+    pd_sim: PagerDutySimulator, make_pd_client: ClientFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    errors: list[BaseException] = []
+    pd_sim.fail_next(2, status=500)
+    pd_sim.rate_limit_next(reset=0)
+    client = make_pd_client(time=FakeTime())
+    await client.ping()  # succeeds after two 500s and a 429: each retry is logged
+    for call in (make_pd_client(token=TOKEN + "x").ping, lambda: client.incident("PNOPE")):
+        try:
+            await call()
+        except PagerDutyError as exc:
+            errors.append(exc)
+
+    def echo(request: httpx.Request) -> httpx.Response:
+        auth = request.headers["Authorization"]
+        return httpx.Response(400, json={"error": {"message": f"Bad header {auth}", "code": 2001}})
+
+    echoing = mock_client(echo)
+    with pytest.raises(PagerDutyError) as caught:
+        await echoing.ping()
+    await echoing.aclose()
+    errors.append(caught.value)
+
+    assert len(errors) == 3
+    assert any("retry" in r.getMessage() for r in caplog.records)
+    for error in errors:
+        assert TOKEN not in str(error)
+        assert TOKEN not in repr(error.__cause__)
+    assert "[redacted]" in str(caught.value)
+    for record in caplog.records:
+        assert TOKEN not in record.getMessage()
+
+
+def test_a_token_that_cannot_be_a_header_is_refused_without_echoing_it() -> None:
+    with pytest.raises(ConfigError) as caught:
+        PagerDutyClient(SecretStr("secret-part\nInjected: yes"), base_url="https://api.pagerduty.test")
+    assert "secret-part" not in str(caught.value)
+
+
+async def test_metrics_hook_sees_every_attempt_with_its_path_template(
+    pd_sim: PagerDutySimulator, make_pd_client: ClientFactory, fake_time: FakeTime
+) -> None:
+    calls: list[tuple[str, str, int | None, float]] = []
+    incident = pd_sim.add_incident("Checkout is down")
+    pd_sim.fail_next(status=502)
+
+    await make_pd_client(time=fake_time, on_call=lambda *call: calls.append(call)).incident(incident.id)
+
+    assert [c[:3] for c in calls] == [("GET", "/incidents/{id}", 502), ("GET", "/incidents/{id}", 200)]
+    assert all(c[3] >= 0 for c in calls)
+
+
+async def test_metrics_hook_reports_no_status_for_a_timeout(
+    pd_sim: PagerDutySimulator, make_pd_client: ClientFactory
+) -> None:
+    calls: list[tuple[str, str, int | None, float]] = []
+    pd_sim.slow_next(None, seconds=5)
+    with pytest.raises(PagerDutyUnavailable):
+        await make_pd_client(deadline=0.2, timeout=0.1, on_call=lambda *c: calls.append(c)).ping()
+    assert calls
+    assert all(c[:3] == ("GET", "/users", None) for c in calls)
+
+
+async def test_from_settings_uses_the_pagerduty_variables(
+    pd_sim: PagerDutySimulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("PAGERDUTY_API_TOKEN", "PAGERDUTY_API_URL", "PAGERDUTY_FROM_EMAIL"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ConfigError, match="PAGERDUTY_API_TOKEN"):
+        PagerDutyClient.from_settings(Settings())
+    incident = pd_sim.add_incident("Checkout is down")
+    settings = Settings(PAGERDUTY_API_TOKEN=TOKEN, PAGERDUTY_API_URL=pd_sim.base_url, PAGERDUTY_FROM_EMAIL=FROM_EMAIL)
+
+    async with PagerDutyClient.from_settings(settings) as client:
+        await client.add_note(incident.id, "hello")
+
+    assert pd_sim.requests[0].headers["From"] == FROM_EMAIL
