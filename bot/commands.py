@@ -7,6 +7,11 @@ pass the text the user typed (Slack's slash-command text, a Teams message minus 
     /access revoke <grant-id>                  end a grant early ("I'm done")
     /access extend <grant-id> <duration>       extend within the flow's maximum
     /access help                               usage
+    /access auth <@user|email> [message]       ask Ackgate to verify someone's identity
+    /access prefs [pagerduty on|off] [chat on|off]   how authentication requests reach you
+    /access admin severity|pagerduty|key|status|test …   administration (admins only)
+
+Adapters normalise their platform's mention markup to ``@<user id>`` before parsing.
 """
 
 from __future__ import annotations
@@ -53,9 +58,64 @@ class OpenForm:
     pass
 
 
-Command = RequestAccess | Revoke | Extend | ListMine | Help | OpenForm
+@dataclass(frozen=True)
+class RequestAuth:
+    target: str  # "@<user id>" or an email
+    message: str
 
-_KEYWORDS = {"list", "revoke", "extend", "help"}
+
+@dataclass(frozen=True)
+class SetPrefs:
+    pagerduty: bool | None = None
+    chat: bool | None = None
+
+
+@dataclass(frozen=True)
+class Admin:
+    action: str  # severity | pagerduty | key | status | test
+    argument: str = ""
+
+
+Command = RequestAccess | Revoke | Extend | ListMine | Help | OpenForm | RequestAuth | SetPrefs | Admin
+
+ADMIN_ACTIONS = ("severity", "pagerduty", "key", "status", "test")
+SEVERITIES = ("critical", "error", "warning", "info")
+
+
+def _on_off(word: str, usage: str) -> bool:
+    if word.lower() in {"on", "yes", "true", "enable"}:
+        return True
+    if word.lower() in {"off", "no", "false", "disable"}:
+        return False
+    raise UsageError(messages.usage_for(usage))
+
+
+def _parse_admin(rest: list[str]) -> Admin:
+    if not rest or rest[0].lower() not in ADMIN_ACTIONS:
+        raise UsageError(messages.usage_for("admin"))
+    action, args = rest[0].lower(), rest[1:]
+    if action == "severity":
+        if len(args) != 1 or args[0].lower() not in SEVERITIES:
+            raise UsageError(messages.usage_for("admin"))
+        return Admin("severity", args[0].lower())
+    if action == "pagerduty":
+        if len(args) != 1:
+            raise UsageError(messages.usage_for("admin"))
+        return Admin("pagerduty", "on" if _on_off(args[0], "admin") else "off")
+    if args:
+        raise UsageError(messages.usage_for("admin"))
+    return Admin(action)
+
+
+def _parse_prefs(rest: list[str]) -> SetPrefs:
+    if len(rest) % 2:
+        raise UsageError(messages.usage_for("prefs"))
+    values: dict[str, bool] = {}
+    for key, value in zip(rest[::2], rest[1::2], strict=True):
+        if key.lower() not in {"pagerduty", "chat"}:
+            raise UsageError(messages.usage_for("prefs"))
+        values[key.lower()] = _on_off(value, "prefs")
+    return SetPrefs(pagerduty=values.get("pagerduty"), chat=values.get("chat"))
 
 
 def check_reason(reason: str) -> str:
@@ -81,6 +141,14 @@ def parse_command(text: str) -> Command:
         if len(rest) != 1:
             raise UsageError(messages.usage_for("revoke"))
         return Revoke(grant_id=rest[0].lower())
+    if head == "auth":
+        if not rest:
+            raise UsageError(messages.usage_for("auth"))
+        return RequestAuth(target=rest[0], message=check_reason(" ".join(rest[1:])))
+    if head == "prefs":
+        return _parse_prefs(rest)
+    if head == "admin":
+        return _parse_admin(rest)
     if head == "extend":
         if len(rest) != 2:
             raise UsageError(messages.usage_for("extend"))

@@ -45,13 +45,38 @@ class Settings(BaseSettings):
     approval_timeout_minutes: int = Field(default=60, ge=1, validation_alias="ACKGATE_APPROVAL_TIMEOUT_MINUTES")
     log_level: str = Field(default="INFO", validation_alias="ACKGATE_LOG_LEVEL")
 
+    # Authentication requests, incident mirroring and administration
+    pagerduty_events_url: str = Field(default="https://events.pagerduty.com", validation_alias="PAGERDUTY_EVENTS_URL")
+    pagerduty_integration_key: SecretStr | None = Field(default=None, validation_alias="PAGERDUTY_INTEGRATION_KEY")
+    pagerduty_webhook_secrets: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list, validation_alias="PAGERDUTY_WEBHOOK_SECRET"
+    )
+    secret_key: SecretStr | None = Field(default=None, validation_alias="ACKGATE_SECRET_KEY")
+    auth_link_minutes: int = Field(default=10, ge=1, le=1440, validation_alias="ACKGATE_AUTH_LINK_MINUTES")
+    admin_usergroup: str | None = Field(default=None, validation_alias="ACKGATE_ADMIN_USERGROUP")
+    mirror_channel: str | None = Field(default=None, validation_alias="ACKGATE_MIRROR_CHANNEL")
+    mirror_services: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, validation_alias="ACKGATE_MIRROR_SERVICES"
+    )
+    incident_check_seconds: int = Field(default=60, ge=10, validation_alias="ACKGATE_INCIDENT_CHECK_SECONDS")
+
     @field_validator("admins", mode="before")
     @classmethod
     def _split_admins(cls, v: object) -> object:
         parts = _csv(v)
         return [p.lower() for p in parts] if isinstance(parts, list) else parts
 
-    @field_validator("pagerduty_api_url", "slack_api_url", "public_url")
+    @field_validator("mirror_services", mode="before")
+    @classmethod
+    def _split_services(cls, v: object) -> object:
+        return _csv(v)
+
+    @field_validator("pagerduty_webhook_secrets", mode="before")
+    @classmethod
+    def _split_secrets(cls, v: object) -> object:
+        return _csv(v)
+
+    @field_validator("pagerduty_api_url", "pagerduty_events_url", "slack_api_url", "public_url")
     @classmethod
     def _http_url(cls, v: str) -> str:
         if not v.startswith(("http://", "https://")):

@@ -174,3 +174,51 @@ class AuditEvent:
     subject: str  # request, grant or transaction id
     data: dict[str, object] = field(default_factory=dict)
     seq: int | None = None  # assigned by storage
+
+
+# --- authentication requests and incident mirroring ---------------------------------------
+
+
+class AuthStatus(StrEnum):
+    PENDING = "pending"
+    VERIFIED = "verified"
+    DENIED = "denied"
+    EXPIRED = "expired"
+
+
+@dataclass(frozen=True)
+class AuthTransaction:
+    """A request to verify ``target``'s identity, answered through a single-use link.
+
+    Only a hash of the link's token is stored; the token itself exists in the link alone.
+    """
+
+    id: str
+    requester: Principal
+    target: Principal
+    message: str
+    status: AuthStatus
+    created_at: datetime
+    expires_at: datetime
+    token_hash: str
+    context: str = ""
+    channels: tuple[str, ...] = ()  # how the target was reached: "pagerduty", "chat"
+    dedup_key: str | None = None  # the Events API dedup key, when an incident was triggered
+    decided_at: datetime | None = None
+    note: str = ""  # e.g. why PagerDuty could not be used
+
+
+@dataclass(frozen=True)
+class IncidentMirror:
+    """What Ackgate last knew of a PagerDuty incident it mirrors into a channel."""
+
+    incident_id: str
+    number: int
+    title: str
+    html_url: str
+    status: str
+    status_at: datetime  # occurred_at of the event that set ``status``
+    acknowledged_by: str = ""
+    service_id: str = ""
+    transaction_id: str | None = None
+    incident_key: str = ""

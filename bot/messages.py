@@ -19,6 +19,9 @@ USAGE = {
     "revoke": f"{COMMAND} revoke <grant-id>   (end access early)",
     "extend": f"{COMMAND} extend <grant-id> <duration>   e.g. {COMMAND} extend g-7k2m9q4x 1h",
     "help": f"{COMMAND} help",
+    "auth": f"{COMMAND} auth <@user|email> [message]   e.g. {COMMAND} auth @bob confirming your password reset",
+    "prefs": f"{COMMAND} prefs [pagerduty on|off] [chat on|off]   (how authentication requests reach you)",
+    "admin": f"{COMMAND} admin severity <critical|error|warning|info> | pagerduty <on|off> | key | status | test",
 }
 
 GENERIC_FAILURE = "Something went wrong on Ackgate's side and nothing was changed. Try again in a minute; if it keeps happening, tell your Ackgate admins."
@@ -39,7 +42,7 @@ def usage_for(kind: str) -> str:
 
 
 def help_lines() -> list[str]:
-    return [USAGE[k] for k in ("request", "form", "list", "revoke", "extend", "help")]
+    return [USAGE[k] for k in ("request", "form", "list", "revoke", "extend", "auth", "prefs", "help")]
 
 
 def reason_too_long(length: int, limit: int) -> str:

@@ -16,10 +16,13 @@ from typing import Protocol
 from bot.domain import (
     AccessRequest,
     AuditEvent,
+    AuthStatus,
+    AuthTransaction,
     EndReason,
     Grant,
     GrantStatus,
     Incident,
+    IncidentMirror,
     MessageRef,
     OnCall,
     PagerDutyUser,
@@ -158,6 +161,58 @@ class MessageStore(Protocol):
     async def refs(self, subject: str) -> list[MessageRef]: ...
 
 
+class TransactionStore(Protocol):
+    """Authentication transactions."""
+
+    async def add(self, transaction: AuthTransaction) -> None:
+        """Insert a new transaction. Raises ``StorageError`` if the id or token hash exists."""
+        ...
+
+    async def get(self, transaction_id: str) -> AuthTransaction | None: ...
+
+    async def by_token_hash(self, token_hash: str) -> AuthTransaction | None: ...
+
+    async def by_dedup_key(self, dedup_key: str) -> AuthTransaction | None: ...
+
+    async def decide(
+        self, transaction_id: str, *, expected: AuthStatus, new: AuthStatus, at: datetime, note: str | None = None
+    ) -> AuthTransaction:
+        """Compare-and-set the status (this is what makes a link single-use). Raises
+        ``AlreadyDecided`` (with the stored status) when it is not ``expected``, ``NotFound``."""
+        ...
+
+    async def update_delivery(
+        self, transaction_id: str, *, channels: tuple[str, ...], dedup_key: str | None, note: str
+    ) -> AuthTransaction:
+        """Record how the target was reached. ``NotFound`` when absent."""
+        ...
+
+    async def pending_expired(self, now: datetime, *, limit: int = 100) -> list[AuthTransaction]:
+        """PENDING transactions with ``expires_at <= now`` (an index range scan)."""
+        ...
+
+
+class MirrorStore(Protocol):
+    """The incidents mirrored into chat, with the newest status Ackgate has seen of each."""
+
+    async def get(self, incident_id: str) -> IncidentMirror | None: ...
+
+    async def put_if_newer(self, mirror: IncidentMirror) -> bool:
+        """Store ``mirror`` unless the stored one has a later ``status_at`` (an out-of-order event
+        must never move an incident backwards). Atomic; returns whether it was stored."""
+        ...
+
+    async def by_transaction(self, transaction_id: str) -> IncidentMirror | None: ...
+
+
+class SeenStore(Protocol):
+    """Keys of deliveries already processed (webhook ids, event ids)."""
+
+    async def first_time(self, key: str, *, at: datetime) -> bool:
+        """Atomically record ``key``; True only the first time it is ever recorded."""
+        ...
+
+
 class Store(Protocol):
     """All the role ports of one backend, plus its lifecycle."""
 
@@ -166,6 +221,9 @@ class Store(Protocol):
     audit: AuditLog
     settings: SettingsStore
     messages: MessageStore
+    transactions: TransactionStore
+    mirrors: MirrorStore
+    seen: SeenStore
 
     async def open(self) -> None:
         """Connect and apply pending migrations (idempotent; safe with several replicas)."""
@@ -238,6 +296,10 @@ class ChatNotifier(Protocol):
 
     async def user_by_email(self, email: str) -> Principal | None:
         """The chat user with that email, or None."""
+        ...
+
+    async def user_by_id(self, user_id: str) -> Principal | None:
+        """The chat user with that platform id (email may be empty when hidden), or None."""
         ...
 
 

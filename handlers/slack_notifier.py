@@ -109,6 +109,22 @@ class SlackNotifier:
             user["profile"] = {**(user.get("profile") or {}), "email": email}
         return principal_from_user(user)
 
+    async def user_by_id(self, user_id: str) -> Principal | None:
+        """The user, with an empty email when Slack hides it; None for an unknown id."""
+        try:
+            found = await self._client.users_info(user=user_id)
+        except SlackApiError as exc:
+            if _error_code(exc) in ("user_not_found", "users_not_found"):
+                return None
+            raise ChatError(messages.slack_refused("users.info", _error_code(exc))) from exc
+        except (SlackClientError, aiohttp.ClientError, TimeoutError) as exc:
+            raise ChatError(messages.slack_unreachable("users.info")) from exc
+        user = found["user"]
+        try:
+            return principal_from_user(user)
+        except IdentityError:
+            return Principal(platform=PLATFORM, user_id=str(user["id"]), email="", name=str(user.get("name") or ""))
+
 
 class SlackIdentity:
     """Who a Slack user id is, from users.info, cached for ``ttl_seconds``.

@@ -8,6 +8,7 @@ import pytest
 
 from bot import messages
 from bot.commands import MAX_REASON, RequestAccess
+from bot.simulators.slack_requests import form_state
 from bot.views import Action, Card, Choice, Fact, Link, RequestForm, Tone
 from handlers.slack_blocks import (
     FORM_CALLBACK_ID,
@@ -17,7 +18,6 @@ from handlers.slack_blocks import (
     render_notice,
 )
 from tests.fakes.block_kit import assert_within_limits, violations
-from bot.simulators.slack_requests import form_state
 
 APPROVAL = Card(
     title="Access request: prod-db for 2h",

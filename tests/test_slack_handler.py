@@ -25,10 +25,6 @@ from bot.commands import Command, ListMine, RequestAccess, Revoke
 from bot.domain import Principal
 from bot.errors import NotAuthorized, PagerDutyUnavailable, StorageError
 from bot.simulators.slack import SlackSimulator
-from bot.views import Action, Card, Choice, Fact, RequestForm
-from handlers.slack import AccessUseCases, build_bolt_app, mount_slack
-from handlers.slack_notifier import WEB_API_SCOPES, SlackIdentity, SlackNotifier
-from tests.fakes.block_kit import assert_within_limits
 from bot.simulators.slack_requests import (
     block_actions_body,
     block_actions_payload,
@@ -37,6 +33,10 @@ from bot.simulators.slack_requests import (
     slash_command_body,
     view_submission_body,
 )
+from bot.views import Action, Card, Choice, Fact, RequestForm
+from handlers.slack import AccessUseCases, build_bolt_app, mount_slack
+from handlers.slack_notifier import WEB_API_SCOPES, SlackIdentity, SlackNotifier
+from tests.fakes.block_kit import assert_within_limits
 
 SECRET = "test-signing-secret-for-ackgate"
 ALICE, BOB, NOEMAIL = "U0ALICE", "U0BOB", "U0NOEMAIL"

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from slack_sdk.signature import Clock, SignatureVerifier
 
-from tests.fakes.block_kit import SLACK_REFERENCE
 from bot.simulators.slack_requests import signature, signed_headers
+from tests.fakes.block_kit import SLACK_REFERENCE
 
 PAYLOADS = SLACK_REFERENCE / "payloads"
 VECTORS: dict[str, Any] = json.loads((PAYLOADS / "signature-test-vectors.json").read_text())

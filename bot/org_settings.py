@@ -1,0 +1,147 @@
+"""Organisation settings changed by admin commands, and each user's messaging preferences,
+kept in the settings store. The integration key is stored encrypted under ``ACKGATE_SECRET_KEY``;
+``PAGERDUTY_INTEGRATION_KEY`` in the environment still works, and the environment wins.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from datetime import datetime
+
+from pydantic import SecretStr
+
+from bot.errors import ConfigError
+from bot.pagerduty_events import IntegrationStatus
+from bot.ports import SettingsStore
+from bot.secrets import SecretBox, validate_integration_key
+
+SEVERITY = "org.severity"
+PAGERDUTY_ENABLED = "org.pagerduty_enabled"
+INTEGRATION_KEY = "org.integration_key"
+RESOLVE_ON_COMPLETE = "org.resolve_on_complete"
+EVENTS_STATUS = "status.pagerduty_events"
+REST_STATUS = "status.pagerduty_rest"
+SLACK_STATUS = "status.slack"
+WEBHOOK_STATUS = "status.webhooks"
+
+
+@dataclass(frozen=True)
+class UserPrefs:
+    pagerduty: bool = True
+    chat: bool = True
+
+
+@dataclass(frozen=True)
+class WebhookStatus:
+    last_event_at: datetime | None = None
+    last_failure_at: datetime | None = None
+    failures: int = 0  # signature failures since the last good delivery
+
+
+class OrgSettings:
+    def __init__(self, store: SettingsStore, *, box: SecretBox | None, env_key: SecretStr | None) -> None:
+        self._store = store
+        self._box = box
+        self._env_key = env_key
+
+    async def _get(self, key: str, default: str) -> str:
+        value = await self._store.get(key)
+        return default if value is None else value
+
+    async def severity(self) -> str:
+        return await self._get(SEVERITY, "critical")
+
+    async def set_severity(self, value: str) -> str:
+        """Returns the previous severity."""
+        return (await self._store.set(SEVERITY, value)) or "critical"
+
+    async def pagerduty_enabled(self) -> bool:
+        return await self._get(PAGERDUTY_ENABLED, "on") == "on"
+
+    async def set_pagerduty_enabled(self, enabled: bool) -> bool:
+        previous = await self._store.set(PAGERDUTY_ENABLED, "on" if enabled else "off")
+        return (previous or "on") == "on"
+
+    async def resolve_on_complete(self) -> bool:
+        return await self._get(RESOLVE_ON_COMPLETE, "off") == "on"
+
+    async def set_resolve_on_complete(self, enabled: bool) -> bool:
+        return ((await self._store.set(RESOLVE_ON_COMPLETE, "on" if enabled else "off")) or "off") == "on"
+
+    async def integration_key(self) -> SecretStr | None:
+        """The Events API v2 routing key: the environment's, else the stored one."""
+        if self._env_key is not None:
+            return self._env_key
+        stored = await self._store.get(INTEGRATION_KEY)
+        if stored is None:
+            return None
+        if self._box is None:
+            raise ConfigError(
+                "A stored integration key needs ACKGATE_SECRET_KEY to be read; set it to the value used when the key was saved."
+            )
+        return SecretStr(self._box.decrypt(stored))
+
+    async def key_source(self) -> str | None:
+        """``environment``, ``stored`` or None."""
+        if self._env_key is not None:
+            return "environment"
+        return "stored" if await self._store.get(INTEGRATION_KEY) is not None else None
+
+    async def set_integration_key(self, text: str) -> SecretStr:
+        """Validate and store the key encrypted. Raises ``UsageError`` for a malformed key and
+        ``ConfigError`` when ``ACKGATE_SECRET_KEY`` is not set."""
+        key = validate_integration_key(text)
+        if self._box is None:
+            raise ConfigError(
+                "Set ACKGATE_SECRET_KEY before storing an integration key: it is stored encrypted with it."
+            )
+        await self._store.set(INTEGRATION_KEY, self._box.encrypt(key))
+        return SecretStr(key)
+
+    async def status(self, key: str) -> IntegrationStatus:
+        return IntegrationStatus.from_json(await self._store.get(key))
+
+    async def record_status(self, key: str, status: IntegrationStatus) -> None:
+        await self._store.set(key, status.to_json())
+
+    async def webhook_status(self) -> WebhookStatus:
+        raw = await self._store.get(WEBHOOK_STATUS)
+        if not raw:
+            return WebhookStatus()
+        data = json.loads(raw)
+        return WebhookStatus(
+            last_event_at=datetime.fromisoformat(data["last_event_at"]) if data.get("last_event_at") else None,
+            last_failure_at=datetime.fromisoformat(data["last_failure_at"]) if data.get("last_failure_at") else None,
+            failures=int(data.get("failures", 0)),
+        )
+
+    async def record_webhook(self, *, at: datetime, signature_ok: bool) -> None:
+        current = await self.webhook_status()
+        if signature_ok:
+            updated = WebhookStatus(last_event_at=at, last_failure_at=current.last_failure_at, failures=0)
+        else:
+            updated = WebhookStatus(current.last_event_at, at, current.failures + 1)
+        await self._store.set(
+            WEBHOOK_STATUS,
+            json.dumps(
+                {
+                    "last_event_at": updated.last_event_at.isoformat() if updated.last_event_at else None,
+                    "last_failure_at": updated.last_failure_at.isoformat() if updated.last_failure_at else None,
+                    "failures": updated.failures,
+                }
+            ),
+        )
+
+    async def prefs(self, email: str) -> UserPrefs:
+        raw = await self._store.get(f"prefs:{email.lower()}")
+        return UserPrefs(**json.loads(raw)) if raw else UserPrefs()
+
+    async def set_prefs(self, email: str, *, pagerduty: bool | None = None, chat: bool | None = None) -> UserPrefs:
+        current = await self.prefs(email)
+        updated = UserPrefs(
+            pagerduty=current.pagerduty if pagerduty is None else pagerduty,
+            chat=current.chat if chat is None else chat,
+        )
+        await self._store.set(f"prefs:{email.lower()}", json.dumps(asdict(updated)))
+        return updated
