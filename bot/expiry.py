@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable, Sequence
 
 from bot.access import AccessService
 from bot.clock import Clock
@@ -20,11 +21,20 @@ log = logging.getLogger("ackgate.expiry")
 
 
 class ExpiryScheduler:
-    def __init__(self, service: AccessService, *, grants: GrantStore, clock: Clock, idle_seconds: float = 5.0) -> None:
+    def __init__(
+        self,
+        service: AccessService,
+        *,
+        grants: GrantStore,
+        clock: Clock,
+        idle_seconds: float = 5.0,
+        jobs: Sequence[Callable[[], Awaitable[int]]] = (),
+    ) -> None:
         self.service = service
         self.grants = grants
         self.clock = clock
         self.idle_seconds = idle_seconds  # how often revoke retries and approval time-outs are looked at
+        self.jobs = list(jobs)  # other timed work on the same loop, e.g. expiring authentication links
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -39,6 +49,11 @@ class ExpiryScheduler:
         timed_out = await self.service.time_out_pending()
         if expired or retried or timed_out:
             log.info("expired %d grants, confirmed %d revokes, timed out %d requests", expired, retried, timed_out)
+        for job in self.jobs:
+            try:
+                await job()
+            except Exception:
+                log.exception("timed job %s failed", getattr(job, "__qualname__", job))
 
     async def seconds_until_next(self) -> float:
         nxt = await self.grants.next_expiry()

@@ -57,8 +57,13 @@ def unknown_resource(name: str, suggestions: Iterable[str], known: Iterable[str]
     return f"There is no resource called “{name}”. Resources you can ask for: {', '.join(names) or 'none configured'}."
 
 
-def duration_out_of_range(asked: timedelta, maximum: timedelta) -> str:
-    return f"{format_duration(asked)} is longer than this access allows. Ask for between 1m and {format_duration(maximum)}."
+def allowed_durations(minimum: timedelta, maximum: timedelta) -> str:
+    return f"Ask for between {format_duration(minimum)} and {format_duration(maximum)}."
+
+
+def duration_out_of_range(asked: timedelta, maximum: timedelta, *, minimum: timedelta = timedelta(minutes=1)) -> str:
+    side = "shorter" if asked < minimum else "longer"
+    return f"{format_duration(asked)} is {side} than this access allows. {allowed_durations(minimum, maximum)}"
 
 
 def no_pagerduty_user(email: str) -> str:
@@ -75,6 +80,10 @@ def pagerduty_down(detail: str) -> str:
 def not_requester_flow(resource: str) -> str:
     return f"No access flow lets you request {resource}. Ask your Ackgate admins which flow covers it."
 
+
+KEY_FORM_TITLE = "Integration key"
+KEY_FORM_LABEL = "Events API v2 integration key"
+KEY_FORM_HINT = "In PagerDuty: the service → Integrations → Events API V2 → Integration Key (32 characters). It is stored encrypted and never shown again."
 
 OWN_REQUEST = "You can't approve or deny your own request. Another eligible approver has to decide."
 
@@ -181,3 +190,260 @@ def slack_refused(method: str, error: str) -> str:
 
 def slack_unreachable(method: str) -> str:
     return f"Ackgate could not reach Slack for {method}. Try again in a minute."
+
+
+# --- Incident mirroring ---
+
+_MIRROR_STATUS = {"triggered": "Triggered", "acknowledged": "Acknowledged", "resolved": "Resolved"}
+
+
+def mirror_title(number: int, title: str) -> str:
+    return f"PagerDuty incident #{number}: {title}" if number else f"PagerDuty incident: {title}"
+
+
+def mirror_status(status: str, acknowledged_by: str) -> str:
+    shown = _MIRROR_STATUS.get(status, status.capitalize())
+    return f"{shown} by {acknowledged_by}" if status == "acknowledged" and acknowledged_by else shown
+
+
+MIRROR_OPEN = "Open in PagerDuty"
+
+
+def mirror_transaction(target: str, status: str, decided_at: datetime | None) -> str:
+    """The linked authentication request's state, e.g. ``bob@example.com: verified at 12:04 UTC, 23 Nov``."""
+    shown = {"pending": "waiting for an answer", "expired": "expired unanswered"}.get(status, status)
+    at = f" at {when(decided_at)}" if decided_at is not None and status in ("verified", "denied") else ""
+    return f"{target}: {shown}{at}"
+
+
+# --- Incident notes ---
+
+
+def note_granted(*, resource: str, holder: str, until: datetime, approved_by: Iterable[str], grant_id: str) -> str:
+    approvers = ", ".join(approved_by)
+    how = f"approved by {approvers}" if approvers else "approved automatically by policy"
+    return f"Ackgate: access to {resource} granted to {holder} until {when(until)}, {how} (grant {grant_id})."
+
+
+def note_extended(*, resource: str, holder: str, until: datetime, by: str, grant_id: str) -> str:
+    return f"Ackgate: access to {resource} for {holder} extended until {when(until)} by {by} (grant {grant_id})."
+
+
+def note_ended(*, resource: str, holder: str, reason: str, by: str | None, grant_id: str) -> str:
+    why = {
+        "expired": "expired",
+        "revoked": f"was revoked by {by}" if by else "was revoked",
+        "incident_resolved": "was revoked because this incident was resolved",
+    }.get(reason, "ended")
+    return f"Ackgate: access to {resource} for {holder} {why} (grant {grant_id})."
+
+
+# --- Authentication requests ---
+
+AUTH_LINK_TEXT = "Verify or deny"
+AUTH_PAGERDUTY_OFF = "PagerDuty is turned off for this organisation"
+AUTH_PAGERDUTY_NO_KEY = "no PagerDuty integration key is set (an admin can add one with /access admin key)"
+AUTH_CHANNEL_NAMES = {"pagerduty": "PagerDuty", "chat": "chat"}
+
+
+def auth_unknown_target(target: str) -> str:
+    return f"Ackgate can't find the user {target}. Mention them as @name or give their work email. {usage_for('auth')}"
+
+
+def auth_target_no_email(who: str) -> str:
+    return (
+        f"Ackgate can't see {who}'s email address, so it can't send them an authentication request. "
+        "Ask a chat admin to make emails visible to the Ackgate app (Slack: the users:read.email scope)."
+    )
+
+
+def auth_context(platform: str, at: datetime) -> str:
+    return f"Asked in {platform.capitalize()} at {when(at)}"
+
+
+def auth_pagerduty_failed(detail: str) -> str:
+    return f"PagerDuty could not be used: {detail.rstrip('.')}"
+
+
+def auth_sent_by_chat(reason: str) -> str:
+    return f"Sent by chat because {reason or 'PagerDuty could not be used'}."
+
+
+def auth_unreachable(target: str, detail: str) -> str:
+    return (
+        f"Ackgate could not reach {target} by PagerDuty or chat ({detail.rstrip('.')}), so the request was "
+        "cancelled. Try again in a minute, or contact them another way."
+    )
+
+
+def auth_reached(channels: Iterable[str]) -> str:
+    names = [AUTH_CHANNEL_NAMES.get(c, c) for c in channels]
+    return " and ".join(names) if names else "nobody"
+
+
+def auth_pending_title(target: str) -> str:
+    return f"Authentication request sent to {target}"
+
+
+def auth_pending_text(expires_at: datetime) -> str:
+    return f"Waiting for them to verify or deny. The link expires at {when(expires_at)}."
+
+
+def auth_verified(target: str, at: datetime) -> str:
+    return f"Identity verified by {target} at {when(at)}"
+
+
+def auth_denied(target: str, at: datetime) -> str:
+    return f"Authentication request denied by {target} at {when(at)}"
+
+
+def auth_expired(target: str) -> str:
+    return f"Authentication request to {target} expired unanswered"
+
+
+def auth_target_title(requester: str) -> str:
+    return f"{requester} asks you to confirm your identity"
+
+
+AUTH_TARGET_TEXT = (
+    "Open the link to verify that it is really you, or to deny it. It works once and expires soon. "
+    "If you did not expect this, deny it."
+)
+
+
+def auth_target_done(status: str, at: datetime | None) -> str:
+    shown = {"verified": "You verified it", "denied": "You denied it", "expired": "It expired unanswered"}
+    return shown.get(status, status) + (f" at {when(at)}." if at is not None and status != "expired" else ".")
+
+
+# The verification page (handlers/web.py)
+AUTH_PAGE_TITLE = "Authentication request"
+AUTH_PAGE_ASK = "Someone asked Ackgate to confirm that you are you. Verify only if you expected this request."
+AUTH_PAGE_FOR = "For"
+AUTH_PAGE_FROM = "Requested by"
+AUTH_PAGE_MESSAGE = "Message"
+AUTH_PAGE_CONTEXT = "Context"
+AUTH_PAGE_EXPIRES = "Link expires"
+AUTH_PAGE_VERIFY = "Verify, it's me"
+AUTH_PAGE_DENY = "Deny"
+AUTH_PAGE_VERIFIED = "Verified. The requester has been told; you can close this page."
+AUTH_PAGE_DENIED = "Denied. The requester has been told; you can close this page."
+AUTH_PAGE_INVALID = (
+    "This link is not valid. Check that you opened the whole link from your PagerDuty incident or chat message."
+)
+AUTH_PAGE_EXPIRED = "This link has expired, and nothing was changed. Ask the requester to send a new request."
+AUTH_PAGE_USED = "This link has already been used, and can't be used again. Nothing was changed."
+AUTH_PAGE_FORBIDDEN = "This form could not be verified (it may be stale or sent from another site), so nothing was changed. Open the link again and choose once more."
+AUTH_PAGE_BAD_DECISION = "Choose Verify or Deny. Nothing was changed."
+AUTH_PAGE_ERROR = "Something went wrong on Ackgate's side, and nothing was changed. Try again in a minute; if it keeps happening, tell your Ackgate admins."
+AUTH_PAGE_BAD_REQUEST = (
+    "Ackgate could not read that form, so nothing was changed. Open the link again and choose once more."
+)
+
+
+# --- Administration ---
+
+ADMIN_WHO = "ACKGATE_ADMINS or the admin user group"
+
+
+def admin_refused(action: str) -> str:
+    return (
+        f"Only Ackgate admins can use {COMMAND} admin {action}, so nothing was changed. "
+        f"Ask an admin ({ADMIN_WHO}) to do it for you."
+    )
+
+
+def severity_changed(old: str, new: str) -> str:
+    if old == new:
+        return f"Authentication incidents already have severity {new}; nothing changed."
+    return f"Authentication incidents now have severity {new} (was {old})."
+
+
+def pagerduty_switched(enabled: bool, was: bool) -> str:
+    state = "on" if enabled else "off"
+    if enabled == was:
+        return f"The PagerDuty integration is already {state}; nothing changed."
+    return f"The PagerDuty integration is now {state}."
+
+
+PAGERDUTY_ON_TEXT = (
+    "Authentication requests page users through PagerDuty when their /access prefs allow it, and fall back to chat."
+)
+PAGERDUTY_OFF_TEXT = (
+    "Authentication requests now reach every user by chat direct message, whatever their PagerDuty preference."
+)
+
+KEY_FORM_OPEN_TITLE = "Paste the PagerDuty integration key"
+KEY_FORM_OPEN_BUTTON = "Paste key"
+KEY_SAVED_TITLE = "PagerDuty integration key saved"
+KEY_SAVED_TEXT = "It is stored encrypted and is only ever shown masked, as below."
+KEY_ENV_WINS = (
+    "PAGERDUTY_INTEGRATION_KEY is set in Ackgate's environment, and the environment wins: that key is still the one "
+    "in use. Remove it from the environment and restart Ackgate to use the key you saved."
+)
+KEY_CANNOT_BE_STORED = (
+    "Ackgate can't store the integration key because ACKGATE_SECRET_KEY is not set, and keys are only stored "
+    'encrypted. Set ACKGATE_SECRET_KEY (16 characters or more; python -c "import secrets; '
+    'print(secrets.token_urlsafe(32))" makes one), restart Ackgate and paste the key again. Nothing was saved.'
+)
+KEY_NONE = f"None: add one with {COMMAND} admin key"
+KEY_UNREADABLE = (
+    "Stored, but unreadable with the current ACKGATE_SECRET_KEY: restore the old one, or paste the key again"
+)
+_KEY_SOURCES = {"environment": "from PAGERDUTY_INTEGRATION_KEY", "stored": "stored encrypted"}
+
+
+def key_shown(masked: str, source: str) -> str:
+    return f"{masked} ({_KEY_SOURCES.get(source, source)})"
+
+
+STATUS_TITLE = "Ackgate status"
+STATUS_NOT_INVOKED = "Not yet invoked"
+
+
+def status_success(at: datetime | None, *, what: str = "last call") -> str:
+    return f"Success, {what} at {when(at)}" if at is not None else "Success"
+
+
+def status_error(at: datetime | None, detail: str) -> str:
+    where = f" at {when(at)}" if at is not None else ""
+    return f"Error{where}: {detail}" if detail else f"Error{where}"
+
+
+def status_unchecked(detail: str) -> str:
+    return f"Could not be checked: {detail}"
+
+
+WEBHOOKS_NONE = "No event received yet"
+
+
+def webhooks_status(last_event_at: datetime | None, *, failures: int, last_failure_at: datetime | None) -> str:
+    seen = f"Last event at {when(last_event_at)}" if last_event_at is not None else WEBHOOKS_NONE
+    if not failures:
+        return f"{seen}; signatures OK"
+    latest = f", the latest at {when(last_failure_at)}" if last_failure_at is not None else ""
+    return (
+        f"{seen}; {failures} delivery(ies) failed the signature check since the last good one{latest}. "
+        "Check that PAGERDUTY_WEBHOOK_SECRET matches the subscription's secret: PagerDuty disables a "
+        "subscription after 3 failed deliveries"
+    )
+
+
+TEST_UNAVAILABLE = (
+    "The test is not available in this deployment: authentication requests are not set up. "
+    f"Check the set-up with {COMMAND} admin status."
+)
+
+PREFS_TITLE = "How authentication requests reach you"
+PREFS_SAVED_TITLE = "Your preferences are saved"
+
+
+def on_off(value: bool) -> str:
+    return "on" if value else "off"
+
+
+def prefs_how_to_change() -> str:
+    return f"To change them: {USAGE['prefs']}"
+
+
+PREFS_BOTH_OFF = "With both off, requests still reach you by chat direct message, so you are never unreachable."

@@ -12,7 +12,7 @@ from datetime import datetime
 from pydantic import SecretStr
 
 from bot.errors import ConfigError
-from bot.pagerduty_events import IntegrationStatus
+from bot.integration_status import IntegrationStatus
 from bot.ports import SettingsStore
 from bot.secrets import SecretBox, validate_integration_key
 

@@ -17,152 +17,45 @@ import asyncio
 import hashlib
 import json
 import logging
-import re
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from types import TracebackType
-from typing import Any, Literal, get_args
-from urllib.parse import urlsplit
+from typing import Any
 
 import httpx
-from pydantic import SecretStr
 
-from bot.errors import AckgateError, ConfigError, PagerDutyError, PagerDutyUnavailable, UsageError
+from bot.errors import ConfigError, PagerDutyError
+from bot.integration_status import IntegrationStatus, StatusState  # noqa: F401 - re-exported
+from bot.pagerduty_event_bodies import (  # noqa: F401 - re-exported: the pure half of this API
+    DEDUP_PREFIX,
+    MAX_DEDUP_KEY,
+    MAX_SUMMARY,
+    SEVERITIES,
+    AuthIncident,
+    EventResult,
+    EventsRejected,
+    EventsUnavailable,
+    Json,
+    RoutingKey,
+    Severity,
+    dedup_key,
+    resolve_body,
+    status_after,
+    trigger_body,
+)
 from bot.secrets import mask
 
 log = logging.getLogger(__name__)
 
-Severity = Literal["critical", "error", "warning", "info"]
-SEVERITIES: tuple[str, ...] = get_args(Severity)
 DEFAULT_BASE_URL = "https://events.pagerduty.com"
 ENQUEUE_PATH = "/v2/enqueue"
-DEDUP_PREFIX = "ackgate-auth-"
-MAX_DEDUP_KEY = 255
-MAX_SUMMARY = 1024
 MAX_REQUEST_BYTES = 512 * 1024
 WINDOW_SECONDS = 60.0
 
-Json = dict[str, Any]
 Sleep = Callable[[float], Awaitable[None]]
 Monotonic = Callable[[], float]
-RoutingKey = str | SecretStr
-
-
-class EventsRejected(PagerDutyError):
-    """PagerDuty refused the event (400, or another 4xx): sending it again would fail the same way."""
-
-    def __init__(self, message: str, *, status: int, errors: tuple[str, ...] = ()) -> None:
-        super().__init__(message)
-        self.status = status
-        self.errors = errors
-
-
-class EventsUnavailable(PagerDutyUnavailable):
-    """PagerDuty could not take the event now (429, 5xx, network, or our own rate limit); try later."""
-
-    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-# --- the event bodies ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class AuthIncident:
-    """One authentication request, as PagerDuty will show it."""
-
-    transaction_id: str
-    requester: str  # display name or email of who asks
-    user: str  # email of who must authenticate
-    message: str
-    context: str
-    link: str  # where the responder authenticates
-    source: str  # this deployment, e.g. the public host
-    severity: Severity = "critical"
-
-    def __post_init__(self) -> None:
-        if not self.transaction_id.strip():
-            raise UsageError("An authentication request needs a transaction id.")
-        if self.severity not in SEVERITIES:
-            raise UsageError(f"PagerDuty severity must be one of {', '.join(SEVERITIES)}, not {self.severity!r}.")
-        if not self.link.startswith(("https://", "http://")):
-            raise UsageError("The authentication link must be an http(s) URL.")
-        if not self.source.strip():
-            raise UsageError("The event source (this deployment's host) must not be empty.")
-
-
-def dedup_key(transaction_id: str) -> str:
-    """The dedup key of a transaction's incident: stable, so a later resolve finds the same alert."""
-    key = DEDUP_PREFIX + transaction_id
-    if len(key) <= MAX_DEDUP_KEY:
-        return key
-    # PagerDuty refuses longer keys; a digest stays unique and is still the same for the resolve
-    return DEDUP_PREFIX + "sha256-" + hashlib.sha256(transaction_id.encode()).hexdigest()
-
-
-def trigger_body(
-    incident: AuthIncident, *, routing_key: RoutingKey, at: datetime | None = None, client_url: str | None = None
-) -> Json:
-    """The trigger event for ``incident``. ``at`` defaults to now; ``client_url`` to the link's origin."""
-    when = (at or datetime.now(UTC)).astimezone(UTC)
-    return {
-        "routing_key": _reveal(routing_key),
-        "event_action": "trigger",
-        "dedup_key": dedup_key(incident.transaction_id),
-        "payload": {
-            "summary": _summary(f"Authentication request from {incident.requester}"),
-            "severity": incident.severity,
-            "source": incident.source,
-            # RFC 3339 with Z: ISO 8601 as PagerDuty asks, and a valid OpenAPI date-time
-            "timestamp": when.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-            "component": "ackgate",
-            "class": "authentication_request",
-            "custom_details": {
-                "requester": incident.requester,
-                "user": incident.user,
-                "transaction_id": incident.transaction_id,
-                "message": incident.message,
-                "context": incident.context,
-            },
-        },
-        "links": [{"href": incident.link, "text": "Authenticate"}],
-        "client": "Ackgate",
-        "client_url": client_url or _origin(incident.link),
-    }
-
-
-def resolve_body(transaction_id: str, *, routing_key: RoutingKey) -> Json:
-    """The resolve event closing the transaction's alert (it must use the trigger's routing key)."""
-    return {"routing_key": _reveal(routing_key), "event_action": "resolve", "dedup_key": dedup_key(transaction_id)}
-
-
-def _summary(text: str) -> str:
-    # one line: the summary becomes the incident title; control characters would garble it
-    flat = re.sub(r"[\s\x00-\x1f\x7f]+", " ", text).strip()
-    return flat if len(flat) <= MAX_SUMMARY else flat[: MAX_SUMMARY - 1] + "…"
-
-
-def _origin(link: str) -> str:
-    parts = urlsplit(link)
-    return f"{parts.scheme}://{parts.netloc}/"
-
-
-def _reveal(key: RoutingKey) -> str:
-    return key.get_secret_value() if isinstance(key, SecretStr) else key
-
-
-# --- the client ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class EventResult:
-    ok: bool
-    dedup_key: str
-    message: str
 
 
 class KeyRateLimiter:
@@ -350,47 +243,3 @@ def _retry_after(response: httpx.Response) -> float | None:
         return max(0.0, float(response.headers.get("Retry-After", "")))
     except ValueError:
         return None
-
-
-# --- the integration status shown to admins -----------------------------------------------------
-
-StatusState = Literal["not_invoked", "success", "error"]
-
-
-@dataclass(frozen=True)
-class IntegrationStatus:
-    """What the last attempt to page gave; kept as JSON in the settings store."""
-
-    state: StatusState = "not_invoked"
-    at: datetime | None = None
-    detail: str = ""
-
-    def to_json(self) -> str:
-        at = self.at.astimezone(UTC).isoformat() if self.at else None
-        return json.dumps({"state": self.state, "at": at, "detail": self.detail})
-
-    @classmethod
-    def from_json(cls, text: str | None) -> IntegrationStatus:
-        """Parse :meth:`to_json` output. Nothing stored, or something unreadable, reads as not invoked:
-        this is a status indicator, never a gate."""
-        if not text:
-            return cls()
-        try:
-            raw = json.loads(text)
-            state = raw["state"]
-            at = datetime.fromisoformat(raw["at"]) if raw.get("at") else None
-        except (ValueError, TypeError, KeyError):
-            return cls()
-        if state not in get_args(StatusState):
-            return cls()
-        return cls(state=state, at=at, detail=str(raw.get("detail") or ""))
-
-
-def status_after(outcome: EventResult | BaseException, at: datetime) -> IntegrationStatus:
-    """The status to store after a send returned ``outcome`` or raised it."""
-    if isinstance(outcome, EventResult):
-        return IntegrationStatus("success", at, f"Incident event accepted (dedup key {outcome.dedup_key}).")
-    if isinstance(outcome, AckgateError):
-        return IntegrationStatus("error", at, outcome.message)
-    # an unexpected exception's text may hold anything, the key included: name its type only
-    return IntegrationStatus("error", at, f"Unexpected error ({type(outcome).__name__}); see Ackgate's logs.")

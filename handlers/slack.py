@@ -35,9 +35,14 @@ from bot.views import Card, RequestForm
 from handlers.slack_blocks import (
     ACTION_PREFIX,
     FORM_CALLBACK_ID,
+    KEY_BLOCK_ID,
+    KEY_FORM_CALLBACK_ID,
+    OPEN_KEY_FORM,
     read_form,
+    read_key_form,
     render_card,
     render_form,
+    render_key_form,
     render_notice,
 )
 from handlers.slack_notifier import PLATFORM, SlackIdentity, SlackNotifier, call_slack
@@ -56,6 +61,10 @@ class AccessUseCases(Protocol):
 
     async def decide(self, request_id: str, *, actor: Principal, approve: bool) -> Card:
         """An approve/deny click; the returned card is for the clicker only."""
+        ...
+
+    async def set_key(self, actor: Principal, text: str) -> Card:
+        """The integration key an admin pasted into the key form."""
         ...
 
     def request_form(self) -> RequestForm:
@@ -90,7 +99,7 @@ class _Listeners:
 
     async def command(self, ack: AsyncAck, command: Body, respond: AsyncRespond, client: AsyncWebClient) -> None:
         try:
-            parsed = parse_command(str(command.get("text") or ""))
+            parsed = parse_command(normalise_mentions(str(command.get("text") or "")))
         except UsageError as exc:  # parsing is pure, so the usage line can be the ack itself
             await ack(**render_notice(exc.message), response_type="ephemeral")
             return
@@ -104,7 +113,35 @@ class _Listeners:
         else:
             await ack()
         card = await self._outcome(self._execute(user_id, parsed))
+        if any(action.kind == OPEN_KEY_FORM for action in card.actions):
+            await self._open_key_form(client, trigger_id=str(command.get("trigger_id") or ""), user_id=user_id)
+            return
         await self._respond(respond, card, replace_original=isinstance(parsed, RequestAccess))
+
+    async def _open_key_form(self, client: AsyncWebClient, *, trigger_id: str, user_id: str) -> None:
+        try:
+            await call_slack("views.open", client.views_open(trigger_id=trigger_id, view=render_key_form()))
+        except ChatError:
+            self._log.warning("Slack did not open the key form for %s", user_id, exc_info=True)
+            await self._dm(user_id, _notice(messages.SLACK_FORM_NOT_OPENED))
+
+    async def key_submission(self, ack: AsyncAck, body: Body, view: Body) -> None:
+        # Validating before the ack lets a malformed key be shown beside the field; it is a
+        # storage write, not a PagerDuty call, so it stays well inside Slack's 3 seconds.
+        user_id = str((body.get("user") or {}).get("id") or "")
+        text = read_key_form((view.get("state") or {}).get("values") or {})
+        try:
+            actor = await self._identity.principal(user_id)
+            card = await self._service.set_key(actor, text)
+        except UsageError as exc:
+            await ack(response_action="errors", errors={KEY_BLOCK_ID: exc.message[:150]})
+            return
+        except Exception as exc:
+            await ack()
+            await self._dm(user_id, await self._outcome(_raise(exc)))
+            return
+        await ack()
+        await self._dm(user_id, card)
 
     async def _execute(self, user_id: str, command: Command) -> Card:
         actor = await self._identity.principal(user_id)
@@ -242,12 +279,16 @@ def build_bolt_app(
     async def on_submission(ack: AsyncAck, body: Body, view: Body) -> None:
         await listeners.submission(ack, body, view)
 
+    async def on_key_submission(ack: AsyncAck, body: Body, view: Body) -> None:
+        await listeners.key_submission(ack, body, view)
+
     async def on_error(error: Exception, body: Body) -> None:
         await listeners.unexpected(error, body)
 
     app.command(messages.COMMAND)(on_command)
     app.action(re.compile("^" + re.escape(ACTION_PREFIX)))(on_button)
     app.view(FORM_CALLBACK_ID)(on_submission)
+    app.view(KEY_FORM_CALLBACK_ID)(on_key_submission)
     app.error(on_error)
     return app
 
@@ -274,6 +315,20 @@ def mount_slack(web_app: web.Application, *, bolt_app: AsyncApp, path: str = "/s
         return await to_aiohttp_response(bolt_response)
 
     web_app.router.add_post(path, slack_events)
+
+
+_USER_MENTION = re.compile(r"<@([UW][A-Z0-9]+)(?:\|[^>]*)?>")
+_MAILTO = re.compile(r"<mailto:([^|>]+)(?:\|[^>]*)?>")
+
+
+def normalise_mentions(text: str) -> str:
+    """Slack's escaped markup to the core's neutral forms: ``<@U123|bob>`` → ``@U123``,
+    ``<mailto:bob@example.com|bob@example.com>`` → ``bob@example.com``."""
+    return _MAILTO.sub(r"\1", _USER_MENTION.sub(r"@\1", text))
+
+
+async def _raise(exc: Exception) -> Card:
+    raise exc
 
 
 def _well_formed(body: Body) -> bool:

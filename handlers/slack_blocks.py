@@ -35,6 +35,9 @@ MAX_FALLBACK_TEXT = 3000  # Slack truncates at 40,000 but asks for far less in n
 
 ACTION_PREFIX = "ackgate."
 FORM_CALLBACK_ID = "ackgate.request"
+KEY_FORM_CALLBACK_ID = "ackgate.admin_key"
+KEY_BLOCK_ID = "key"
+OPEN_KEY_FORM = "open_key_form"  # a card action asking the adapter to open the key form
 # Block ids of the form's inputs; each input's element uses the action id ``value``.
 RESOURCE_BLOCK = "resource"
 DURATION_BLOCK = "duration"
@@ -272,3 +275,27 @@ def read_form(values: Mapping[str, Any]) -> RequestAccess | dict[str, str]:
     if errors:
         return errors
     return RequestAccess(resource=resource, duration=duration, reason=reason)
+
+
+def render_key_form() -> dict[str, Any]:
+    """The admin form for pasting the Events API v2 integration key (never prefilled, never echoed)."""
+    return {
+        "type": "modal",
+        "callback_id": KEY_FORM_CALLBACK_ID,
+        "title": _plain(messages.KEY_FORM_TITLE, MAX_MODAL_LABEL),
+        "submit": _plain("Save", MAX_MODAL_LABEL),
+        "close": _plain("Cancel", MAX_MODAL_LABEL),
+        "blocks": [
+            {
+                "type": "input",
+                "block_id": KEY_BLOCK_ID,
+                "label": _plain(messages.KEY_FORM_LABEL, MAX_INPUT_HINT),
+                "hint": _plain(messages.KEY_FORM_HINT, MAX_INPUT_HINT),
+                "element": {"type": "plain_text_input", "action_id": "value", "max_length": 200},
+            }
+        ],
+    }
+
+
+def read_key_form(values: dict[str, Any]) -> str:
+    return str(((values.get(KEY_BLOCK_ID) or {}).get("value") or {}).get("value") or "")

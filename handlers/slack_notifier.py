@@ -38,6 +38,7 @@ WEB_API_SCOPES: Mapping[str, frozenset[str]] = MappingProxyType(
         "chat.update": frozenset({"chat:write"}),
         "views.open": frozenset(),  # a trigger id is the permission
         "views.update": frozenset(),
+        "usergroups.users.list": frozenset({"usergroups:read"}),  # ACKGATE_ADMIN_USERGROUP
     }
 )
 SLASH_COMMAND_SCOPE = "commands"
@@ -170,3 +171,34 @@ class SlackIdentity:
         principal = principal_from_user(found["user"])
         self._cache[user_id] = (self._monotonic() + self._ttl, principal)
         return principal
+
+
+class SlackAdminGroup:
+    """Whether someone belongs to the Slack user group whose members are Ackgate admins
+    (``ACKGATE_ADMIN_USERGROUP``), from usergroups.users.list, cached for ``ttl_seconds``."""
+
+    def __init__(
+        self,
+        client: AsyncWebClient,
+        group_id: str,
+        *,
+        ttl_seconds: float = 60.0,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._client = client
+        self._group_id = group_id
+        self._ttl = ttl_seconds
+        self._monotonic = monotonic
+        self._members: frozenset[str] = frozenset()
+        self._fetched = float("-inf")
+
+    async def __call__(self, principal: Principal) -> bool:
+        if principal.platform != PLATFORM:
+            return False
+        if self._monotonic() - self._fetched >= self._ttl:
+            found = await call_slack(
+                "usergroups.users.list", self._client.usergroups_users_list(usergroup=self._group_id)
+            )
+            self._members = frozenset(str(u) for u in found.get("users") or [])
+            self._fetched = self._monotonic()
+        return principal.user_id in self._members

@@ -2,16 +2,32 @@
 
 store = open_store(settings.database_url)
 await store.open()   # connect and migrate
+
+Both backends also offer ``prune_seen(before)`` beyond the ``Store`` port (:class:`PrunesSeen`),
+to drop webhook delivery keys once PagerDuty can no longer redeliver them (48 hours).
 """
 
 from __future__ import annotations
+
+from datetime import datetime
+from typing import Protocol, runtime_checkable
 
 from bot.errors import ConfigError
 from bot.ports import Store
 from storage.postgres import PostgresStore
 from storage.sqlite import SqliteStore
 
-__all__ = ["PostgresStore", "SqliteStore", "open_store"]
+__all__ = ["PostgresStore", "PrunesSeen", "SqliteStore", "open_store"]
+
+
+@runtime_checkable
+class PrunesSeen(Protocol):
+    """A store that can forget old delivery keys: ``isinstance(store, PrunesSeen)`` tells."""
+
+    async def prune_seen(self, before: datetime) -> int:
+        """Delete the ``seen`` keys recorded strictly before ``before``; return how many went."""
+        ...
+
 
 _SQLITE = "sqlite:///"
 _ACCEPTED = "use sqlite:///path/to/ackgate.db (sqlite:////abs/path.db for an absolute path) or postgresql://user@host:5432/dbname"

@@ -18,15 +18,19 @@ from bot.domain import (
     AccessRequest,
     Approval,
     AuditEvent,
+    AuthStatus,
+    AuthTransaction,
     EndReason,
     Grant,
     GrantStatus,
     Incident,
+    IncidentMirror,
     MessageRef,
     Principal,
     RequestStatus,
 )
 from bot.errors import AlreadyDecided, NotFound, UserError
+from bot.webhooks import STATUS_ORDER
 
 
 class Row(Protocol):
@@ -82,6 +86,51 @@ GRANT_COLUMNS = (
 )
 
 AUDIT_COLUMNS = ("at", "kind", "actor", "subject", "data")
+
+TRANSACTION_COLUMNS = (
+    "id",
+    "requester_platform",
+    "requester_user_id",
+    "requester_email",
+    "requester_name",
+    "target_platform",
+    "target_user_id",
+    "target_email",
+    "target_name",
+    "message",
+    "status",
+    "created_at",
+    "expires_at",
+    "token_hash",
+    "context",
+    "channels",
+    "dedup_key",
+    "decided_at",
+    "note",
+)
+
+MIRROR_COLUMNS = (
+    "incident_id",
+    "number",
+    "title",
+    "html_url",
+    "status",
+    "status_rank",
+    "status_at",
+    "acknowledged_by",
+    "service_id",
+    "transaction_id",
+    "incident_key",
+)
+
+
+def status_rank(status: str) -> int:
+    """Where an incident status sits in triggered < acknowledged < resolved; unknown ones rank lowest.
+
+    Stored beside the status so ``put_if_newer`` can break a tie between two events stamped with
+    the same instant inside one SQL statement.
+    """
+    return STATUS_ORDER.get(status, -1)
 
 
 def utc(at: datetime) -> datetime:
@@ -272,6 +321,111 @@ class Codec:
     def message_ref(row: Row) -> MessageRef:
         return MessageRef(platform=row["platform"], channel=row["channel"], message_id=row["message_id"])
 
+    # --- authentication transactions and mirrored incidents ---------------------------------
+
+    def transaction_values(self, t: AuthTransaction) -> tuple[object, ...]:
+        """Column values in :data:`TRANSACTION_COLUMNS` order."""
+        return (
+            t.id,
+            t.requester.platform,
+            t.requester.user_id,
+            t.requester.email,
+            t.requester.name,
+            t.target.platform,
+            t.target.user_id,
+            t.target.email,
+            t.target.name,
+            t.message,
+            t.status.value,
+            self.dump_time(t.created_at),
+            self.dump_time(t.expires_at),
+            t.token_hash,
+            t.context,
+            dump_json(list(t.channels)),
+            t.dedup_key,
+            self._maybe_time(t.decided_at),
+            t.note,
+        )
+
+    def transaction(self, row: Row) -> AuthTransaction:
+        return AuthTransaction(
+            id=row["id"],
+            requester=_principal(row, "requester"),
+            target=_principal(row, "target"),
+            message=row["message"],
+            status=AuthStatus(row["status"]),
+            created_at=self._load_time(row["created_at"]),
+            expires_at=self._load_time(row["expires_at"]),
+            token_hash=row["token_hash"],
+            context=row["context"],
+            channels=tuple(json.loads(row["channels"])),
+            dedup_key=row["dedup_key"],
+            decided_at=self._load_maybe_time(row["decided_at"]),
+            note=row["note"],
+        )
+
+    def mirror_values(self, m: IncidentMirror) -> tuple[object, ...]:
+        """Column values in :data:`MIRROR_COLUMNS` order."""
+        return (
+            m.incident_id,
+            m.number,
+            m.title,
+            m.html_url,
+            m.status,
+            status_rank(m.status),
+            self.dump_time(m.status_at),
+            m.acknowledged_by,
+            m.service_id,
+            m.transaction_id,
+            m.incident_key,
+        )
+
+    def mirror(self, row: Row) -> IncidentMirror:
+        return IncidentMirror(
+            incident_id=row["incident_id"],
+            number=int(row["number"]),
+            title=row["title"],
+            html_url=row["html_url"],
+            status=row["status"],
+            status_at=self._load_time(row["status_at"]),
+            acknowledged_by=row["acknowledged_by"],
+            service_id=row["service_id"],
+            transaction_id=row["transaction_id"],
+            incident_key=row["incident_key"],
+        )
+
+
+def _principal(row: Row, prefix: str) -> Principal:
+    return Principal(
+        platform=row[f"{prefix}_platform"],
+        user_id=row[f"{prefix}_user_id"],
+        email=row[f"{prefix}_email"],
+        name=row[f"{prefix}_name"],
+    )
+
+
+def mirror_upsert(insert: str) -> str:
+    """``insert`` (an INSERT of :data:`MIRROR_COLUMNS`) made into the compare-and-set upsert of
+    ``put_if_newer``; both dialects share this SQL and differ only in their placeholders.
+
+    The update happens only for a later ``status_at``, or the same instant and a later status, so a
+    late delivery never moves an incident backwards. A link the newer event does not carry (the
+    transaction, the incident key) is kept rather than erased. ``RETURNING`` yields a row only
+    when something was written.
+    """
+    linked = {"transaction_id", "incident_key"}
+    assignments = [f"{c} = excluded.{c}" for c in MIRROR_COLUMNS if c != "incident_id" and c not in linked]
+    assignments += [
+        "transaction_id = COALESCE(excluded.transaction_id, incident_mirrors.transaction_id)",
+        "incident_key = COALESCE(NULLIF(excluded.incident_key, ''), incident_mirrors.incident_key)",
+    ]
+    return (
+        f"{insert} ON CONFLICT (incident_id) DO UPDATE SET {', '.join(assignments)}"
+        " WHERE excluded.status_at > incident_mirrors.status_at"
+        " OR (excluded.status_at = incident_mirrors.status_at AND excluded.status_rank > incident_mirrors.status_rank)"
+        " RETURNING incident_id"
+    )
+
 
 # --- what a lost compare-and-set raises ----------------------------------------------------------
 # Short sentences shown to the person who clicked; they say who got there first when known.
@@ -312,6 +466,26 @@ def grant_conflict(grant_id: str, row: Row | None) -> UserError:
     status = GrantStatus(row["status"])
     by: str | None = row["ended_by"]
     return AlreadyDecided(_GRANT_STATE[status], status=status.value, by=by)
+
+
+_TRANSACTION_STATE = {
+    AuthStatus.VERIFIED: "This request was already verified.",
+    AuthStatus.DENIED: "This request was already denied.",
+    AuthStatus.EXPIRED: "This link has expired.",
+    AuthStatus.PENDING: "This request is still waiting for an answer.",
+}
+
+
+def transaction_conflict(transaction_id: str, row: Row | None) -> UserError:
+    """The error for a transaction decision that changed no row; ``row`` holds the status."""
+    if row is None:
+        return transaction_missing(transaction_id)
+    status = AuthStatus(row["status"])
+    return AlreadyDecided(_TRANSACTION_STATE[status], status=status.value)
+
+
+def transaction_missing(transaction_id: str) -> NotFound:
+    return NotFound(f"No authentication request has the id {transaction_id}.")
 
 
 def expiry_moved() -> AlreadyDecided:

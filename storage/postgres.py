@@ -20,24 +20,42 @@ from bot.domain import (
     AccessRequest,
     Approval,
     AuditEvent,
+    AuthStatus,
+    AuthTransaction,
     EndReason,
     Grant,
     GrantStatus,
+    IncidentMirror,
     MessageRef,
     RequestStatus,
 )
 from bot.errors import ConfigError, StorageError
-from bot.ports import AuditLog, GrantStore, MessageStore, RequestStore, SettingsStore
+from bot.ports import (
+    AuditLog,
+    GrantStore,
+    MessageStore,
+    MirrorStore,
+    RequestStore,
+    SeenStore,
+    SettingsStore,
+    TransactionStore,
+)
 from storage import migrations
 from storage.codec import (
     AUDIT_COLUMNS,
     GRANT_COLUMNS,
+    MIRROR_COLUMNS,
     REQUEST_COLUMNS,
+    TRANSACTION_COLUMNS,
     Codec,
     Row,
+    dump_json,
     expiry_moved,
     grant_conflict,
+    mirror_upsert,
     request_conflict,
+    transaction_conflict,
+    transaction_missing,
     utc,
 )
 
@@ -65,6 +83,9 @@ def _insert(table: str, columns: Sequence[str]) -> str:
 _INSERT_REQUEST = _insert("requests", REQUEST_COLUMNS)
 _INSERT_GRANT = _insert("grants", GRANT_COLUMNS)
 _INSERT_AUDIT = _insert("audit", AUDIT_COLUMNS)
+_INSERT_TRANSACTION = _insert("auth_transactions", TRANSACTION_COLUMNS)
+_PUT_MIRROR = mirror_upsert(_insert("incident_mirrors", MIRROR_COLUMNS))
+_LINK_HASH_UNIQUE = "auth_transactions_token_hash_key"  # PostgreSQL's name for the UNIQUE column
 _INSERT_APPROVAL = (
     "INSERT INTO approvals (request_id, approver_email, at) VALUES ($1, $2, $3)"
     " ON CONFLICT (request_id, approver_email) DO NOTHING"
@@ -76,6 +97,11 @@ REVOKES_DUE_SQL = (
     "SELECT * FROM grants WHERE status = $1 AND next_attempt_at <= $2 ORDER BY next_attempt_at, id LIMIT $3"
 )
 ACTIVE_FOR_INCIDENT_SQL = "SELECT * FROM grants WHERE incident_id = $1 AND status = $2 ORDER BY expires_at, id"
+PENDING_EXPIRED_SQL = (
+    "SELECT * FROM auth_transactions WHERE status = $1 AND expires_at <= $2 ORDER BY expires_at, id LIMIT $3"
+)
+BY_DEDUP_KEY_SQL = "SELECT * FROM auth_transactions WHERE dedup_key = $1 ORDER BY created_at DESC, id DESC LIMIT 1"
+BY_TRANSACTION_SQL = "SELECT * FROM incident_mirrors WHERE transaction_id = $1 ORDER BY status_at DESC LIMIT 1"
 
 
 def describe(dsn: str) -> str:
@@ -369,6 +395,104 @@ class _Messages:
         return [_CODEC.message_ref(row) for row in rows]
 
 
+class _Transactions:
+    def __init__(self, db: _Pool) -> None:
+        self._db = db
+
+    async def _one(self, doing: str, sql: str, *params: object) -> AuthTransaction | None:
+        async with self._db.connection(doing) as conn:
+            row = await conn.fetchrow(sql, *params)
+        return None if row is None else _CODEC.transaction(row)
+
+    async def add(self, transaction: AuthTransaction) -> None:
+        async with self._db.connection(f"save authentication request {transaction.id}") as conn:
+            try:
+                await conn.execute(_INSERT_TRANSACTION, *_CODEC.transaction_values(transaction))
+            except asyncpg.UniqueViolationError as exc:
+                token = exc.constraint_name == _LINK_HASH_UNIQUE
+                taken = "its link token is already in use" if token else "that id is already taken"
+                raise StorageError(f"Could not save authentication request {transaction.id}: {taken}.") from exc
+
+    async def get(self, transaction_id: str) -> AuthTransaction | None:
+        sql = "SELECT * FROM auth_transactions WHERE id = $1"
+        return await self._one(f"read authentication request {transaction_id}", sql, transaction_id)
+
+    async def by_token_hash(self, token_hash: str) -> AuthTransaction | None:
+        # The hash is never put in the error message: it is as good as the link for a look-up.
+        sql = "SELECT * FROM auth_transactions WHERE token_hash = $1"
+        return await self._one("find an authentication request by its link", sql, token_hash)
+
+    async def by_dedup_key(self, dedup_key: str) -> AuthTransaction | None:
+        return await self._one(f"find the authentication request of {dedup_key}", BY_DEDUP_KEY_SQL, dedup_key)
+
+    async def decide(
+        self, transaction_id: str, *, expected: AuthStatus, new: AuthStatus, at: datetime, note: str | None = None
+    ) -> AuthTransaction:
+        sql = (
+            "UPDATE auth_transactions SET status = $1, decided_at = $2, note = COALESCE($3, note)"
+            " WHERE id = $4 AND status = $5 RETURNING *"
+        )
+        params = (new.value, utc(at), note, transaction_id, expected.value)
+        async with self._db.connection(f"decide authentication request {transaction_id}", transaction=True) as conn:
+            updated = await conn.fetchrow(sql, *params)
+            if updated is None:
+                current = await conn.fetchrow("SELECT status FROM auth_transactions WHERE id = $1", transaction_id)
+                raise transaction_conflict(transaction_id, current)
+        return _CODEC.transaction(updated)
+
+    async def update_delivery(
+        self, transaction_id: str, *, channels: tuple[str, ...], dedup_key: str | None, note: str
+    ) -> AuthTransaction:
+        sql = "UPDATE auth_transactions SET channels = $1, dedup_key = $2, note = $3 WHERE id = $4 RETURNING *"
+        async with self._db.connection(f"record how authentication request {transaction_id} was sent") as conn:
+            updated = await conn.fetchrow(sql, dump_json(list(channels)), dedup_key, note, transaction_id)
+        if updated is None:
+            raise transaction_missing(transaction_id)
+        return _CODEC.transaction(updated)
+
+    async def pending_expired(self, now: datetime, *, limit: int = 100) -> list[AuthTransaction]:
+        async with self._db.connection("list expired authentication requests") as conn:
+            rows = await conn.fetch(PENDING_EXPIRED_SQL, AuthStatus.PENDING.value, utc(now), limit)
+        return [_CODEC.transaction(row) for row in rows]
+
+
+class _Mirrors:
+    def __init__(self, db: _Pool) -> None:
+        self._db = db
+
+    async def get(self, incident_id: str) -> IncidentMirror | None:
+        async with self._db.connection(f"read the mirror of incident {incident_id}") as conn:
+            row = await conn.fetchrow("SELECT * FROM incident_mirrors WHERE incident_id = $1", incident_id)
+        return None if row is None else _CODEC.mirror(row)
+
+    async def put_if_newer(self, mirror: IncidentMirror) -> bool:
+        # One upsert: a concurrent insert of the same incident waits on the key, then re-checks the WHERE.
+        async with self._db.connection(f"save the mirror of incident {mirror.incident_id}") as conn:
+            return await conn.fetchrow(_PUT_MIRROR, *_CODEC.mirror_values(mirror)) is not None
+
+    async def by_transaction(self, transaction_id: str) -> IncidentMirror | None:
+        async with self._db.connection(f"find the incident of authentication request {transaction_id}") as conn:
+            row = await conn.fetchrow(BY_TRANSACTION_SQL, transaction_id)
+        return None if row is None else _CODEC.mirror(row)
+
+
+class _Seen:
+    """Deliveries already processed, as rows of ``webhook_seen``."""
+
+    def __init__(self, db: _Pool) -> None:
+        self._db = db
+
+    async def first_time(self, key: str, *, at: datetime) -> bool:
+        sql = "INSERT INTO webhook_seen (key, at) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING RETURNING key"
+        async with self._db.connection("record a webhook delivery") as conn:
+            return await conn.fetchrow(sql, key, utc(at)) is not None
+
+    async def prune(self, before: datetime) -> int:
+        sql = "WITH gone AS (DELETE FROM webhook_seen WHERE at < $1 RETURNING 1) SELECT count(*) FROM gone"
+        async with self._db.connection("forget old webhook deliveries") as conn:
+            return int(await conn.fetchval(sql, utc(before)))
+
+
 class PostgresStore:
     """Every role port over one PostgreSQL database.
 
@@ -383,16 +507,22 @@ class PostgresStore:
         self.audit: AuditLog = _Audit(self._db)
         self.settings: SettingsStore = _Settings(self._db)
         self.messages: MessageStore = _Messages(self._db)
+        self.transactions: TransactionStore = _Transactions(self._db)
+        self.mirrors: MirrorStore = _Mirrors(self._db)
+        self._seen = _Seen(self._db)
+        self.seen: SeenStore = self._seen
 
-    async def open(self) -> None:
+    async def open(self, *, migrate_up_to: int | None = None) -> None:
+        """Connect and apply pending migrations: all of them, or only up to ``migrate_up_to``
+        (a version number; for tests of upgrades from an older schema)."""
         await self._db.open()
         try:
-            await self._migrate()
+            await self._migrate(up_to=migrate_up_to)
         except BaseException:
             await self._db.close()
             raise
 
-    async def _migrate(self) -> None:
+    async def _migrate(self, *, up_to: int | None) -> None:
         async with self._db.connection("apply database migrations", transaction=True) as conn:
             # Held until commit: a replica that starts meanwhile waits, then finds nothing to do.
             await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
@@ -402,13 +532,21 @@ class PostgresStore:
             )
             current = int(await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_version"))
             for migration in migrations.load("postgres"):
-                if migration.version > current:
+                if migration.version > current and (up_to is None or migration.version <= up_to):
                     await conn.execute(migration.sql)  # no arguments: the simple protocol runs many statements
                     await conn.execute(
                         "INSERT INTO schema_version (version, name) VALUES ($1, $2)",
                         migration.version,
                         migration.name,
                     )
+
+    async def prune_seen(self, before: datetime) -> int:
+        """Forget delivery keys recorded before ``before`` and return how many were dropped.
+
+        Not part of the ``Store`` port (see :class:`storage.PrunesSeen`): PagerDuty redelivers for
+        up to 48 hours, so a periodic job drops keys older than that to keep ``webhook_seen`` small.
+        """
+        return await self._seen.prune(before)
 
     async def schema_version(self) -> int:
         """The highest migration applied to this database."""

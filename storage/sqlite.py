@@ -19,25 +19,43 @@ from bot.domain import (
     AccessRequest,
     Approval,
     AuditEvent,
+    AuthStatus,
+    AuthTransaction,
     EndReason,
     Grant,
     GrantStatus,
+    IncidentMirror,
     MessageRef,
     RequestStatus,
 )
 from bot.errors import StorageError
-from bot.ports import AuditLog, GrantStore, MessageStore, RequestStore, SettingsStore
+from bot.ports import (
+    AuditLog,
+    GrantStore,
+    MessageStore,
+    MirrorStore,
+    RequestStore,
+    SeenStore,
+    SettingsStore,
+    TransactionStore,
+)
 from storage import migrations
 from storage.codec import (
     AUDIT_COLUMNS,
     GRANT_COLUMNS,
+    MIRROR_COLUMNS,
     REQUEST_COLUMNS,
+    TRANSACTION_COLUMNS,
     Codec,
+    dump_json,
     expiry_moved,
     from_iso,
     grant_conflict,
     iso,
+    mirror_upsert,
     request_conflict,
+    transaction_conflict,
+    transaction_missing,
 )
 
 BUSY_TIMEOUT_MS = 5000
@@ -54,6 +72,8 @@ def _insert(table: str, columns: Sequence[str]) -> str:
 _INSERT_REQUEST = _insert("requests", REQUEST_COLUMNS)
 _INSERT_GRANT = _insert("grants", GRANT_COLUMNS)
 _INSERT_AUDIT = _insert("audit", AUDIT_COLUMNS)
+_INSERT_TRANSACTION = _insert("auth_transactions", TRANSACTION_COLUMNS)
+_PUT_MIRROR = mirror_upsert(_insert("incident_mirrors", MIRROR_COLUMNS))
 _INSERT_APPROVAL = (
     "INSERT INTO approvals (request_id, approver_email, at) VALUES (?, ?, ?)"
     " ON CONFLICT (request_id, approver_email) DO NOTHING"
@@ -63,6 +83,11 @@ _INSERT_APPROVAL = (
 DUE_TO_EXPIRE_SQL = "SELECT * FROM grants WHERE status = ? AND expires_at <= ? ORDER BY expires_at, id LIMIT ?"
 REVOKES_DUE_SQL = "SELECT * FROM grants WHERE status = ? AND next_attempt_at <= ? ORDER BY next_attempt_at, id LIMIT ?"
 ACTIVE_FOR_INCIDENT_SQL = "SELECT * FROM grants WHERE incident_id = ? AND status = ? ORDER BY expires_at, id"
+PENDING_EXPIRED_SQL = (
+    "SELECT * FROM auth_transactions WHERE status = ? AND expires_at <= ? ORDER BY expires_at, id LIMIT ?"
+)
+BY_DEDUP_KEY_SQL = "SELECT * FROM auth_transactions WHERE dedup_key = ? ORDER BY created_at DESC, id DESC LIMIT 1"
+BY_TRANSACTION_SQL = "SELECT * FROM incident_mirrors WHERE transaction_id = ? ORDER BY status_at DESC LIMIT 1"
 
 
 def split_statements(script: str) -> list[str]:
@@ -405,6 +430,104 @@ class _Messages:
         return [_CODEC.message_ref(row) for row in rows]
 
 
+class _Transactions:
+    def __init__(self, db: _Db) -> None:
+        self._db = db
+
+    async def _one(self, doing: str, sql: str, params: Sequence[object]) -> AuthTransaction | None:
+        async with self._db.reading(doing) as conn:
+            row = await _row(conn, sql, params)
+        return None if row is None else _CODEC.transaction(row)
+
+    async def add(self, transaction: AuthTransaction) -> None:
+        async with self._db.writing(f"save authentication request {transaction.id}") as conn:
+            try:
+                await conn.execute(_INSERT_TRANSACTION, _CODEC.transaction_values(transaction))
+            except sqlite3.IntegrityError as exc:
+                if not _is_duplicate(exc):
+                    raise
+                taken = "its link token is already in use" if "token_hash" in str(exc) else "that id is already taken"
+                raise StorageError(f"Could not save authentication request {transaction.id}: {taken}.") from exc
+
+    async def get(self, transaction_id: str) -> AuthTransaction | None:
+        sql = "SELECT * FROM auth_transactions WHERE id = ?"
+        return await self._one(f"read authentication request {transaction_id}", sql, [transaction_id])
+
+    async def by_token_hash(self, token_hash: str) -> AuthTransaction | None:
+        # The hash is never put in the error message: it is as good as the link for a look-up.
+        sql = "SELECT * FROM auth_transactions WHERE token_hash = ?"
+        return await self._one("find an authentication request by its link", sql, [token_hash])
+
+    async def by_dedup_key(self, dedup_key: str) -> AuthTransaction | None:
+        return await self._one(f"find the authentication request of {dedup_key}", BY_DEDUP_KEY_SQL, [dedup_key])
+
+    async def decide(
+        self, transaction_id: str, *, expected: AuthStatus, new: AuthStatus, at: datetime, note: str | None = None
+    ) -> AuthTransaction:
+        sql = (
+            "UPDATE auth_transactions SET status = ?, decided_at = ?, note = COALESCE(?, note)"
+            " WHERE id = ? AND status = ? RETURNING *"
+        )
+        params = (new.value, iso(at), note, transaction_id, expected.value)
+        async with self._db.writing(f"decide authentication request {transaction_id}") as conn:
+            updated = await _row(conn, sql, params)
+            if updated is None:
+                current = await _row(conn, "SELECT status FROM auth_transactions WHERE id = ?", [transaction_id])
+                raise transaction_conflict(transaction_id, current)
+        return _CODEC.transaction(updated)
+
+    async def update_delivery(
+        self, transaction_id: str, *, channels: tuple[str, ...], dedup_key: str | None, note: str
+    ) -> AuthTransaction:
+        sql = "UPDATE auth_transactions SET channels = ?, dedup_key = ?, note = ? WHERE id = ? RETURNING *"
+        params = (dump_json(list(channels)), dedup_key, note, transaction_id)
+        async with self._db.writing(f"record how authentication request {transaction_id} was sent") as conn:
+            updated = await _row(conn, sql, params)
+        if updated is None:
+            raise transaction_missing(transaction_id)
+        return _CODEC.transaction(updated)
+
+    async def pending_expired(self, now: datetime, *, limit: int = 100) -> list[AuthTransaction]:
+        params = (AuthStatus.PENDING.value, iso(now), limit)
+        async with self._db.reading("list expired authentication requests") as conn:
+            return [_CODEC.transaction(row) for row in await _rows(conn, PENDING_EXPIRED_SQL, params)]
+
+
+class _Mirrors:
+    def __init__(self, db: _Db) -> None:
+        self._db = db
+
+    async def get(self, incident_id: str) -> IncidentMirror | None:
+        async with self._db.reading(f"read the mirror of incident {incident_id}") as conn:
+            row = await _row(conn, "SELECT * FROM incident_mirrors WHERE incident_id = ?", [incident_id])
+        return None if row is None else _CODEC.mirror(row)
+
+    async def put_if_newer(self, mirror: IncidentMirror) -> bool:
+        async with self._db.writing(f"save the mirror of incident {mirror.incident_id}") as conn:
+            return await _row(conn, _PUT_MIRROR, _CODEC.mirror_values(mirror)) is not None
+
+    async def by_transaction(self, transaction_id: str) -> IncidentMirror | None:
+        async with self._db.reading(f"find the incident of authentication request {transaction_id}") as conn:
+            row = await _row(conn, BY_TRANSACTION_SQL, [transaction_id])
+        return None if row is None else _CODEC.mirror(row)
+
+
+class _Seen:
+    """Deliveries already processed, as rows of ``webhook_seen``."""
+
+    def __init__(self, db: _Db) -> None:
+        self._db = db
+
+    async def first_time(self, key: str, *, at: datetime) -> bool:
+        sql = "INSERT INTO webhook_seen (key, at) VALUES (?, ?) ON CONFLICT (key) DO NOTHING RETURNING key"
+        async with self._db.writing("record a webhook delivery") as conn:
+            return await _row(conn, sql, (key, iso(at))) is not None
+
+    async def prune(self, before: datetime) -> int:
+        async with self._db.writing("forget old webhook deliveries") as conn:
+            return len(await _rows(conn, "DELETE FROM webhook_seen WHERE at < ? RETURNING key", [iso(before)]))
+
+
 class SqliteStore:
     """Every role port over one SQLite file (or ``:memory:``)."""
 
@@ -415,20 +538,26 @@ class SqliteStore:
         self.audit: AuditLog = _Audit(self._db)
         self.settings: SettingsStore = _Settings(self._db)
         self.messages: MessageStore = _Messages(self._db)
+        self.transactions: TransactionStore = _Transactions(self._db)
+        self.mirrors: MirrorStore = _Mirrors(self._db)
+        self._seen = _Seen(self._db)
+        self.seen: SeenStore = self._seen
 
     @property
     def path(self) -> str:
         return self._db.path
 
-    async def open(self) -> None:
+    async def open(self, *, migrate_up_to: int | None = None) -> None:
+        """Connect and apply pending migrations: all of them, or only up to ``migrate_up_to``
+        (a version number; for tests of upgrades from an older schema)."""
         await self._db.open()
         try:
-            await self._migrate()
+            await self._migrate(up_to=migrate_up_to)
         except BaseException:
             await self._db.close()
             raise
 
-    async def _migrate(self) -> None:
+    async def _migrate(self, *, up_to: int | None) -> None:
         async with self._db.writing("apply database migrations") as conn:
             await conn.execute(
                 "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY,"
@@ -437,13 +566,21 @@ class SqliteStore:
             row = await _row(conn, "SELECT coalesce(max(version), 0) AS v FROM schema_version")
             current = 0 if row is None else int(row["v"])
             for migration in migrations.load("sqlite"):
-                if migration.version <= current:
+                if migration.version <= current or (up_to is not None and migration.version > up_to):
                     continue
                 for statement in split_statements(migration.sql):
                     await conn.execute(statement)
                 await conn.execute(
                     "INSERT INTO schema_version (version, name) VALUES (?, ?)", (migration.version, migration.name)
                 )
+
+    async def prune_seen(self, before: datetime) -> int:
+        """Forget delivery keys recorded before ``before`` and return how many were dropped.
+
+        Not part of the ``Store`` port (see :class:`storage.PrunesSeen`): PagerDuty redelivers for
+        up to 48 hours, so a periodic job drops keys older than that to keep ``webhook_seen`` small.
+        """
+        return await self._seen.prune(before)
 
     async def schema_version(self) -> int:
         """The highest migration applied to this database."""

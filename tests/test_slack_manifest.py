@@ -76,13 +76,21 @@ def test_needed_scopes_cover_the_dm_and_email_lookups() -> None:
     """The scope table itself: the calls that fail without these scopes list them."""
     assert WEB_API_SCOPES["conversations.open"] == {"im:write"}
     assert "users:read.email" in WEB_API_SCOPES["users.info"]
-    assert required_bot_scopes() == {"commands", "chat:write", "users:read", "users:read.email", "im:write"}
+    assert required_bot_scopes() == {
+        "commands",
+        "chat:write",
+        "users:read",
+        "users:read.email",
+        "im:write",
+        "usergroups:read",
+    }
 
 
 def test_manifest_routes_the_command_and_interactivity_to_the_slack_endpoint(manifest: dict[str, Any]) -> None:
     (command,) = manifest["features"]["slash_commands"]
     assert command["command"] == messages.COMMAND
-    assert command["should_escape"] is False
+    # Escaped, so a mention arrives as <@U…> (a user id), never as a display name.
+    assert command["should_escape"] is True
     assert command["url"] == manifest["settings"]["interactivity"]["request_url"]
     assert command["url"].endswith("/slack/events")
     assert manifest["settings"]["interactivity"]["is_enabled"] is True

@@ -15,8 +15,25 @@ from bot.errors import ConfigError, StorageError
 from storage import PostgresStore, SqliteStore, migrations, open_store
 from storage import postgres as pg
 from storage import sqlite as sq
-from storage.codec import GRANT_COLUMNS, Codec, dump_json, from_iso, iso
-from tests.fakes.storage_fixtures import T0, make_grant, make_incident, opened, postgres_schema_url
+from storage.codec import (
+    GRANT_COLUMNS,
+    MIRROR_COLUMNS,
+    TRANSACTION_COLUMNS,
+    Codec,
+    dump_json,
+    from_iso,
+    iso,
+    status_rank,
+)
+from tests.fakes.storage_fixtures import (
+    T0,
+    make_grant,
+    make_incident,
+    make_mirror,
+    make_transaction,
+    opened,
+    postgres_schema_url,
+)
 
 # --- open_store -------------------------------------------------------------------------------
 
@@ -192,3 +209,65 @@ def test_an_incident_stored_by_a_newer_version_with_extra_fields_still_loads() -
     )
     row["incident"] = dump_json({**json.loads(row["incident"]), "priority": "P1"})
     assert codec.grant(row) == make_grant(incident=make_incident())
+
+
+# --- issue 3: transactions, mirrors, seen keys -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("sql", "table", "index", "sorts"),
+    [
+        (sq.PENDING_EXPIRED_SQL, "auth_transactions", "auth_transactions_by_status_expiry", False),
+        (sq.BY_DEDUP_KEY_SQL, "auth_transactions", "auth_transactions_by_dedup_key", True),
+        (sq.BY_TRANSACTION_SQL, "incident_mirrors", "incident_mirrors_by_transaction", True),
+    ],
+)
+async def test_sqlite_issue3_look_ups_search_their_index(
+    tmp_path: Path, sql: str, table: str, index: str, sorts: bool
+) -> None:
+    path = tmp_path / "ackgate.db"
+    async with opened(f"sqlite:///{path}"):
+        pass
+    with sqlite3.connect(path) as raw:
+        plan = " | ".join(row[3] for row in raw.execute("EXPLAIN QUERY PLAN " + sql, ("x",) * sql.count("?")))
+    assert f"SEARCH {table} USING INDEX {index}" in plan
+    # The expiry sweeper reads its range in index order; the others sort the few rows of one key.
+    assert ("TEMP B-TREE" in plan) is sorts
+
+
+@pytest.mark.parametrize(
+    ("sql", "index", "params"),
+    [
+        (pg.PENDING_EXPIRED_SQL, "auth_transactions_by_status_expiry", ("pending", T0, 100)),
+        (pg.BY_DEDUP_KEY_SQL, "auth_transactions_by_dedup_key", ("dk",)),
+        (pg.BY_TRANSACTION_SQL, "incident_mirrors_by_transaction", ("t-1",)),
+    ],
+)
+async def test_postgres_issue3_look_ups_can_use_their_index(sql: str, index: str, params: tuple[object, ...]) -> None:
+    async with postgres_schema_url() as url, opened(url):
+        conn = await asyncpg.connect(url)
+        try:
+            async with conn.transaction():
+                await conn.execute("SET LOCAL enable_seqscan = off")
+                rows = await conn.fetch("EXPLAIN " + sql, *params)
+        finally:
+            await conn.close()
+    plan = "\n".join(r[0] for r in rows)
+    assert f"using {index}" in plan
+    if sql is pg.PENDING_EXPIRED_SQL:
+        assert "Sort" not in plan
+
+
+def test_incident_statuses_rank_triggered_then_acknowledged_then_resolved_and_unknown_lowest() -> None:
+    ranks = [status_rank(s) for s in ("mystery", "triggered", "acknowledged", "resolved")]
+    assert ranks == sorted(ranks)
+    assert len(set(ranks)) == 4
+
+
+def test_codec_maps_transactions_and_mirrors_back_from_their_columns() -> None:
+    codec = Codec(dump_time=iso, load_time=from_iso)
+    transaction = make_transaction(channels=("pagerduty",), dedup_key="dk", decided_at=T0, note="n", context="c")
+    row = dict(zip(TRANSACTION_COLUMNS, codec.transaction_values(transaction), strict=True))
+    assert codec.transaction(row) == transaction
+    mirror = make_mirror(transaction_id="t-1", incident_key="dk", acknowledged_by="Bob", service_id="PSVC")
+    assert codec.mirror(dict(zip(MIRROR_COLUMNS, codec.mirror_values(mirror), strict=True))) == mirror

@@ -93,6 +93,7 @@ class SlackSimulator:
         self.calls: list[SlackCall] = []
         self.users: dict[str, SimUser] = {}
         self.channels: set[str] = set()
+        self.usergroups: dict[str, set[str]] = {}  # user group id -> member user ids
         self.messages: dict[str, list[SimMessage]] = {}
         self.ephemerals: list[Json] = []
         self.views: dict[str, SimView] = {}
@@ -115,6 +116,7 @@ class SlackSimulator:
             "chat.postEphemeral": self._chat_post_ephemeral,
             "views.open": self._views_open,
             "views.update": self._views_update,
+            "usergroups.users.list": self._usergroup_members,
         }
 
     # --- lifecycle --------------------------------------------------------------------------
@@ -376,6 +378,12 @@ class SlackSimulator:
         view = SimView(self._next("V"), self._hash(), _json_object(args.get("view")))
         self.views[view.id] = view
         return {"view": self._view_json(view)}
+
+    def _usergroup_members(self, args: Json) -> Json:
+        group = _required(args, "usergroup")
+        if group not in self.usergroups:
+            raise SlackError("no_such_subteam")
+        return {"users": sorted(self.usergroups[group])}
 
     def _views_update(self, args: Json) -> Json:
         view = self.views.get(_required(args, "view_id"))

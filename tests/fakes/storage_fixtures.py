@@ -30,9 +30,12 @@ import pytest
 
 from bot.domain import (
     AccessRequest,
+    AuthStatus,
+    AuthTransaction,
     Grant,
     GrantStatus,
     Incident,
+    IncidentMirror,
     Principal,
     RequestStatus,
 )
@@ -99,6 +102,34 @@ def make_grant(id: str = "g-aaaa2222", **changes: object) -> Grant:
     return replace(grant, **changes)  # type: ignore[arg-type]
 
 
+def make_transaction(id: str = "t-aaaa2222", **changes: object) -> AuthTransaction:
+    """A PENDING authentication request from Alice to Bob, expiring ten minutes after T0."""
+    transaction = AuthTransaction(
+        id=id,
+        requester=ALICE,
+        target=BOB,
+        message="resetting your password",
+        status=AuthStatus.PENDING,
+        created_at=T0,
+        expires_at=T0 + timedelta(minutes=10),
+        token_hash=f"sha256-of-the-token-of-{id}",
+    )
+    return replace(transaction, **changes)  # type: ignore[arg-type]
+
+
+def make_mirror(incident_id: str = "PINC001", **changes: object) -> IncidentMirror:
+    """A triggered incident as Ackgate mirrors it, as of T0."""
+    mirror = IncidentMirror(
+        incident_id=incident_id,
+        number=4242,
+        title="Authentication request from Alice",
+        html_url=f"https://example.pagerduty.com/incidents/{incident_id}",
+        status="triggered",
+        status_at=T0,
+    )
+    return replace(mirror, **changes)  # type: ignore[arg-type]
+
+
 # --- databases --------------------------------------------------------------------------------
 
 
@@ -147,10 +178,13 @@ async def url_for(backend: str, directory: Path) -> AsyncIterator[str]:
 
 
 @asynccontextmanager
-async def opened(url: str) -> AsyncIterator[Store]:
-    """A store on ``url``, opened (migrated) and closed afterwards."""
+async def opened(url: str, *, migrate_up_to: int | None = None) -> AsyncIterator[Store]:
+    """A store on ``url``, opened (migrated, up to a version when asked) and closed afterwards."""
     store = open_store(url)
-    await store.open()
+    if migrate_up_to is None:
+        await store.open()
+    else:
+        await store.open(migrate_up_to=migrate_up_to)  # type: ignore[call-arg]
     try:
         yield store
     finally:
