@@ -142,12 +142,9 @@ class AccessService:
         now = self.clock.now()
         resource = self._resource(command.resource)
         reason = check_reason(command.reason)
-        asked = parse_duration(command.duration) if command.duration else None
         flows = self.policy.flows_for(resource.name)
-        if asked is not None:
-            ceiling = max((min(f.max_duration, resource.max_duration) for f in flows), default=resource.max_duration)
-            if asked > ceiling:
-                raise UsageError(messages.duration_out_of_range(asked, ceiling))
+        ceiling = max((min(f.max_duration, resource.max_duration) for f in flows), default=resource.max_duration)
+        asked = _asked_duration(command.duration, ceiling)
         ctx = gates.GateContext(self.pagerduty, actor, reason=reason)
         reasons: dict[str, str] = {}
         chosen: tuple[Flow, gates.Verdict] | None = None
@@ -534,6 +531,20 @@ class AccessService:
             await self.bus.publish(RequestTimedOut(now, timed_out))
             count += 1
         return count
+
+
+def _asked_duration(text: str | None, ceiling: timedelta) -> timedelta | None:
+    """The duration asked for, checked before PagerDuty is asked anything: out of range (too
+    short or too long for every flow) is refused with the range that is allowed."""
+    if not text:
+        return None
+    try:
+        asked = parse_duration(text)
+    except UsageError as exc:  # zero: say what would be accepted
+        raise UsageError(f"{exc.message} {messages.allowed_durations(MIN_DURATION, ceiling)}") from exc
+    if not MIN_DURATION <= asked <= ceiling:
+        raise UsageError(messages.duration_out_of_range(asked, ceiling, minimum=MIN_DURATION))
+    return asked
 
 
 def _capped(expires: datetime, cap: datetime | None) -> datetime:

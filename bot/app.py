@@ -75,15 +75,8 @@ def build_app(
     store = store or open_store(settings.database_url)
     owned_pd: PagerDutyClient | None = None
     if pagerduty is None:
-        if settings.pagerduty_api_token is None:
-            raise ConfigError("PAGERDUTY_API_TOKEN is not set: create a REST API key in PagerDuty and set it.")
-        owned_pd = pagerduty = PagerDutyClient(
-            settings.pagerduty_api_token,
-            base_url=settings.pagerduty_api_url,
-            from_email=settings.pagerduty_from_email,
-            timeout=settings.pagerduty_timeout_seconds,
-            on_call=metrics.pagerduty_call,
-        )
+        # from_settings also bounds the whole lookup (retries included) to the timeout plus one second
+        owned_pd = pagerduty = PagerDutyClient.from_settings(settings, on_call=metrics.pagerduty_call)
     http = httpx.AsyncClient(timeout=10.0)
     chosen = provisioners or build_provisioners(policy, secret=settings.provisioner_secret, client=http)
     bus = MessageBus(audit=store.audit)
