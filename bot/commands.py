@@ -16,13 +16,15 @@ Adapters normalise their platform's mention markup to ``@<user id>`` before pars
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from bot import messages
-from bot.durations import looks_like_duration
+from bot.durations import looks_like_duration, parse_duration
 from bot.errors import UsageError
 
 MAX_REASON = 500
+_DURATION_LIKE = re.compile(r"^\d+[a-z]*$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -156,4 +158,7 @@ def parse_command(text: str) -> Command:
     duration: str | None = None
     if rest and looks_like_duration(rest[0]):
         duration, rest = rest[0], rest[1:]
+    elif rest and _DURATION_LIKE.match(rest[0]):
+        parse_duration(rest[0])  # "2x", "90": meant as a duration; say how to write one
+        raise AssertionError("unreachable")  # pragma: no cover
     return RequestAccess(resource=words[0], duration=duration, reason=check_reason(" ".join(rest)))

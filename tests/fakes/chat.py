@@ -54,5 +54,8 @@ class RecordingNotifier:
     async def user_by_email(self, email: str) -> Principal | None:
         return self.users.get(email.lower())
 
+    async def user_by_id(self, user_id: str) -> Principal | None:
+        return next((u for u in self.users.values() if u.user_id == user_id), None)
+
     def inbox(self, who: str) -> list[Card]:
         return [s.card for s in self.sent if s.to == who]
