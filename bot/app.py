@@ -6,31 +6,120 @@ URL); everything opened here is closed in aiohttp's cleanup context.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+import asyncio
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
+from urllib.parse import urlsplit
 
 import httpx
 from aiohttp import web
+from pydantic import SecretStr
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.access import AccessService
-from bot.bus import MessageBus
+from bot.admin import PAGERDUTY_REST, SLACK, AdminService
+from bot.auth import AuthService
+from bot.auth_reactions import AuthReactions, auth_registry
+from bot.bus import MessageBus, merge
 from bot.clock import Clock, SystemClock
+from bot.commands import RequestAuth
 from bot.config import Settings
-from bot.errors import ConfigError
-from bot.expiry import ExpiryScheduler
+from bot.errors import AckgateError, ConfigError
+from bot.expiry import ExpiryScheduler, every
+from bot.incident_notes import IncidentNotes, notes_registry
 from bot.metrics import PrometheusMetrics
+from bot.mirror import MirrorService
+from bot.org_settings import OrgSettings
 from bot.pagerduty import PagerDutyClient
+from bot.pagerduty_events import EventsClient
 from bot.policy import Policy
 from bot.policy_file import load_policy
 from bot.ports import ChatNotifier, PagerDutyDirectory, Provisioner, Store
 from bot.provisioners import build_provisioners
 from bot.reactions import Reactions, registry
+from bot.router import CommandRouter
+from bot.secrets import SecretBox
+from bot.webhooks import WebhookEvent
 from handlers.ops import HealthCheck, mount_ops
+from handlers.pagerduty_webhooks import mount_pagerduty_webhooks
 from handlers.slack import build_bolt_app, mount_slack
-from handlers.slack_notifier import SlackIdentity, SlackNotifier
+from handlers.slack_notifier import SlackAdminGroup, SlackIdentity, SlackNotifier, call_slack
+from handlers.web import mount_auth_pages
 from storage import open_store
+
+TEST_MESSAGE = "A test from /access admin test: checking that authentication requests reach you."
+
+
+class _SeenAt:
+    """The webhook endpoint's dedup port on the store's, stamping each key with the time."""
+
+    def __init__(self, store: Store, clock: Clock) -> None:
+        self._store = store
+        self._clock = clock
+
+    async def first_time(self, key: str) -> bool:
+        return await self._store.seen.first_time(key, at=self._clock.now())
+
+
+class WebhookHealth:
+    """Records, for ``/access admin status``, when webhooks last arrived and whether signatures fail."""
+
+    def __init__(self, org: OrgSettings, clock: Clock, metrics: PrometheusMetrics) -> None:
+        self._org = org
+        self._clock = clock
+        self._metrics = metrics
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def delivered(
+        self, handler: Callable[[WebhookEvent], Awaitable[None]]
+    ) -> Callable[[WebhookEvent], Awaitable[None]]:
+        async def recorded(event: WebhookEvent) -> None:
+            await self._org.record_webhook(at=self._clock.now(), signature_ok=True)
+            await handler(event)
+
+        return recorded
+
+    def signature_failed(self) -> None:
+        self._metrics.webhook_signature_failures.inc()
+        task = asyncio.get_running_loop().create_task(
+            self._org.record_webhook(at=self._clock.now(), signature_ok=False)
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def drain(self) -> None:
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _csrf_secret(settings: Settings) -> SecretStr:
+    if settings.secret_key is not None:
+        return settings.secret_key
+    # Without ACKGATE_SECRET_KEY the pages still work; open pages just break on a restart.
+    return SecretStr(secrets.token_urlsafe(32))
+
+
+def _probe(pagerduty: PagerDutyDirectory, slack: AsyncWebClient | None) -> Callable[[], Awaitable[dict[str, str]]]:
+    """Live health of PagerDuty REST and Slack for ``/access admin status``."""
+
+    async def probe() -> dict[str, str]:
+        out: dict[str, str] = {}
+        try:
+            await pagerduty.ping()
+            out[PAGERDUTY_REST] = "Success (checked just now)"
+        except AckgateError as exc:
+            out[PAGERDUTY_REST] = f"Error: {exc.message}"
+        if slack is not None:
+            try:
+                await call_slack("auth.test", slack.auth_test())
+                out[SLACK] = "Success (checked just now)"
+            except AckgateError as exc:
+                out[SLACK] = f"Error: {exc.message}"
+        return out
+
+    return probe
 
 
 @dataclass
@@ -46,6 +135,11 @@ class Parts:
     service: AccessService
     scheduler: ExpiryScheduler
     notifiers: dict[str, ChatNotifier]
+    router: CommandRouter
+    auth: AuthService
+    admin: AdminService
+    mirror: MirrorService
+    org: OrgSettings
 
 
 PARTS = web.AppKey("ackgate_parts", Parts)
@@ -90,26 +184,100 @@ def build_app(
         admins=frozenset(settings.admins),
         approval_timeout=timedelta(minutes=settings.approval_timeout_minutes),
     )
-    scheduler = ExpiryScheduler(service, grants=store.grants, clock=clock)
     notifiers: dict[str, ChatNotifier] = {}
+    box = SecretBox(settings.secret_key) if settings.secret_key is not None else None
+    org = OrgSettings(store.settings, box=box, env_key=settings.pagerduty_integration_key)
+    events = EventsClient(base_url=settings.pagerduty_events_url, client=http)
+    auth = AuthService(
+        store=store,
+        org=org,
+        events=events,
+        notifiers=notifiers,
+        bus=bus,
+        clock=clock,
+        public_url=settings.public_url,
+        source=urlsplit(settings.public_url).hostname or "ackgate",
+        link_ttl=timedelta(minutes=settings.auth_link_minutes),
+    )
+    mirror = MirrorService(
+        store=store,
+        notifiers=notifiers,
+        access=service,
+        pagerduty=pagerduty,
+        bus=bus,
+        clock=clock,
+        channel=settings.mirror_channel,
+        services=settings.mirror_services,
+    )
+    jobs: list[Callable[[], Awaitable[int]]] = [auth.expire_due]
+    if not settings.pagerduty_webhook_secrets:
+        # Without webhooks, resolved incidents are found by asking PagerDuty now and then.
+        jobs.append(every(settings.incident_check_seconds, clock, mirror.check_incidents))
+    scheduler = ExpiryScheduler(service, grants=store.grants, clock=clock, jobs=jobs)
     app = web.Application(client_max_size=1024 * 1024)
     slack_client: AsyncWebClient | None = None
+    group_check = None
     if settings.slack_bot_token is not None and settings.slack_signing_secret is not None:
         slack_client = AsyncWebClient(
             token=settings.slack_bot_token.get_secret_value(), base_url=settings.slack_api_url, timeout=10
         )
         notifiers["slack"] = SlackNotifier(slack_client)
+        if settings.admin_usergroup:
+            group_check = SlackAdminGroup(slack_client, settings.admin_usergroup)
+    admin = AdminService(
+        org=org,
+        bus=bus,
+        clock=clock,
+        admins=frozenset(settings.admins),
+        is_group_admin=group_check,
+        auth_test=lambda actor: auth.request(actor, RequestAuth(target=actor.email, message=TEST_MESSAGE)),
+        health=_probe(pagerduty, slack_client),
+    )
+    router = CommandRouter(service, auth=auth.request, admin=admin.execute, set_key=admin.set_key)
+    if slack_client is not None and settings.slack_signing_secret is not None:
         bolt = build_bolt_app(
             signing_secret=settings.slack_signing_secret,
             client=slack_client,
-            service=service,
+            service=router,
             identity=SlackIdentity(slack_client),
         )
         mount_slack(app, bolt_app=bolt)
     reactions = Reactions(notifiers=notifiers, messages=store.messages, metrics=metrics, wake_scheduler=scheduler.wake)
-    bus.use(registry(reactions))
+    auth_reactions = AuthReactions(notifiers=notifiers, messages=store.messages, org=org, events=events, clock=clock)
+    bus.use(
+        merge(
+            registry(reactions),
+            auth_registry(auth_reactions, transaction_changed=mirror.transaction_changed),
+            notes_registry(IncidentNotes(writer=pagerduty, policy=policy)),
+        )
+    )
+    webhook_health = WebhookHealth(org, clock, metrics)
+    mount_pagerduty_webhooks(
+        app,
+        secrets=settings.pagerduty_webhook_secrets,
+        on_event=webhook_health.delivered(mirror.on_event),
+        seen=_SeenAt(store, clock),
+        count_signature_failure=webhook_health.signature_failed,
+        count_event=lambda kind: metrics.webhook_events.labels(event_type=kind).inc(),
+    )
+    mount_auth_pages(app, service=auth, csrf_secret=_csrf_secret(settings), public_url=settings.public_url)
     mount_ops(app, health=HealthCheck(store=store, pagerduty=pagerduty), metrics=metrics, store=store)
-    app[PARTS] = Parts(settings, policy, clock, metrics, store, pagerduty, service, scheduler, notifiers)
+    app[PARTS] = Parts(
+        settings,
+        policy,
+        clock,
+        metrics,
+        store,
+        pagerduty,
+        service,
+        scheduler,
+        notifiers,
+        router,
+        auth,
+        admin,
+        mirror,
+        org,
+    )
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         if owns_store:
@@ -120,6 +288,7 @@ def build_app(
             yield
         finally:
             await scheduler.stop()
+            await webhook_health.drain()
             await http.aclose()
             if owned_pd is not None:
                 await owned_pd.aclose()

@@ -40,3 +40,12 @@ class MessageBus:
                         getattr(reaction, "__name__", reaction),
                         type(event).__name__,
                     )
+
+
+def merge(*registries: Registry) -> dict[type[Event], list[Reaction]]:
+    """One map from several features' maps; each event's reactions run in the order given."""
+    merged: dict[type[Event], list[Reaction]] = {}
+    for registry in registries:
+        for event_type, reactions in registry.items():
+            merged.setdefault(event_type, []).extend(reactions)
+    return merged

@@ -7,6 +7,7 @@ No accounts and no network are needed. It exits 0 when every scene ends as it sh
 from __future__ import annotations
 
 import logging
+import re
 import tempfile
 import textwrap
 from pathlib import Path
@@ -127,3 +128,30 @@ async def _scenes(stage: Stage, t: Transcript) -> None:
     t.reply(mallory, reply)
     t.expect("was not granted" in reply.text, "mallory is refused")
     t.pagerduty_calls()
+
+    await _authentication_scene(stage, t, alice, bob)
+
+
+async def _authentication_scene(stage: Stage, t: Transcript, alice: Person, bob: Person) -> None:
+    t.scene("4. An authentication request reaches bob as a PagerDuty incident")
+    t.types(alice, "auth @bob confirming your password reset")
+    reply = await stage.command(alice, f"auth <@{bob.user_id}|bob> confirming your password reset")
+    t.shows("alice", reply.text)
+    for event in stage.events.events:
+        payload = event["payload"]
+        t.say(
+            f"Ackgate sent PagerDuty Events: trigger “{payload['summary']}”, severity {payload['severity']}, "
+            f"dedup_key {event['dedup_key']}, link “{event['links'][0]['text']}”"
+        )
+    dm = await stage.wait_for_dm(bob, "asks you to confirm your identity")
+    t.shows("bob (direct message)", dm)
+    link = stage.events.events[-1]["links"][0]["href"]
+    status, page = await stage.browse(link)
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page)
+    t.say(f"\n  bob opens the link: HTTP {status}, a page asking him to verify or deny")
+    status, _ = await stage.browse(link, form={"decision": "verify", "csrf": csrf.group(1) if csrf else ""})
+    t.say(f"bob clicks Verify: HTTP {status}")
+    t.shows("alice's message, updated in place", await stage.wait_for_dm(alice, "Identity verified by bob"))
+    replay, _ = await stage.browse(link, form={"decision": "deny", "csrf": csrf.group(1) if csrf else ""})
+    t.say(f"the same link used again: HTTP {replay}, nothing changes")
+    t.expect(replay == 410, "the link works only once")

@@ -85,3 +85,18 @@ class ExpiryScheduler:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+
+
+def every(seconds: float, clock: Clock, job: Callable[[], Awaitable[int]]) -> Callable[[], Awaitable[int]]:
+    """``job`` at most once per ``seconds`` of ``clock`` time, for the scheduler's ``jobs``."""
+    last: list[float] = []
+
+    async def throttled() -> int:
+        now = clock.now().timestamp()
+        if last and now - last[0] < seconds:
+            return 0
+        last[:] = [now]
+        return await job()
+
+    throttled.__qualname__ = f"every({seconds}, {getattr(job, '__qualname__', job)})"
+    return throttled

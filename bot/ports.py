@@ -271,6 +271,10 @@ class PagerDutyDirectory(Protocol):
         """One incident by id. Raises ``PagerDutyNotFound``."""
         ...
 
+    async def add_note(self, incident_id: str, content: str) -> None:
+        """Add a note to the incident's timeline (needs ``PAGERDUTY_FROM_EMAIL``)."""
+        ...
+
     async def ping(self) -> None:
         """Raise a ``PagerDutyError`` if the API is unreachable or rejects the token."""
         ...

@@ -7,7 +7,10 @@ interaction is a real signed HTTP request into the real aiohttp app.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import re
+import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,10 +29,16 @@ from bot.errors import UsageError
 from bot.ports import Provisioner
 from bot.simulators import slack_requests
 from bot.simulators.pagerduty import PagerDutySimulator, RecordedRequest, RecordedResponse
+from bot.simulators.pagerduty_events import EventsSimulator
 from bot.simulators.slack import SlackSimulator
 
 SIGNING_SECRET = "stage-signing-secret"  # noqa: S105 - the stage's own, not a secret
 PD_TOKEN = "stage-pagerduty-token"  # noqa: S105
+WEBHOOK_SECRET = "stage-webhook-secret-0123456789"  # noqa: S105
+SECRET_KEY = "stage-secret-key-0123456789abcdef"  # noqa: S105
+INTEGRATION_KEY = "R0UTINGKEY0123456789ABCDEFGHIJKL"  # 32 alphanumerics, like PagerDuty's
+MIRROR_CHANNEL = "C0INCIDENTS"
+BOT_EMAIL = "ackgate-bot@example.com"
 
 
 @dataclass(frozen=True)
@@ -61,7 +70,9 @@ def _plain(mrkdwn: str) -> str:
     """Slack mrkdwn as a person reads it: ``*Label*\nvalue`` → ``Label: value``, links as their text."""
     text = _LABEL.sub(r"\1: ", mrkdwn)
     text = _LINK.sub(r"\2 (\1)", text)
-    return text.replace(":white_check_mark: ", "").replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+    for emoji in (":white_check_mark: ", ":warning: ", ":no_entry: ", ":x: "):
+        text = text.replace(emoji, "")
+    return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
 
 
 def text_of(message: Mapping[str, Any]) -> str:
@@ -96,6 +107,7 @@ class Stage:
         self.clock = clock or FakeClock()
         self.pd = PagerDutySimulator(token=PD_TOKEN, clock=self.clock, validator=pagerduty_validator)
         self.slack = SlackSimulator()
+        self.events = EventsSimulator()
         self._policy_file = policy_file
         self._workdir = workdir
         self._provisioners = provisioners
@@ -109,6 +121,13 @@ class Stage:
     async def start(self) -> None:
         await self.pd.start()
         await self.slack.start()
+        await self.events.start()
+        self.pd.add_user(BOT_EMAIL, "Ackgate")  # who notes on incidents are "From"
+        self.slack.add_channel(MIRROR_CHANNEL)
+        # Bind first, so the public URL (which goes into authentication links) is known up front.
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
         settings = Settings(
             slack_bot_token=SecretStr(self.slack.token),
             slack_signing_secret=SecretStr(SIGNING_SECRET),
@@ -118,15 +137,20 @@ class Stage:
             pagerduty_timeout_seconds=1.5,
             database_url=f"sqlite:///{self._workdir / 'ackgate.db'}",
             policy_file=self._policy_file,
+            public_url=self.url,
+            pagerduty_events_url=self.events.base_url,
+            pagerduty_integration_key=SecretStr(INTEGRATION_KEY),
+            pagerduty_webhook_secrets=[SecretStr(WEBHOOK_SECRET)],
+            pagerduty_from_email=BOT_EMAIL,
+            secret_key=SecretStr(SECRET_KEY),
+            mirror_channel=MIRROR_CHANNEL,
             **self._extra,  # type: ignore[arg-type]
         )
         app = build_app(settings, clock=self.clock, provisioners=self._provisioners, run_scheduler=self._run_scheduler)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.SockSite(self._runner, sock)
         await site.start()
-        host, port = self._runner.addresses[0][:2]
-        self.url = f"http://{host}:{port}"
         self._session = aiohttp.ClientSession()
 
     async def stop(self) -> None:
@@ -136,6 +160,7 @@ class Stage:
             await self._runner.cleanup()
         await self.slack.stop()
         await self.pd.stop()
+        await self.events.stop()
 
     async def __aenter__(self) -> Stage:
         await self.start()
@@ -203,6 +228,31 @@ class Stage:
             await self.slack.wait_for(lambda: bool(self.slack.responses.get(token)))
             follow_up = self.slack.responses[token][-1]
         return Reply(status, _json(raw), follow_up)
+
+    async def webhook(self, body: bytes, *, secret: str = WEBHOOK_SECRET, webhook_id: str | None = None) -> int:
+        """PagerDuty delivers a V3 webhook with ``body``, signed with ``secret``."""
+        assert self._session is not None
+        signature = "v1=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+        headers = {
+            "Content-Type": "application/json",
+            "X-PagerDuty-Signature": signature,
+            "X-Webhook-Id": webhook_id or hashlib.sha256(body).hexdigest()[:20],
+            "User-Agent": "PagerDuty-Webhook/V3.0",
+        }
+        async with self._session.post(f"{self.url}/webhooks/pagerduty", data=body, headers=headers) as r:
+            return r.status
+
+    async def browse(self, url: str, *, form: Mapping[str, str] | None = None) -> tuple[int, str]:
+        """A person's browser: GET ``url``, or POST ``form`` to it (same origin, as a browser would)."""
+        assert self._session is not None
+        if form is None:
+            async with self._session.get(url) as r:
+                return r.status, await r.text()
+        async with self._session.post(url, data=dict(form), headers={"Origin": self.url}) as r:
+            return r.status, await r.text()
+
+    def channel_messages(self, channel: str) -> list[str]:
+        return [text_of({"blocks": m.blocks, "text": m.text}) for m in self.slack.messages.get(channel, [])]
 
     def dms(self, who: Person) -> list[str]:
         """The texts of the direct messages Ackgate sent ``who``, oldest first, as they read now."""

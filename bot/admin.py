@@ -1,0 +1,279 @@
+"""Administration by bot command (``/access admin …``) and each user's own preferences (``/access prefs``).
+
+Admins are the emails in ``ACKGATE_ADMINS`` and, when configured, the members of a chat user group.
+A non-admin is refused with a clear sentence and the attempt is audited (:class:`bot.events.ActionRefused`).
+Every setting change is audited as a :class:`SettingChanged`, with old and new values; the integration key
+only ever appears masked (:func:`bot.secrets.mask`): in audit lines, in cards, and in errors.
+
+The key form. ``execute(actor, Admin("key"))`` cannot take the key itself: a slash command's text is
+echoed in the channel. It returns a card carrying one :class:`~bot.views.Action` of kind
+:data:`OPEN_KEY_FORM` (see :func:`opens_key_form`); the chat adapter renders that as a button, or opens its
+modal straight away, and passes what the admin pasted to :meth:`AdminService.set_key`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from pydantic import SecretStr
+
+from bot import messages
+from bot.bus import MessageBus
+from bot.clock import Clock
+from bot.commands import SEVERITIES, Admin, SetPrefs
+from bot.domain import AuditEvent, Principal
+from bot.errors import AckgateError, ConfigError, IdentityError, NotAuthorized, UsageError, UserError
+from bot.events import ActionRefused, Event
+from bot.integration_status import IntegrationStatus
+from bot.org_settings import EVENTS_STATUS, REST_STATUS, SLACK_STATUS, OrgSettings, UserPrefs
+from bot.secrets import mask
+from bot.views import Action, Card, Fact, Tone
+
+OPEN_KEY_FORM = "open_key_form"
+"""The :class:`~bot.views.Action` kind asking the chat adapter to open the integration-key modal."""
+KEY_FORM_TARGET = "integration_key"
+ORG = "org"  # the audit subject of organisation settings
+
+PAGERDUTY_EVENTS = "PagerDuty Events"
+PAGERDUTY_REST = "PagerDuty REST"
+SLACK = "Slack"
+WEBHOOKS = "PagerDuty webhooks"
+
+GroupCheck = Callable[[Principal], Awaitable[bool]]
+AuthTest = Callable[[Principal], Awaitable[Card]]
+HealthCheck = Callable[[], Awaitable[dict[str, str]]]
+"""Probes the integrations Ackgate calls: maps a name (:data:`PAGERDUTY_REST`, :data:`SLACK`, …) to one
+line saying how it is. A name it leaves out is shown from its last recorded :class:`IntegrationStatus`."""
+
+
+@dataclass(frozen=True)
+class SettingChanged(Event):
+    """An admin changed an organisation setting, or a user their own preferences.
+
+    ``old`` and ``new`` are as shown to people: secrets arrive here already masked.
+    """
+
+    actor: str
+    setting: str  # e.g. "severity", "pagerduty", "integration_key", "prefs"
+    subject: str  # ORG, or "prefs:<email>" for a user's own preferences
+    old: str | None
+    new: str
+
+    def audit(self) -> AuditEvent:
+        data: dict[str, object] = {"setting": self.setting, "old": self.old, "new": self.new}
+        return AuditEvent(self.at, "setting.changed", self.actor, self.subject, data)
+
+
+def opens_key_form(card: Card) -> bool:
+    """Whether ``card`` asks the chat adapter to open the integration-key modal."""
+    return any(action.kind == OPEN_KEY_FORM for action in card.actions)
+
+
+def describe_status(status: IntegrationStatus, *, success: str = "last call") -> str:
+    """One line for an integration's recorded health, e.g. ``Error at 12:00 UTC, 23 Nov: Invalid routing key``."""
+    if status.state == "success":
+        return messages.status_success(status.at, what=success)
+    if status.state == "error":
+        return messages.status_error(status.at, status.detail)
+    return messages.STATUS_NOT_INVOKED
+
+
+def _prefs_text(prefs: UserPrefs) -> str:
+    return f"pagerduty {messages.on_off(prefs.pagerduty)}, chat {messages.on_off(prefs.chat)}"
+
+
+class AdminService:
+    def __init__(
+        self,
+        *,
+        org: OrgSettings,
+        bus: MessageBus,
+        clock: Clock,
+        admins: frozenset[str],
+        is_group_admin: GroupCheck | None = None,
+        auth_test: AuthTest | None = None,
+        health: HealthCheck | None = None,
+    ) -> None:
+        self.org = org
+        self.bus = bus
+        self.clock = clock
+        self.admins = frozenset(a.lower() for a in admins)
+        self.is_group_admin = is_group_admin
+        self.auth_test = auth_test
+        self.health = health
+
+    async def is_admin(self, actor: Principal) -> bool:
+        """Listed in ``ACKGATE_ADMINS`` (by email), or a member of the admin user group."""
+        if actor.email and actor.email.lower() in self.admins:
+            return True
+        return self.is_group_admin is not None and await self.is_group_admin(actor)
+
+    async def execute(self, actor: Principal, command: Admin | SetPrefs) -> Card:
+        """Run an admin command (admins only) or set the actor's own preferences (anyone).
+
+        Raises :class:`NotAuthorized` (audited) for a non-admin, :class:`UsageError` for a bad argument.
+        """
+        if isinstance(command, SetPrefs):
+            return await self._prefs(actor, command)
+        await self._require_admin(actor, command.action)
+        if command.action == "severity":
+            return await self._severity(actor, command.argument)
+        if command.action == "pagerduty":
+            return await self._pagerduty(actor, command.argument)
+        if command.action == "key":
+            return _key_form_card()
+        if command.action == "status":
+            return await self._status()
+        if command.action == "test":
+            return await self._test(actor)
+        raise UsageError(messages.usage_for("admin"))
+
+    async def _require_admin(self, actor: Principal, action: str) -> None:
+        if await self.is_admin(actor):
+            return
+        error = NotAuthorized(messages.admin_refused(action))
+        await self.bus.publish(ActionRefused(self.clock.now(), actor.email, f"admin {action}", ORG, error.message))
+        raise error
+
+    async def _changed(self, actor: Principal, setting: str, *, old: str | None, new: str, subject: str = ORG) -> None:
+        await self.bus.publish(SettingChanged(self.clock.now(), actor.email, setting, subject, old, new))
+
+    async def _severity(self, actor: Principal, argument: str) -> Card:
+        new = argument.strip().lower()
+        if new not in SEVERITIES:
+            raise UsageError(messages.usage_for("admin"))
+        old = await self.org.set_severity(new)
+        if old != new:
+            await self._changed(actor, "severity", old=old, new=new)
+        return Card(title=messages.severity_changed(old, new), tone=Tone.SUCCESS)
+
+    async def _pagerduty(self, actor: Principal, argument: str) -> Card:
+        word = argument.strip().lower()
+        if word not in ("on", "off"):
+            raise UsageError(messages.usage_for("admin"))
+        enabled = word == "on"
+        was = await self.org.set_pagerduty_enabled(enabled)
+        if was != enabled:
+            await self._changed(actor, "pagerduty", old=messages.on_off(was), new=word)
+        return Card(
+            title=messages.pagerduty_switched(enabled, was),
+            text=messages.PAGERDUTY_ON_TEXT if enabled else messages.PAGERDUTY_OFF_TEXT,
+            tone=Tone.SUCCESS,
+        )
+
+    async def set_key(self, actor: Principal, text: str) -> Card:
+        """Store the integration key pasted into the key form, encrypted; admins only.
+
+        Raises :class:`UsageError` for a malformed key (the REST-token case named), and :class:`UserError`
+        when ``ACKGATE_SECRET_KEY`` is not set. Neither the card, the audit line nor an error repeats the key.
+        """
+        await self._require_admin(actor, "key")
+        old = await self._shown_key()
+        try:
+            key = await self.org.set_integration_key(text)
+        except ConfigError as exc:
+            raise UserError(messages.KEY_CANNOT_BE_STORED) from exc
+        masked = mask(key)
+        await self._changed(actor, "integration_key", old=old, new=messages.key_shown(masked, "stored"))
+        env_wins = await self.org.key_source() == "environment"
+        return Card(
+            title=messages.KEY_SAVED_TITLE,
+            text=messages.KEY_SAVED_TEXT,
+            facts=(Fact("Key", masked),),
+            footnote=messages.KEY_ENV_WINS if env_wins else "",
+            tone=Tone.WARNING if env_wins else Tone.SUCCESS,
+        )
+
+    async def _shown_key(self) -> str | None:
+        """The key in use, masked with its source; None when there is none."""
+        source = await self.org.key_source()
+        if source is None:
+            return None
+        try:
+            key: SecretStr | None = await self.org.integration_key()
+        except ConfigError:
+            return messages.KEY_UNREADABLE
+        return None if key is None else messages.key_shown(mask(key), source)
+
+    async def _status(self) -> Card:
+        """Each integration's health, the key (masked, with its source), the severity and the PagerDuty switch."""
+        events = await self.org.status(EVENTS_STATUS)
+        webhooks = await self.org.webhook_status()
+        probed = await self._probe()
+        facts = [
+            Fact("Severity", await self.org.severity()),
+            Fact("PagerDuty", messages.on_off(await self.org.pagerduty_enabled())),
+            Fact("Integration key", await self._shown_key() or messages.KEY_NONE),
+            Fact(PAGERDUTY_EVENTS, describe_status(events, success="last incident")),
+        ]
+        problems = events.state == "error" or webhooks.failures > 0
+        for name, key in ((PAGERDUTY_REST, REST_STATUS), (SLACK, SLACK_STATUS)):
+            if name in probed:
+                facts.append(Fact(name, probed.pop(name)))
+            else:
+                recorded = await self.org.status(key)
+                problems = problems or recorded.state == "error"
+                facts.append(Fact(name, describe_status(recorded)))
+        facts += [Fact(name, line) for name, line in sorted(probed.items())]
+        facts.append(
+            Fact(
+                WEBHOOKS,
+                messages.webhooks_status(
+                    webhooks.last_event_at, failures=webhooks.failures, last_failure_at=webhooks.last_failure_at
+                ),
+            )
+        )
+        return Card(title=messages.STATUS_TITLE, facts=tuple(facts), tone=Tone.WARNING if problems else Tone.INFO)
+
+    async def _probe(self) -> dict[str, str]:
+        if self.health is None:
+            return {}
+        try:
+            return dict(await self.health())
+        except AckgateError as exc:
+            # A failing probe is itself the news; the rest of the status card still matters.
+            return {
+                PAGERDUTY_REST: messages.status_unchecked(exc.message),
+                SLACK: messages.status_unchecked(exc.message),
+            }
+
+    async def _test(self, actor: Principal) -> Card:
+        if self.auth_test is None:
+            return Card(title=messages.TEST_UNAVAILABLE, tone=Tone.WARNING)
+        return await self.auth_test(actor)
+
+    async def _prefs(self, actor: Principal, command: SetPrefs) -> Card:
+        if not actor.email:
+            raise IdentityError(messages.NO_EMAIL)
+        current = await self.org.prefs(actor.email)
+        if command.pagerduty is None and command.chat is None:
+            return _prefs_card(messages.PREFS_TITLE, current)
+        updated = await self.org.set_prefs(actor.email, pagerduty=command.pagerduty, chat=command.chat)
+        if updated != current:
+            await self._changed(
+                actor,
+                "prefs",
+                old=_prefs_text(current),
+                new=_prefs_text(updated),
+                subject=f"prefs:{actor.email.lower()}",
+            )
+        return _prefs_card(messages.PREFS_SAVED_TITLE, updated, tone=Tone.SUCCESS)
+
+
+def _key_form_card() -> Card:
+    return Card(
+        title=messages.KEY_FORM_OPEN_TITLE,
+        text=messages.KEY_FORM_HINT,
+        actions=(Action(OPEN_KEY_FORM, messages.KEY_FORM_OPEN_BUTTON, KEY_FORM_TARGET, style="primary"),),
+    )
+
+
+def _prefs_card(title: str, prefs: UserPrefs, *, tone: Tone = Tone.INFO) -> Card:
+    return Card(
+        title=title,
+        text=messages.PREFS_BOTH_OFF if not (prefs.pagerduty or prefs.chat) else "",
+        facts=(Fact("PagerDuty", messages.on_off(prefs.pagerduty)), Fact("Chat", messages.on_off(prefs.chat))),
+        footnote=messages.prefs_how_to_change(),
+        tone=tone,
+    )

@@ -1,0 +1,219 @@
+"""Grants bound to their incident: revoked when it resolves (webhook or polling), and noted on its timeline."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+import pytest
+
+from bot.domain import Grant, GrantStatus
+from bot.mirror import REVOKED_BY
+from tests.fakes import incident_world
+from tests.fakes.incident_world import FROM_EMAIL, WATCHED_SERVICE, IncidentWorld, webhook_body
+from tests.fakes.pagerduty_openapi import check_request
+from tests.fakes.world import person
+
+iw = incident_world.iw
+
+alice, bob, carol = (person(n) for n in ("alice", "bob", "carol"))
+
+REVOKED_NOTICE = "Your access to prod-db was revoked because its PagerDuty incident was resolved"
+
+
+async def stored(iw: IncidentWorld, grant_id: str) -> Grant:
+    grant = await iw.store.grants.get(grant_id)
+    assert grant is not None
+    return grant
+
+
+def resolved(iw: IncidentWorld, incident_id: str, *, minutes: int = 5, service_id: str = "PSVC001") -> bytes:
+    at = iw.clock.now() + timedelta(minutes=minutes)
+    return webhook_body("incident.resolved", incident_id=incident_id, at=at, service_id=service_id)
+
+
+# --- revoke on resolve ---------------------------------------------------------------------------
+
+
+async def test_a_grant_is_revoked_when_its_incident_resolves_by_webhook_and_the_holder_is_told_why(
+    iw: IncidentWorld,
+) -> None:
+    incident = iw.acknowledged_incident("alice")
+    await iw.type(alice, "prod-db 1h")
+    grant = await iw.only_grant("alice@example.com")
+    assert grant.incident is not None and grant.incident.id == incident.id
+
+    await iw.webhook(resolved(iw, incident.id))
+
+    ended = await stored(iw, grant.id)
+    assert ended.status is GrantStatus.ENDED
+    assert str(ended.end_reason) == "incident_resolved" and ended.ended_by == REVOKED_BY
+    assert ("revoke", grant.id) in [(c.action, c.grant.id) for c in iw.noop.calls]
+    assert REVOKED_NOTICE in [c.title for c in iw.chat.inbox("alice@example.com")]
+    revoked = [e for e in await iw.store.audit.since(iw.clock.now() - timedelta(days=1)) if e.kind == "grant.revoked"]
+    assert [(e.actor, e.subject) for e in revoked] == [(REVOKED_BY, grant.id)]
+
+
+async def test_a_grant_is_revoked_by_the_periodic_check_once_pagerduty_shows_its_incident_resolved(
+    iw: IncidentWorld,
+) -> None:
+    incident = iw.acknowledged_incident("alice")
+    await iw.type(alice, "prod-db 1h")
+    grant = await iw.only_grant("alice@example.com")
+
+    assert await iw.mirror.check_incidents() == 0  # still acknowledged: nothing ends
+    assert (await stored(iw, grant.id)).status is GrantStatus.ACTIVE
+
+    iw.pd.resolve(incident.id)
+    assert await iw.mirror.check_incidents() == 1
+
+    ended = await stored(iw, grant.id)
+    assert ended.status is GrantStatus.ENDED and str(ended.end_reason) == "incident_resolved"
+    assert REVOKED_NOTICE in [c.title for c in iw.chat.inbox("alice@example.com")]
+    assert await iw.mirror.check_incidents() == 0  # nothing left to end
+
+
+async def test_the_periodic_check_asks_pagerduty_once_per_incident(iw: IncidentWorld) -> None:
+    incident = iw.acknowledged_incident("alice")
+    iw.pd.acknowledge(incident.id, iw.pd.add_user("carol@example.com", "Carol"))
+    await iw.type(alice, "prod-db 1h")
+    await iw.type(carol, "prod-db 2h")
+    iw.pd.resolve(incident.id)
+
+    assert await iw.mirror.check_incidents() == 2
+    assert len(iw.pd.requests_to(f"/incidents/{incident.id}")) == 1
+
+
+async def test_a_flow_without_revoke_on_resolve_keeps_the_grant(iw: IncidentWorld) -> None:
+    incident = iw.acknowledged_incident("alice")
+    await iw.type(alice, "prod-k8s 1h")
+    grant = await iw.only_grant("alice@example.com")
+
+    await iw.webhook(resolved(iw, incident.id))
+    iw.pd.resolve(incident.id)
+    assert await iw.mirror.check_incidents() == 0
+
+    kept = await stored(iw, grant.id)
+    assert kept.status is GrantStatus.ACTIVE
+    assert iw.pd.requests_to(f"/incidents/{incident.id}") == []  # no flow needed the check
+
+
+async def test_a_resolved_event_older_than_a_reopen_does_not_revoke(iw: IncidentWorld) -> None:
+    user_id = iw.pd.add_user("alice@example.com", "Alice")
+    incident = iw.pd.add_incident("Watched", service=WATCHED_SERVICE, acknowledged_by=[user_id])
+    await iw.type(alice, "prod-db 1h")
+    grant = await iw.only_grant("alice@example.com")
+    reopened = webhook_body(
+        "incident.reopened",
+        incident_id=incident.id,
+        at=iw.clock.now() + timedelta(minutes=10),
+        status="triggered",
+        service_id=WATCHED_SERVICE,
+    )
+    await iw.webhook(reopened)
+    await iw.webhook(resolved(iw, incident.id, minutes=5, service_id=WATCHED_SERVICE))  # delivered late
+
+    assert (await stored(iw, grant.id)).status is GrantStatus.ACTIVE
+
+
+async def test_a_grant_already_revoked_by_its_holder_is_left_alone_when_the_incident_resolves(
+    iw: IncidentWorld,
+) -> None:
+    incident = iw.acknowledged_incident("alice")
+    await iw.type(alice, "prod-db 1h")
+    grant = await iw.only_grant("alice@example.com")
+    await iw.type(alice, f"revoke {grant.id}")
+
+    await iw.webhook(resolved(iw, incident.id))
+
+    ended = await stored(iw, grant.id)
+    assert str(ended.end_reason) == "revoked" and ended.ended_by == "alice@example.com"
+    assert REVOKED_NOTICE not in [c.title for c in iw.chat.inbox("alice@example.com")]
+
+
+# --- notes on the incident -----------------------------------------------------------------------
+
+
+async def test_notes_are_added_when_a_grant_is_made_extended_and_revoked(iw: IncidentWorld) -> None:
+    incident = iw.acknowledged_incident("alice")
+    await iw.type(alice, "prod-db 1h")
+    grant = await iw.only_grant("alice@example.com")
+    await iw.type(alice, f"extend {grant.id} 30m")
+    await iw.type(alice, f"revoke {grant.id}")
+
+    assert iw.notes(incident.id) == [
+        f"Ackgate: access to prod-db granted to alice@example.com until 13:00 UTC, 23 Nov, "
+        f"approved automatically by policy (grant {grant.id}).",
+        f"Ackgate: access to prod-db for alice@example.com extended until 13:30 UTC, 23 Nov "
+        f"by alice@example.com (grant {grant.id}).",
+        f"Ackgate: access to prod-db for alice@example.com was revoked by alice@example.com (grant {grant.id}).",
+    ]
+
+
+async def test_the_note_request_carries_from_and_validates_against_the_rest_openapi_subset(
+    iw: IncidentWorld,
+) -> None:
+    incident = iw.acknowledged_incident("alice")
+    await iw.type(alice, "prod-db 1h")
+
+    [request] = iw.pd.requests_to(f"/incidents/{incident.id}/notes", "POST")
+    assert request.headers["From"] == FROM_EMAIL
+    assert request.json() == {"note": {"content": iw.notes(incident.id)[0]}}
+    check_request(request)  # raises ConformanceError if it does not match the document
+    assert iw.pd.validation_errors == []
+
+
+async def test_an_approved_grant_note_names_its_approver(iw: IncidentWorld) -> None:
+    incident = iw.acknowledged_incident("alice")
+    await iw.type(alice, "billing-db 1h")
+    [request] = await iw.store.requests.list_for("alice@example.com")
+    await iw.service.decide(request.id, actor=bob, approve=True)
+    grant = await iw.only_grant("alice@example.com")
+
+    assert iw.notes(incident.id) == [
+        f"Ackgate: access to billing-db granted to alice@example.com until 13:00 UTC, 23 Nov, "
+        f"approved by bob@example.com (grant {grant.id})."
+    ]
+
+
+async def test_resolving_the_incident_notes_why_the_grant_ended(iw: IncidentWorld) -> None:
+    incident = iw.acknowledged_incident("alice")
+    await iw.type(alice, "prod-db 1h")
+    grant = await iw.only_grant("alice@example.com")
+    await iw.webhook(resolved(iw, incident.id))
+
+    assert iw.notes(incident.id)[-1] == (
+        f"Ackgate: access to prod-db for alice@example.com was revoked because this incident was resolved "
+        f"(grant {grant.id})."
+    )
+
+
+async def test_no_notes_are_added_when_the_flow_turns_them_off(iw: IncidentWorld) -> None:
+    incident = iw.acknowledged_incident("alice")
+    await iw.type(alice, "prod-k8s 1h")
+    grant = await iw.only_grant("alice@example.com")
+    await iw.type(alice, f"extend {grant.id} 30m")
+    await iw.type(alice, f"revoke {grant.id}")
+
+    assert iw.pd.requests_to(f"/incidents/{incident.id}/notes", "POST") == []
+    assert iw.notes(incident.id) == []
+
+
+async def test_a_note_pagerduty_refuses_is_logged_and_the_grant_stands(
+    iw: IncidentWorld, caplog: pytest.LogCaptureFixture
+) -> None:
+    """PAGERDUTY_FROM_EMAIL that is no PagerDuty user: PagerDuty answers 400, access is still granted."""
+    incident = iw.acknowledged_incident("alice")
+    bot_user = next(u.id for u in iw.pd.users.values() if u.email == FROM_EMAIL)
+    del iw.pd.users[bot_user]
+
+    with caplog.at_level(logging.WARNING, logger="ackgate.incident_notes"):
+        card = await iw.type(alice, "prod-db 1h")
+
+    assert card.title.startswith("Access granted: prod-db")
+    assert (await iw.only_grant("alice@example.com")).status is GrantStatus.ACTIVE
+    assert len(iw.pd.requests_to(f"/incidents/{incident.id}/notes", "POST")) == 1
+    assert iw.notes(incident.id) == []
+    [record] = [r for r in caplog.records if r.name == "ackgate.incident_notes"]
+    assert f"could not add a note to PagerDuty incident {incident.id}" in record.getMessage()
+    assert "Requester User Not Found" in record.getMessage()
