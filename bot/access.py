@@ -278,6 +278,14 @@ class AccessService:
             raise NotFound(messages.unknown_request(request_id))
         return request
 
+    async def _close_pending(
+        self, request: AccessRequest, new: RequestStatus, *, by: str, at: datetime
+    ) -> AccessRequest:
+        """Compare-and-set a PENDING request to ``new``, keeping its note; ``AlreadyDecided`` if it moved."""
+        return await self.store.requests.decide(
+            request.id, expected=RequestStatus.PENDING, new=new, by=by, at=at, note=request.note
+        )
+
     async def _refuse_action(self, actor: Principal, action: str, subject: str, error: NotAuthorized) -> NotAuthorized:
         await self.bus.publish(ActionRefused(self.clock.now(), actor.email, action, subject, error.message))
         return error
@@ -294,14 +302,7 @@ class AccessService:
             raise AlreadyDecided(messages.already_decided(request), status=request.status.value, by=request.decided_by)
         now = self.clock.now()
         if not approve:
-            denied = await self.store.requests.decide(
-                request.id,
-                expected=RequestStatus.PENDING,
-                new=RequestStatus.DENIED,
-                by=email,
-                at=now,
-                note=request.note,
-            )
+            denied = await self._close_pending(request, RequestStatus.DENIED, by=email, at=now)
             await self.bus.publish(RequestDenied(now, denied, email))
             return Card(
                 title=f"You denied {request.requester.email}'s request for {request.resource}",
@@ -312,14 +313,7 @@ class AccessService:
             await self.bus.publish(ApprovalRecorded(now, updated, email))
             left = updated.required_approvals - len(updated.approvals)
             return Card(title=f"Approval recorded; {left} more needed", tone=Tone.INFO)
-        approved = await self.store.requests.decide(
-            request.id,
-            expected=RequestStatus.PENDING,
-            new=RequestStatus.APPROVED,
-            by=email,
-            at=now,
-            note=request.note,
-        )
+        approved = await self._close_pending(request, RequestStatus.APPROVED, by=email, at=now)
         await self.bus.publish(RequestApproved(now, approved, email))
         flow = self._flow(approved.flow)
         grant = await self._provision(
@@ -518,14 +512,7 @@ class AccessService:
         count = 0
         for request in await self.store.requests.pending_created_before(now - self.approval_timeout):
             try:
-                timed_out = await self.store.requests.decide(
-                    request.id,
-                    expected=RequestStatus.PENDING,
-                    new=RequestStatus.TIMED_OUT,
-                    by=SYSTEM,
-                    at=now,
-                    note=request.note,
-                )
+                timed_out = await self._close_pending(request, RequestStatus.TIMED_OUT, by=SYSTEM, at=now)
             except AlreadyDecided:
                 continue
             await self.bus.publish(RequestTimedOut(now, timed_out))

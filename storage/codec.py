@@ -8,8 +8,8 @@ column order, JSON for nested values, enums, and the error a lost compare-and-se
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, fields
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from enum import Enum
 from typing import Any, Protocol
@@ -29,7 +29,7 @@ from bot.domain import (
     Principal,
     RequestStatus,
 )
-from bot.errors import AlreadyDecided, NotFound, UserError
+from bot.errors import AlreadyDecided, NotFound, StorageError, UserError
 from bot.webhooks import STATUS_ORDER
 
 
@@ -247,6 +247,14 @@ class Codec:
             approval_channel=row["approval_channel"],
         )
 
+    def requests(self, rows: Sequence[Row], approval_rows: Iterable[Row]) -> list[AccessRequest]:
+        """Requests in the rows' order, each with its approvals (``approval_rows`` may hold any of
+        theirs, mixed, in the order they were given)."""
+        approvals: dict[str, list[Approval]] = {row["id"]: [] for row in rows}
+        for a in approval_rows:
+            approvals[a["request_id"]].append(self.approval(a))
+        return [self.request(row, approvals[row["id"]]) for row in rows]
+
     # --- grants -----------------------------------------------------------------------------
 
     def grant_values(self, g: Grant) -> tuple[object, ...]:
@@ -273,6 +281,28 @@ class Codec:
             g.revoke_attempts,
             self._maybe_time(g.next_attempt_at),
             g.last_error,
+        )
+
+    def transition_values(
+        self,
+        new: GrantStatus,
+        *,
+        at: datetime,
+        end_reason: EndReason | None,
+        ended_by: str | None,
+        expires_at: datetime | None,
+        last_error: str | None,
+    ) -> tuple[object, ...]:
+        """What a grant transition sets, in the order status, end_reason, ended_by, expires_at,
+        last_error, next_attempt_at, ended_at; ``None`` keeps the stored value (``COALESCE``)."""
+        return (
+            new.value,
+            None if end_reason is None else end_reason.value,
+            ended_by,
+            self._maybe_time(expires_at),
+            last_error,
+            self.dump_time(at) if new is GrantStatus.REVOKING else None,  # the first revoke attempt is due now
+            self.dump_time(at) if new is GrantStatus.ENDED else None,
         )
 
     def grant(self, row: Row) -> Grant:
@@ -427,6 +457,34 @@ def mirror_upsert(insert: str) -> str:
     )
 
 
+def insert(table: str, columns: Sequence[str], *, mark: Callable[[int], str]) -> str:
+    """An INSERT of one row of ``columns``; ``mark(n)`` is the dialect's placeholder for the n-th value."""
+    marks = ", ".join(mark(n) for n in range(1, len(columns) + 1))
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})"  # noqa: S608 - constant names
+
+
+@dataclass(frozen=True)
+class RowWrites:
+    """The statements that write a domain value as one whole row, each taking the codec's ``*_values``."""
+
+    request: str
+    grant: str
+    audit: str
+    transaction: str
+    put_mirror: str  # the compare-and-set upsert of :func:`mirror_upsert`
+
+
+def row_writes(mark: Callable[[int], str]) -> RowWrites:
+    """:class:`RowWrites` in a dialect's placeholders (see :func:`insert`)."""
+    return RowWrites(
+        request=insert("requests", REQUEST_COLUMNS, mark=mark),
+        grant=insert("grants", GRANT_COLUMNS, mark=mark),
+        audit=insert("audit", AUDIT_COLUMNS, mark=mark),
+        transaction=insert("auth_transactions", TRANSACTION_COLUMNS, mark=mark),
+        put_mirror=mirror_upsert(insert("incident_mirrors", MIRROR_COLUMNS, mark=mark)),
+    )
+
+
 # --- what a lost compare-and-set raises ----------------------------------------------------------
 # Short sentences shown to the person who clicked; they say who got there first when known.
 
@@ -459,11 +517,17 @@ def request_conflict(request_id: str, row: Row | None) -> UserError:
     return AlreadyDecided(sentence, status=status.value, by=by)
 
 
-def grant_conflict(grant_id: str, row: Row | None) -> UserError:
-    """The error for a grant transition that changed no row; ``row`` holds status and ended_by."""
+def grant_conflict(grant_id: str, row: Row | None, *, checks_expiry: bool = False) -> UserError:
+    """The error for a grant transition that changed no row; ``row`` holds status and ended_by.
+
+    With ``checks_expiry`` (the update also compared the expiry), a grant still ACTIVE lost because
+    its expiry moved meanwhile.
+    """
     if row is None:
         return NotFound(f"No grant has the id {grant_id}.")
     status = GrantStatus(row["status"])
+    if checks_expiry and status is GrantStatus.ACTIVE:
+        return expiry_moved()
     by: str | None = row["ended_by"]
     return AlreadyDecided(_GRANT_STATE[status], status=status.value, by=by)
 
@@ -492,3 +556,17 @@ def expiry_moved() -> AlreadyDecided:
     return AlreadyDecided(
         "This grant's expiry changed meanwhile. Check it and try again.", status=GrantStatus.ACTIVE.value
     )
+
+
+# --- what a duplicate insert raises --------------------------------------------------------------
+
+
+def id_taken(what: str) -> StorageError:
+    """The error for an insert whose id is already stored; ``what`` names it (``request r-1``)."""
+    return StorageError(f"Could not save {what}: that id is already taken.")
+
+
+def transaction_taken(transaction_id: str, *, token: bool) -> StorageError:
+    """The error for a duplicate authentication request: its id, or (``token``) its link's hash."""
+    taken = "its link token is already in use" if token else "that id is already taken"
+    return StorageError(f"Could not save authentication request {transaction_id}: {taken}.")

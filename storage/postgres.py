@@ -18,7 +18,6 @@ import asyncpg
 
 from bot.domain import (
     AccessRequest,
-    Approval,
     AuditEvent,
     AuthStatus,
     AuthTransaction,
@@ -30,34 +29,20 @@ from bot.domain import (
     RequestStatus,
 )
 from bot.errors import ConfigError, StorageError
-from bot.ports import (
-    AuditLog,
-    GrantStore,
-    MessageStore,
-    MirrorStore,
-    RequestStore,
-    SeenStore,
-    SettingsStore,
-    TransactionStore,
-)
-from storage import migrations
 from storage.codec import (
-    AUDIT_COLUMNS,
-    GRANT_COLUMNS,
-    MIRROR_COLUMNS,
-    REQUEST_COLUMNS,
-    TRANSACTION_COLUMNS,
     Codec,
     Row,
     dump_json,
-    expiry_moved,
     grant_conflict,
-    mirror_upsert,
+    id_taken,
     request_conflict,
+    row_writes,
     transaction_conflict,
     transaction_missing,
+    transaction_taken,
     utc,
 )
+from storage.common import Role, Roles, RoleStore, pending
 
 # Any bigint works; every Ackgate replica must use the same one. These are the bytes "ackgate!".
 MIGRATION_LOCK = int.from_bytes(b"ackgate!", "big")
@@ -73,18 +58,7 @@ def _load_time(value: datetime) -> datetime:
 _CODEC = Codec(dump_time=utc, load_time=_load_time)
 _ACTIVE = GrantStatus.ACTIVE.value
 _REVOKING = GrantStatus.REVOKING.value
-
-
-def _insert(table: str, columns: Sequence[str]) -> str:
-    marks = ", ".join(f"${n}" for n in range(1, len(columns) + 1))
-    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})"  # noqa: S608 - constant names
-
-
-_INSERT_REQUEST = _insert("requests", REQUEST_COLUMNS)
-_INSERT_GRANT = _insert("grants", GRANT_COLUMNS)
-_INSERT_AUDIT = _insert("audit", AUDIT_COLUMNS)
-_INSERT_TRANSACTION = _insert("auth_transactions", TRANSACTION_COLUMNS)
-_PUT_MIRROR = mirror_upsert(_insert("incident_mirrors", MIRROR_COLUMNS))
+_WRITES = row_writes(lambda n: f"${n}")
 _LINK_HASH_UNIQUE = "auth_transactions_token_hash_key"  # PostgreSQL's name for the UNIQUE column
 _INSERT_APPROVAL = (
     "INSERT INTO approvals (request_id, approver_email, at) VALUES ($1, $2, $3)"
@@ -163,28 +137,22 @@ class _Pool:
             ) from exc
 
 
-class _Requests:
-    def __init__(self, db: _Pool) -> None:
-        self._db = db
-
+class _Requests(Role[_Pool]):
     @staticmethod
     async def _complete(conn: Any, rows: Sequence[Row]) -> list[AccessRequest]:
         """Attach each request's approvals (one query for all of them), keeping the rows' order."""
         if not rows:
             return []
         ids = [row["id"] for row in rows]
-        approvals: dict[str, list[Approval]] = {i: [] for i in ids}
         sql = "SELECT * FROM approvals WHERE request_id = ANY($1::text[]) ORDER BY seq"
-        for a in await conn.fetch(sql, ids):
-            approvals[a["request_id"]].append(_CODEC.approval(a))
-        return [_CODEC.request(row, approvals[row["id"]]) for row in rows]
+        return _CODEC.requests(rows, await conn.fetch(sql, ids))
 
     async def add(self, request: AccessRequest) -> None:
         async with self._db.connection(f"save request {request.id}", transaction=True) as conn:
             try:
-                await conn.execute(_INSERT_REQUEST, *_CODEC.request_values(request))
+                await conn.execute(_WRITES.request, *_CODEC.request_values(request))
             except asyncpg.UniqueViolationError as exc:
-                raise StorageError(f"Could not save request {request.id}: that id is already taken.") from exc
+                raise id_taken(f"request {request.id}") from exc
             await conn.executemany(
                 _INSERT_APPROVAL, [(request.id, a.approver_email, utc(a.at)) for a in request.approvals]
             )
@@ -239,10 +207,7 @@ class _Requests:
             return await self._complete(conn, await conn.fetch(sql, RequestStatus.PENDING.value, utc(cutoff)))
 
 
-class _Grants:
-    def __init__(self, db: _Pool) -> None:
-        self._db = db
-
+class _Grants(Role[_Pool]):
     async def _cas(
         self, grant_id: str, doing: str, sql: str, params: Sequence[object], *, checks_expiry: bool = False
     ) -> Grant:
@@ -252,9 +217,7 @@ class _Grants:
             if updated is not None:
                 return _CODEC.grant(updated)
             current = await conn.fetchrow("SELECT status, ended_by FROM grants WHERE id = $1", grant_id)
-            if checks_expiry and current is not None and current["status"] == _ACTIVE:
-                raise expiry_moved()
-            raise grant_conflict(grant_id, current)
+            raise grant_conflict(grant_id, current, checks_expiry=checks_expiry)
 
     async def _select(self, doing: str, sql: str, *params: object) -> list[Grant]:
         async with self._db.connection(doing) as conn:
@@ -263,9 +226,9 @@ class _Grants:
     async def add(self, grant: Grant) -> None:
         async with self._db.connection(f"save grant {grant.id}") as conn:
             try:
-                await conn.execute(_INSERT_GRANT, *_CODEC.grant_values(grant))
+                await conn.execute(_WRITES.grant, *_CODEC.grant_values(grant))
             except asyncpg.UniqueViolationError as exc:
-                raise StorageError(f"Could not save grant {grant.id}: that id is already taken.") from exc
+                raise id_taken(f"grant {grant.id}") from exc
 
     async def get(self, grant_id: str) -> Grant | None:
         found = await self._select(f"read grant {grant_id}", "SELECT * FROM grants WHERE id = $1", grant_id)
@@ -296,17 +259,10 @@ class _Grants:
             " last_error = COALESCE($5, last_error), next_attempt_at = COALESCE($6, next_attempt_at),"
             " ended_at = COALESCE($7, ended_at) WHERE id = $8 AND status = $9 RETURNING *"
         )
-        params = (
-            new.value,
-            None if end_reason is None else end_reason.value,
-            ended_by,
-            None if expires_at is None else utc(expires_at),
-            last_error,
-            utc(at) if new is GrantStatus.REVOKING else None,  # the first revoke attempt is due now
-            utc(at) if new is GrantStatus.ENDED else None,
-            grant_id,
-            expected.value,
+        values = _CODEC.transition_values(
+            new, at=at, end_reason=end_reason, ended_by=ended_by, expires_at=expires_at, last_error=last_error
         )
+        params = (*values, grant_id, expected.value)
         return await self._cas(grant_id, f"move grant {grant_id} to {new.value}", sql, params)
 
     async def extend(self, grant_id: str, *, expected_expires_at: datetime, new_expires_at: datetime) -> Grant:
@@ -342,13 +298,10 @@ class _Grants:
             return int(await conn.fetchval("SELECT count(*) FROM grants WHERE status = $1", _ACTIVE))
 
 
-class _Audit:
-    def __init__(self, db: _Pool) -> None:
-        self._db = db
-
+class _Audit(Role[_Pool]):
     async def append(self, event: AuditEvent) -> None:
         async with self._db.connection(f"append audit event {event.kind}") as conn:
-            await conn.execute(_INSERT_AUDIT, *_CODEC.audit_values(event))
+            await conn.execute(_WRITES.audit, *_CODEC.audit_values(event))
 
     async def since(self, at: datetime, *, limit: int = 100_000) -> list[AuditEvent]:
         sql = "SELECT * FROM audit WHERE at >= $1 ORDER BY seq LIMIT $2"
@@ -356,10 +309,7 @@ class _Audit:
             return [_CODEC.audit(row) for row in await conn.fetch(sql, utc(at), limit)]
 
 
-class _Settings:
-    def __init__(self, db: _Pool) -> None:
-        self._db = db
-
+class _Settings(Role[_Pool]):
     async def get(self, key: str) -> str | None:
         async with self._db.connection(f"read setting {key}") as conn:
             value = await conn.fetchval("SELECT value FROM settings WHERE key = $1", key)
@@ -377,10 +327,7 @@ class _Settings:
         return None if previous is None else str(previous)
 
 
-class _Messages:
-    def __init__(self, db: _Pool) -> None:
-        self._db = db
-
+class _Messages(Role[_Pool]):
     async def add(self, subject: str, ref: MessageRef) -> None:
         sql = (
             "INSERT INTO message_refs (subject, platform, channel, message_id) VALUES ($1, $2, $3, $4)"
@@ -395,10 +342,7 @@ class _Messages:
         return [_CODEC.message_ref(row) for row in rows]
 
 
-class _Transactions:
-    def __init__(self, db: _Pool) -> None:
-        self._db = db
-
+class _Transactions(Role[_Pool]):
     async def _one(self, doing: str, sql: str, *params: object) -> AuthTransaction | None:
         async with self._db.connection(doing) as conn:
             row = await conn.fetchrow(sql, *params)
@@ -407,11 +351,9 @@ class _Transactions:
     async def add(self, transaction: AuthTransaction) -> None:
         async with self._db.connection(f"save authentication request {transaction.id}") as conn:
             try:
-                await conn.execute(_INSERT_TRANSACTION, *_CODEC.transaction_values(transaction))
+                await conn.execute(_WRITES.transaction, *_CODEC.transaction_values(transaction))
             except asyncpg.UniqueViolationError as exc:
-                token = exc.constraint_name == _LINK_HASH_UNIQUE
-                taken = "its link token is already in use" if token else "that id is already taken"
-                raise StorageError(f"Could not save authentication request {transaction.id}: {taken}.") from exc
+                raise transaction_taken(transaction.id, token=exc.constraint_name == _LINK_HASH_UNIQUE) from exc
 
     async def get(self, transaction_id: str) -> AuthTransaction | None:
         sql = "SELECT * FROM auth_transactions WHERE id = $1"
@@ -456,10 +398,7 @@ class _Transactions:
         return [_CODEC.transaction(row) for row in rows]
 
 
-class _Mirrors:
-    def __init__(self, db: _Pool) -> None:
-        self._db = db
-
+class _Mirrors(Role[_Pool]):
     async def get(self, incident_id: str) -> IncidentMirror | None:
         async with self._db.connection(f"read the mirror of incident {incident_id}") as conn:
             row = await conn.fetchrow("SELECT * FROM incident_mirrors WHERE incident_id = $1", incident_id)
@@ -468,7 +407,7 @@ class _Mirrors:
     async def put_if_newer(self, mirror: IncidentMirror) -> bool:
         # One upsert: a concurrent insert of the same incident waits on the key, then re-checks the WHERE.
         async with self._db.connection(f"save the mirror of incident {mirror.incident_id}") as conn:
-            return await conn.fetchrow(_PUT_MIRROR, *_CODEC.mirror_values(mirror)) is not None
+            return await conn.fetchrow(_WRITES.put_mirror, *_CODEC.mirror_values(mirror)) is not None
 
     async def by_transaction(self, transaction_id: str) -> IncidentMirror | None:
         async with self._db.connection(f"find the incident of authentication request {transaction_id}") as conn:
@@ -476,11 +415,8 @@ class _Mirrors:
         return None if row is None else _CODEC.mirror(row)
 
 
-class _Seen:
+class _Seen(Role[_Pool]):
     """Deliveries already processed, as rows of ``webhook_seen``."""
-
-    def __init__(self, db: _Pool) -> None:
-        self._db = db
 
     async def first_time(self, key: str, *, at: datetime) -> bool:
         sql = "INSERT INTO webhook_seen (key, at) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING RETURNING key"
@@ -493,7 +429,19 @@ class _Seen:
             return int(await conn.fetchval(sql, utc(before)))
 
 
-class PostgresStore:
+_ROLES = Roles(
+    requests=_Requests,
+    grants=_Grants,
+    audit=_Audit,
+    settings=_Settings,
+    messages=_Messages,
+    transactions=_Transactions,
+    mirrors=_Mirrors,
+    seen=_Seen,
+)
+
+
+class PostgresStore(RoleStore[_Pool]):
     """Every role port over one PostgreSQL database.
 
     Extra query parameters in the URL are sent as server settings, so
@@ -501,26 +449,7 @@ class PostgresStore:
     """
 
     def __init__(self, dsn: str) -> None:
-        self._db = _Pool(dsn)
-        self.requests: RequestStore = _Requests(self._db)
-        self.grants: GrantStore = _Grants(self._db)
-        self.audit: AuditLog = _Audit(self._db)
-        self.settings: SettingsStore = _Settings(self._db)
-        self.messages: MessageStore = _Messages(self._db)
-        self.transactions: TransactionStore = _Transactions(self._db)
-        self.mirrors: MirrorStore = _Mirrors(self._db)
-        self._seen = _Seen(self._db)
-        self.seen: SeenStore = self._seen
-
-    async def open(self, *, migrate_up_to: int | None = None) -> None:
-        """Connect and apply pending migrations: all of them, or only up to ``migrate_up_to``
-        (a version number; for tests of upgrades from an older schema)."""
-        await self._db.open()
-        try:
-            await self._migrate(up_to=migrate_up_to)
-        except BaseException:
-            await self._db.close()
-            raise
+        super().__init__(_Pool(dsn), roles=_ROLES)
 
     async def _migrate(self, *, up_to: int | None) -> None:
         async with self._db.connection("apply database migrations", transaction=True) as conn:
@@ -531,30 +460,16 @@ class PostgresStore:
                 " name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
             )
             current = int(await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_version"))
-            for migration in migrations.load("postgres"):
-                if migration.version > current and (up_to is None or migration.version <= up_to):
-                    await conn.execute(migration.sql)  # no arguments: the simple protocol runs many statements
-                    await conn.execute(
-                        "INSERT INTO schema_version (version, name) VALUES ($1, $2)",
-                        migration.version,
-                        migration.name,
-                    )
-
-    async def prune_seen(self, before: datetime) -> int:
-        """Forget delivery keys recorded before ``before`` and return how many were dropped.
-
-        Not part of the ``Store`` port (see :class:`storage.PrunesSeen`): PagerDuty redelivers for
-        up to 48 hours, so a periodic job drops keys older than that to keep ``webhook_seen`` small.
-        """
-        return await self._seen.prune(before)
+            for migration in pending("postgres", current=current, up_to=up_to):
+                await conn.execute(migration.sql)  # no arguments: the simple protocol runs many statements
+                await conn.execute(
+                    "INSERT INTO schema_version (version, name) VALUES ($1, $2)", migration.version, migration.name
+                )
 
     async def schema_version(self) -> int:
         """The highest migration applied to this database."""
         async with self._db.connection("read the schema version") as conn:
             return int(await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_version"))
-
-    async def close(self) -> None:
-        await self._db.close()
 
     async def ping(self) -> None:
         async with self._db.connection("answer a health check") as conn:

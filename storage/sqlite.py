@@ -17,7 +17,6 @@ import aiosqlite
 
 from bot.domain import (
     AccessRequest,
-    Approval,
     AuditEvent,
     AuthStatus,
     AuthTransaction,
@@ -29,51 +28,44 @@ from bot.domain import (
     RequestStatus,
 )
 from bot.errors import StorageError
-from bot.ports import (
-    AuditLog,
-    GrantStore,
-    MessageStore,
-    MirrorStore,
-    RequestStore,
-    SeenStore,
-    SettingsStore,
-    TransactionStore,
-)
-from storage import migrations
 from storage.codec import (
-    AUDIT_COLUMNS,
-    GRANT_COLUMNS,
-    MIRROR_COLUMNS,
-    REQUEST_COLUMNS,
-    TRANSACTION_COLUMNS,
     Codec,
     dump_json,
-    expiry_moved,
     from_iso,
     grant_conflict,
+    id_taken,
     iso,
-    mirror_upsert,
     request_conflict,
+    row_writes,
     transaction_conflict,
     transaction_missing,
+    transaction_taken,
 )
+from storage.common import Role, Roles, RoleStore, pending
 
 BUSY_TIMEOUT_MS = 5000
+WAL_RETRY_SECONDS = 0.05
+
+
+async def _enable_wal(conn: aiosqlite.Connection) -> None:
+    """Switch to WAL. Switching takes an exclusive lock and SQLite does not wait on busy_timeout
+    for it, so two processes opening a new file at once would see "database is locked": retry
+    within the same busy budget."""
+    attempts = int(BUSY_TIMEOUT_MS / 1000 / WAL_RETRY_SECONDS)
+    for attempt in range(attempts):
+        try:
+            await conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == attempts - 1:
+                raise
+            await asyncio.sleep(WAL_RETRY_SECONDS)
+
+
 _CODEC = Codec(dump_time=iso, load_time=from_iso)
 _ACTIVE = GrantStatus.ACTIVE.value
 _REVOKING = GrantStatus.REVOKING.value
-
-
-def _insert(table: str, columns: Sequence[str]) -> str:
-    marks = ", ".join("?" for _ in columns)
-    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})"  # noqa: S608 - constant names
-
-
-_INSERT_REQUEST = _insert("requests", REQUEST_COLUMNS)
-_INSERT_GRANT = _insert("grants", GRANT_COLUMNS)
-_INSERT_AUDIT = _insert("audit", AUDIT_COLUMNS)
-_INSERT_TRANSACTION = _insert("auth_transactions", TRANSACTION_COLUMNS)
-_PUT_MIRROR = mirror_upsert(_insert("incident_mirrors", MIRROR_COLUMNS))
+_WRITES = row_writes(lambda _: "?")
 _INSERT_APPROVAL = (
     "INSERT INTO approvals (request_id, approver_email, at) VALUES (?, ?, ?)"
     " ON CONFLICT (request_id, approver_email) DO NOTHING"
@@ -127,7 +119,7 @@ class _Db:
             conn = await aiosqlite.connect(self.path, isolation_level=None)
             conn.row_factory = aiosqlite.Row
             await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            await conn.execute("PRAGMA journal_mode = WAL")
+            await _enable_wal(conn)
             await conn.execute("PRAGMA synchronous = NORMAL")  # durable enough with WAL, much faster
             await conn.execute("PRAGMA foreign_keys = ON")
         except sqlite3.Error as exc:
@@ -195,30 +187,29 @@ def _is_duplicate(exc: sqlite3.IntegrityError) -> bool:
     return "UNIQUE" in str(exc)
 
 
-class _Requests:
-    def __init__(self, db: _Db) -> None:
-        self._db = db
+async def _insert_new(conn: aiosqlite.Connection, sql: str, values: Sequence[object], *, what: str) -> None:
+    """Insert one row whose id must be new; a taken id raises ``StorageError`` naming ``what``."""
+    try:
+        await conn.execute(sql, values)
+    except sqlite3.IntegrityError as exc:
+        if not _is_duplicate(exc):
+            raise
+        raise id_taken(what) from exc
 
+
+class _Requests(Role[_Db]):
     async def _complete(self, conn: aiosqlite.Connection, rows: Sequence[sqlite3.Row]) -> list[AccessRequest]:
         """Attach each request's approvals (one query for all of them), keeping the rows' order."""
         if not rows:
             return []
         ids = [row["id"] for row in rows]
         marks = ", ".join("?" for _ in ids)
-        approvals: dict[str, list[Approval]] = {i: [] for i in ids}
         sql = f"SELECT * FROM approvals WHERE request_id IN ({marks}) ORDER BY seq"  # noqa: S608 - only marks
-        for a in await _rows(conn, sql, ids):
-            approvals[a["request_id"]].append(_CODEC.approval(a))
-        return [_CODEC.request(row, approvals[row["id"]]) for row in rows]
+        return _CODEC.requests(rows, await _rows(conn, sql, ids))
 
     async def add(self, request: AccessRequest) -> None:
         async with self._db.writing(f"save request {request.id}") as conn:
-            try:
-                await conn.execute(_INSERT_REQUEST, _CODEC.request_values(request))
-            except sqlite3.IntegrityError as exc:
-                if not _is_duplicate(exc):
-                    raise
-                raise StorageError(f"Could not save request {request.id}: that id is already taken.") from exc
+            await _insert_new(conn, _WRITES.request, _CODEC.request_values(request), what=f"request {request.id}")
             await conn.executemany(
                 _INSERT_APPROVAL, [(request.id, a.approver_email, iso(a.at)) for a in request.approvals]
             )
@@ -273,10 +264,7 @@ class _Requests:
             return await self._complete(conn, await _rows(conn, sql, [RequestStatus.PENDING.value, iso(cutoff)]))
 
 
-class _Grants:
-    def __init__(self, db: _Db) -> None:
-        self._db = db
-
+class _Grants(Role[_Db]):
     async def _cas(
         self, grant_id: str, doing: str, sql: str, params: Sequence[object], *, checks_expiry: bool = False
     ) -> Grant:
@@ -286,9 +274,7 @@ class _Grants:
             if updated is not None:
                 return _CODEC.grant(updated)
             current = await _row(conn, "SELECT status, ended_by, expires_at FROM grants WHERE id = ?", [grant_id])
-            if checks_expiry and current is not None and current["status"] == _ACTIVE:
-                raise expiry_moved()
-            raise grant_conflict(grant_id, current)
+            raise grant_conflict(grant_id, current, checks_expiry=checks_expiry)
 
     async def _select(self, doing: str, sql: str, params: Sequence[object]) -> list[Grant]:
         async with self._db.reading(doing) as conn:
@@ -296,12 +282,7 @@ class _Grants:
 
     async def add(self, grant: Grant) -> None:
         async with self._db.writing(f"save grant {grant.id}") as conn:
-            try:
-                await conn.execute(_INSERT_GRANT, _CODEC.grant_values(grant))
-            except sqlite3.IntegrityError as exc:
-                if not _is_duplicate(exc):
-                    raise
-                raise StorageError(f"Could not save grant {grant.id}: that id is already taken.") from exc
+            await _insert_new(conn, _WRITES.grant, _CODEC.grant_values(grant), what=f"grant {grant.id}")
 
     async def get(self, grant_id: str) -> Grant | None:
         found = await self._select(f"read grant {grant_id}", "SELECT * FROM grants WHERE id = ?", [grant_id])
@@ -332,17 +313,10 @@ class _Grants:
             " last_error = COALESCE(?, last_error), next_attempt_at = COALESCE(?, next_attempt_at),"
             " ended_at = COALESCE(?, ended_at) WHERE id = ? AND status = ? RETURNING *"
         )
-        params = (
-            new.value,
-            None if end_reason is None else end_reason.value,
-            ended_by,
-            None if expires_at is None else iso(expires_at),
-            last_error,
-            iso(at) if new is GrantStatus.REVOKING else None,  # the first revoke attempt is due now
-            iso(at) if new is GrantStatus.ENDED else None,
-            grant_id,
-            expected.value,
+        values = _CODEC.transition_values(
+            new, at=at, end_reason=end_reason, ended_by=ended_by, expires_at=expires_at, last_error=last_error
         )
+        params = (*values, grant_id, expected.value)
         return await self._cas(grant_id, f"move grant {grant_id} to {new.value}", sql, params)
 
     async def extend(self, grant_id: str, *, expected_expires_at: datetime, new_expires_at: datetime) -> Grant:
@@ -379,13 +353,10 @@ class _Grants:
         return 0 if row is None else int(row["n"])
 
 
-class _Audit:
-    def __init__(self, db: _Db) -> None:
-        self._db = db
-
+class _Audit(Role[_Db]):
     async def append(self, event: AuditEvent) -> None:
         async with self._db.writing(f"append audit event {event.kind}") as conn:
-            await conn.execute(_INSERT_AUDIT, _CODEC.audit_values(event))
+            await conn.execute(_WRITES.audit, _CODEC.audit_values(event))
 
     async def since(self, at: datetime, *, limit: int = 100_000) -> list[AuditEvent]:
         sql = "SELECT * FROM audit WHERE at >= ? ORDER BY seq LIMIT ?"
@@ -393,10 +364,7 @@ class _Audit:
             return [_CODEC.audit(row) for row in await _rows(conn, sql, [iso(at), limit])]
 
 
-class _Settings:
-    def __init__(self, db: _Db) -> None:
-        self._db = db
-
+class _Settings(Role[_Db]):
     async def get(self, key: str) -> str | None:
         async with self._db.reading(f"read setting {key}") as conn:
             row = await _row(conn, "SELECT value FROM settings WHERE key = ?", [key])
@@ -412,10 +380,7 @@ class _Settings:
         return None if row is None else str(row["value"])
 
 
-class _Messages:
-    def __init__(self, db: _Db) -> None:
-        self._db = db
-
+class _Messages(Role[_Db]):
     async def add(self, subject: str, ref: MessageRef) -> None:
         sql = (
             "INSERT INTO message_refs (subject, platform, channel, message_id) VALUES (?, ?, ?, ?)"
@@ -430,10 +395,7 @@ class _Messages:
         return [_CODEC.message_ref(row) for row in rows]
 
 
-class _Transactions:
-    def __init__(self, db: _Db) -> None:
-        self._db = db
-
+class _Transactions(Role[_Db]):
     async def _one(self, doing: str, sql: str, params: Sequence[object]) -> AuthTransaction | None:
         async with self._db.reading(doing) as conn:
             row = await _row(conn, sql, params)
@@ -442,12 +404,11 @@ class _Transactions:
     async def add(self, transaction: AuthTransaction) -> None:
         async with self._db.writing(f"save authentication request {transaction.id}") as conn:
             try:
-                await conn.execute(_INSERT_TRANSACTION, _CODEC.transaction_values(transaction))
+                await conn.execute(_WRITES.transaction, _CODEC.transaction_values(transaction))
             except sqlite3.IntegrityError as exc:
                 if not _is_duplicate(exc):
                     raise
-                taken = "its link token is already in use" if "token_hash" in str(exc) else "that id is already taken"
-                raise StorageError(f"Could not save authentication request {transaction.id}: {taken}.") from exc
+                raise transaction_taken(transaction.id, token="token_hash" in str(exc)) from exc
 
     async def get(self, transaction_id: str) -> AuthTransaction | None:
         sql = "SELECT * FROM auth_transactions WHERE id = ?"
@@ -493,10 +454,7 @@ class _Transactions:
             return [_CODEC.transaction(row) for row in await _rows(conn, PENDING_EXPIRED_SQL, params)]
 
 
-class _Mirrors:
-    def __init__(self, db: _Db) -> None:
-        self._db = db
-
+class _Mirrors(Role[_Db]):
     async def get(self, incident_id: str) -> IncidentMirror | None:
         async with self._db.reading(f"read the mirror of incident {incident_id}") as conn:
             row = await _row(conn, "SELECT * FROM incident_mirrors WHERE incident_id = ?", [incident_id])
@@ -504,7 +462,7 @@ class _Mirrors:
 
     async def put_if_newer(self, mirror: IncidentMirror) -> bool:
         async with self._db.writing(f"save the mirror of incident {mirror.incident_id}") as conn:
-            return await _row(conn, _PUT_MIRROR, _CODEC.mirror_values(mirror)) is not None
+            return await _row(conn, _WRITES.put_mirror, _CODEC.mirror_values(mirror)) is not None
 
     async def by_transaction(self, transaction_id: str) -> IncidentMirror | None:
         async with self._db.reading(f"find the incident of authentication request {transaction_id}") as conn:
@@ -512,11 +470,8 @@ class _Mirrors:
         return None if row is None else _CODEC.mirror(row)
 
 
-class _Seen:
+class _Seen(Role[_Db]):
     """Deliveries already processed, as rows of ``webhook_seen``."""
-
-    def __init__(self, db: _Db) -> None:
-        self._db = db
 
     async def first_time(self, key: str, *, at: datetime) -> bool:
         sql = "INSERT INTO webhook_seen (key, at) VALUES (?, ?) ON CONFLICT (key) DO NOTHING RETURNING key"
@@ -528,34 +483,27 @@ class _Seen:
             return len(await _rows(conn, "DELETE FROM webhook_seen WHERE at < ? RETURNING key", [iso(before)]))
 
 
-class SqliteStore:
+_ROLES = Roles(
+    requests=_Requests,
+    grants=_Grants,
+    audit=_Audit,
+    settings=_Settings,
+    messages=_Messages,
+    transactions=_Transactions,
+    mirrors=_Mirrors,
+    seen=_Seen,
+)
+
+
+class SqliteStore(RoleStore[_Db]):
     """Every role port over one SQLite file (or ``:memory:``)."""
 
     def __init__(self, path: str) -> None:
-        self._db = _Db(path)
-        self.requests: RequestStore = _Requests(self._db)
-        self.grants: GrantStore = _Grants(self._db)
-        self.audit: AuditLog = _Audit(self._db)
-        self.settings: SettingsStore = _Settings(self._db)
-        self.messages: MessageStore = _Messages(self._db)
-        self.transactions: TransactionStore = _Transactions(self._db)
-        self.mirrors: MirrorStore = _Mirrors(self._db)
-        self._seen = _Seen(self._db)
-        self.seen: SeenStore = self._seen
+        super().__init__(_Db(path), roles=_ROLES)
 
     @property
     def path(self) -> str:
         return self._db.path
-
-    async def open(self, *, migrate_up_to: int | None = None) -> None:
-        """Connect and apply pending migrations: all of them, or only up to ``migrate_up_to``
-        (a version number; for tests of upgrades from an older schema)."""
-        await self._db.open()
-        try:
-            await self._migrate(up_to=migrate_up_to)
-        except BaseException:
-            await self._db.close()
-            raise
 
     async def _migrate(self, *, up_to: int | None) -> None:
         async with self._db.writing("apply database migrations") as conn:
@@ -565,31 +513,18 @@ class SqliteStore:
             )
             row = await _row(conn, "SELECT coalesce(max(version), 0) AS v FROM schema_version")
             current = 0 if row is None else int(row["v"])
-            for migration in migrations.load("sqlite"):
-                if migration.version <= current or (up_to is not None and migration.version > up_to):
-                    continue
+            for migration in pending("sqlite", current=current, up_to=up_to):
                 for statement in split_statements(migration.sql):
                     await conn.execute(statement)
                 await conn.execute(
                     "INSERT INTO schema_version (version, name) VALUES (?, ?)", (migration.version, migration.name)
                 )
 
-    async def prune_seen(self, before: datetime) -> int:
-        """Forget delivery keys recorded before ``before`` and return how many were dropped.
-
-        Not part of the ``Store`` port (see :class:`storage.PrunesSeen`): PagerDuty redelivers for
-        up to 48 hours, so a periodic job drops keys older than that to keep ``webhook_seen`` small.
-        """
-        return await self._seen.prune(before)
-
     async def schema_version(self) -> int:
         """The highest migration applied to this database."""
         async with self._db.reading("read the schema version") as conn:
             row = await _row(conn, "SELECT coalesce(max(version), 0) AS v FROM schema_version")
         return 0 if row is None else int(row["v"])
-
-    async def close(self) -> None:
-        await self._db.close()
 
     async def ping(self) -> None:
         async with self._db.reading("answer a health check") as conn:

@@ -17,9 +17,8 @@ import asyncio
 import json
 import logging
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
-from types import TracebackType
 from typing import Any
 
 from aiohttp import web
@@ -27,7 +26,9 @@ from aiohttp.typedefs import Handler
 from multidict import CIMultiDict, MultiDict
 
 from bot.clock import Clock, SystemClock
+from bot.simulators.faults import Fault, Faults
 from bot.simulators.pagerduty_state import Json, PagerDutyState, SimIncident, SimOnCall, SimUser, iso
+from bot.simulators.server import LoopbackServer
 
 __all__ = ["PagerDutySimulator", "RecordedRequest", "RecordedResponse", "SimIncident", "SimOnCall", "SimUser"]
 
@@ -63,14 +64,6 @@ class RecordedResponse:
 Validator = Callable[[RecordedRequest, RecordedResponse], None]
 
 
-@dataclass
-class _Fault:
-    status: int | None  # None: only delay, then answer normally
-    delay: float = 0.0
-    headers: dict[str, str] = field(default_factory=dict)
-    remaining: int | None = 1  # None: until clear_faults()
-
-
 def _error(status: int, message: str, code: int, *, errors: Iterable[str] = (), **headers: str) -> web.Response:
     body: Json = {"error": {"message": message, "code": code}}
     if errors:
@@ -78,8 +71,10 @@ def _error(status: int, message: str, code: int, *, errors: Iterable[str] = (), 
     return web.json_response(body, status=status, headers=headers or None)
 
 
-class PagerDutySimulator(PagerDutyState):
+class PagerDutySimulator(LoopbackServer, PagerDutyState):
     """Serves :class:`PagerDutyState` over HTTP. ``async with PagerDutySimulator() as pd: pd.base_url``."""
+
+    label = "PagerDuty simulator"
 
     def __init__(
         self,
@@ -91,19 +86,17 @@ class PagerDutySimulator(PagerDutyState):
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
-        super().__init__(clock=clock or SystemClock(), web_url=web_url)
+        PagerDutyState.__init__(self, clock=clock or SystemClock(), web_url=web_url)
+        LoopbackServer.__init__(self, host=host, port=port)
         self.token = token
         self.validator = validator
         self.requests: list[RecordedRequest] = []
         self.validation_errors: list[Exception] = []
-        self._faults: list[_Fault] = []
-        self._host, self._port = host, port
-        self._runner: web.AppRunner | None = None
-        self._base_url: str | None = None
+        self._faults = Faults()
 
     # --- lifecycle --------------------------------------------------------------------------
 
-    async def start(self) -> str:
+    def build_app(self) -> web.Application:
         @web.middleware
         async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
             return await self._handle(request, handler)
@@ -116,50 +109,31 @@ class PagerDutySimulator(PagerDutyState):
         app.router.add_get("/incidents/{id}/notes", self._list_notes)
         app.router.add_post("/incidents/{id}/notes", self._add_note)
         app.router.add_get("/oncalls", self._list_oncalls)
+        return app
+
+    def build_runner(self, app: web.Application) -> web.AppRunner:
         # a client that gave up must not keep a slow handler (or shutdown) waiting
-        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=0.5)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self._host, self._port)
-        await site.start()
-        host, port = self._runner.addresses[0][:2]
-        self._base_url = self.api_url = f"http://{host}:{port}"
-        return self._base_url
+        return web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=0.5)
 
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> PagerDutySimulator:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
-
-    @property
-    def base_url(self) -> str:
-        if self._base_url is None:
-            raise RuntimeError("The PagerDuty simulator is not started; await start() first.")
-        return self._base_url
+    async def start(self) -> str:
+        self.api_url = await super().start()  # the `self` links in answers point here
+        return self.api_url
 
     # --- failure modes ----------------------------------------------------------------------
 
     def fail_next(self, times: int | None = 1, *, status: int = 500) -> None:
         """The next ``times`` requests (None: all, until :meth:`clear_faults`) answer ``status``."""
-        self._faults.append(_Fault(status, remaining=times))
+        self._faults.add(Fault(status, remaining=times))
 
     def rate_limit_next(self, times: int | None = 1, *, reset: float = 1.0) -> None:
         headers = {"ratelimit-limit": "960", "ratelimit-remaining": "0", "ratelimit-reset": f"{reset:g}"}
-        self._faults.append(_Fault(429, headers=headers, remaining=times))
+        self._faults.add(Fault(429, headers=headers, remaining=times))
 
     def slow_next(self, times: int | None = 1, *, seconds: float) -> None:
-        self._faults.append(_Fault(None, delay=seconds, remaining=times))
+        self._faults.add(Fault(None, delay=seconds, remaining=times))
 
     def reject_auth_next(self, times: int | None = 1) -> None:
-        self._faults.append(_Fault(401, remaining=times))
+        self._faults.add(Fault(401, remaining=times))
 
     def clear_faults(self) -> None:
         self._faults.clear()
@@ -185,7 +159,7 @@ class PagerDutySimulator(PagerDutyState):
         return response
 
     async def _answer(self, request: web.Request, handler: Handler) -> web.Response:
-        fault = self._take_fault()
+        fault = self._faults.take()
         if fault is not None:
             await asyncio.sleep(fault.delay)
             if fault.status is not None:
@@ -201,17 +175,7 @@ class PagerDutySimulator(PagerDutyState):
         assert isinstance(response, web.Response)  # every handler here builds a json_response
         return response
 
-    def _take_fault(self) -> _Fault | None:
-        if not self._faults:
-            return None
-        fault = self._faults[0]
-        if fault.remaining is not None:
-            fault.remaining -= 1
-            if fault.remaining <= 0:
-                self._faults.pop(0)
-        return fault
-
-    def _fault_response(self, fault: _Fault) -> web.Response:
+    def _fault_response(self, fault: Fault) -> web.Response:
         messages = {401: ("Authentication failed", 2006), 429: ("Rate Limit Exceeded", 2020)}
         message, code = messages.get(
             fault.status or 500, ("An internal error has occurred. PagerDuty team has been notified.", 2000)

@@ -22,11 +22,13 @@ import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any
 
 from aiohttp import web
 from multidict import CIMultiDict
+
+from bot.simulators.faults import Fault, Faults
+from bot.simulators.server import LoopbackServer
 
 __all__ = ["EventsSimulator", "RecordedRequest", "SimAlert"]
 
@@ -70,62 +72,36 @@ class SimAlert:
         return self.status != "resolved"
 
 
-@dataclass
-class _Fault:
-    status: int | None  # None: only delay, then answer normally
-    remaining: int | None  # None: until clear_faults()
-    delay: float = 0.0
-
-
-class EventsSimulator:
+class EventsSimulator(LoopbackServer):
     """``async with EventsSimulator() as pd: EventsClient(base_url=pd.base_url)``."""
 
+    label = "Events API simulator"
+
     def __init__(self, *, validator: Validator | None = None, host: str = "127.0.0.1", port: int = 0) -> None:
+        super().__init__(host=host, port=port)
         self.validator = validator
         self.requests: list[RecordedRequest] = []
         self.events: list[Json] = []
         self.alerts: dict[str, SimAlert] = {}  # the latest alert for each dedup key
         self.validation_errors: list[Exception] = []
         self._opened = 0
-        self._faults: list[_Fault] = []
-        self._host, self._port = host, port
-        self._runner: web.AppRunner | None = None
-        self._base_url: str | None = None
+        self._faults = Faults()
         self._stopping = asyncio.Event()
 
     # --- lifecycle --------------------------------------------------------------------------
 
-    async def start(self) -> str:
+    def build_app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/v2/enqueue", self._enqueue)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, self._host, self._port).start()
-        host, port = self._runner.addresses[0][:2]
+        return app
+
+    async def start(self) -> str:
         self._stopping.clear()
-        self._base_url = f"http://{host}:{port}"
-        return self._base_url
+        return await super().start()
 
     async def stop(self) -> None:
         self._stopping.set()  # cuts short any slow_next delay, so shutdown does not wait for it
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> EventsSimulator:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
-
-    @property
-    def base_url(self) -> str:
-        if self._base_url is None:
-            raise RuntimeError("The Events API simulator is not started; await start() first.")
-        return self._base_url
+        await super().stop()
 
     @property
     def open_alerts(self) -> list[SimAlert]:
@@ -135,14 +111,14 @@ class EventsSimulator:
 
     def fail_next(self, times: int | None = 1, *, status: int = 500) -> None:
         """The next ``times`` requests (None: all, until :meth:`clear_faults`) answer ``status``."""
-        self._faults.append(_Fault(status, times))
+        self._faults.add(Fault(status, remaining=times))
 
     def rate_limit_next(self, times: int | None = 1) -> None:
         self.fail_next(times, status=429)
 
     def slow_next(self, times: int | None = 1, *, seconds: float) -> None:
         """The next ``times`` requests wait ``seconds`` (real time) before being handled normally."""
-        self._faults.append(_Fault(None, times, delay=seconds))
+        self._faults.add(Fault(None, delay=seconds, remaining=times))
 
     def clear_faults(self) -> None:
         self._faults.clear()
@@ -158,7 +134,7 @@ class EventsSimulator:
         return response
 
     async def _answer(self, raw: bytes) -> web.Response:
-        fault = self._take_fault()
+        fault = self._faults.take()
         if fault is not None:
             if fault.delay:
                 with contextlib.suppress(TimeoutError):
@@ -190,16 +166,6 @@ class EventsSimulator:
             self.validation_errors.append(exc)
             return [str(exc)]
         return []
-
-    def _take_fault(self) -> _Fault | None:
-        if not self._faults:
-            return None
-        fault = self._faults[0]
-        if fault.remaining is not None:
-            fault.remaining -= 1
-            if fault.remaining <= 0:
-                self._faults.pop(0)
-        return fault
 
     # --- state ------------------------------------------------------------------------------
 

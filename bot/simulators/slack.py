@@ -21,11 +21,12 @@ import json
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qsl
 
 from aiohttp import web
+
+from bot.simulators.server import LoopbackServer
 
 Json = dict[str, Any]
 Handler = Callable[[Json], Json]
@@ -73,8 +74,10 @@ class SlackError(Exception):
         self.status = status
 
 
-class SlackSimulator:
+class SlackSimulator(LoopbackServer):
     """Holds Slack state and serves it over HTTP. ``async with SlackSimulator() as slack: slack.base_url``."""
+
+    label = "Slack simulator"
 
     def __init__(
         self,
@@ -86,6 +89,7 @@ class SlackSimulator:
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
+        super().__init__(host=host, port=port)
         self.token = token
         self.team_id = team_id
         self.bot_user_id = bot_user_id
@@ -103,9 +107,6 @@ class SlackSimulator:
         self._holds: dict[str, asyncio.Event] = {}
         self._changed = asyncio.Condition()
         self._seq = 0
-        self._host, self._port = host, port
-        self._runner: web.AppRunner | None = None
-        self._root: str | None = None
         self._methods: dict[str, Handler] = {
             "auth.test": self._auth_test,
             "users.info": self._users_info,
@@ -121,40 +122,21 @@ class SlackSimulator:
 
     # --- lifecycle --------------------------------------------------------------------------
 
-    async def start(self) -> str:
-        """Start serving; returns the Web API base URL (ending in ``/api/``)."""
+    def build_app(self) -> web.Application:
         app = web.Application()
         app.router.add_route("*", "/api/{method}", self._api)
         app.router.add_post("/response/{token}", self._response_url)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self._host, self._port)
-        await site.start()
-        host, port = self._runner.addresses[0][:2]
-        self._root = f"http://{host}:{port}"
-        return self.base_url
+        return app
 
     async def stop(self) -> None:
         for gate in self._holds.values():
             gate.set()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> SlackSimulator:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
+        await super().stop()
 
     @property
     def base_url(self) -> str:
-        if self._root is None:
-            raise RuntimeError("The Slack simulator is not started; await start() first.")
-        return f"{self._root}/api/"
+        """The Web API base URL (ending in ``/api/``), which start() returns."""
+        return f"{self.root_url}/api/"
 
     # --- state helpers ----------------------------------------------------------------------
 

@@ -14,7 +14,6 @@ import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import aiohttp
@@ -30,6 +29,7 @@ from bot.ports import Provisioner
 from bot.simulators import slack_requests
 from bot.simulators.pagerduty import PagerDutySimulator, RecordedRequest, RecordedResponse
 from bot.simulators.pagerduty_events import EventsSimulator
+from bot.simulators.server import AsyncService
 from bot.simulators.slack import SlackSimulator
 
 SIGNING_SECRET = "stage-signing-secret"  # noqa: S105 - the stage's own, not a secret
@@ -92,7 +92,7 @@ def text_of(message: Mapping[str, Any]) -> str:
     return "\n".join(lines) if lines else str(message.get("text", ""))
 
 
-class Stage:
+class Stage(AsyncService):
     def __init__(
         self,
         *,
@@ -161,15 +161,6 @@ class Stage:
         await self.slack.stop()
         await self.pd.stop()
         await self.events.stop()
-
-    async def __aenter__(self) -> Stage:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
 
     @property
     def parts(self) -> Parts:
