@@ -47,7 +47,7 @@ from handlers.pagerduty_webhooks import mount_pagerduty_webhooks
 from handlers.slack import build_bolt_app, mount_slack
 from handlers.slack_notifier import SlackAdminGroup, SlackIdentity, SlackNotifier, call_slack
 from handlers.web import mount_auth_pages
-from storage import open_store
+from storage import PrunesSeen, open_store
 
 TEST_MESSAGE = "A test from /access admin test: checking that authentication requests reach you."
 
@@ -92,6 +92,16 @@ class WebhookHealth:
     async def drain(self) -> None:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+SEEN_KEPT = timedelta(hours=72)  # PagerDuty redelivers a webhook for up to 48 hours
+
+
+def _pruner(store: PrunesSeen, clock: Clock) -> Callable[[], Awaitable[int]]:
+    async def prune_seen() -> int:
+        return await store.prune_seen(clock.now() - SEEN_KEPT)
+
+    return prune_seen
 
 
 def _csrf_secret(settings: Settings) -> SecretStr:
@@ -213,6 +223,8 @@ def build_app(
     if not settings.pagerduty_webhook_secrets:
         # Without webhooks, resolved incidents are found by asking PagerDuty now and then.
         jobs.append(every(settings.incident_check_seconds, clock, mirror.check_incidents))
+    if isinstance(store, PrunesSeen):
+        jobs.append(every(3600, clock, _pruner(store, clock)))
     scheduler = ExpiryScheduler(service, grants=store.grants, clock=clock, jobs=jobs)
     app = web.Application(client_max_size=1024 * 1024)
     slack_client: AsyncWebClient | None = None

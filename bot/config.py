@@ -124,7 +124,8 @@ def load_settings(*, require_runtime: bool = True, **overrides: object) -> Setti
         msg = str(err["msg"]).removeprefix("Value error, ")
         if not name:
             raise ConfigError(f"Configuration error: {msg}.") from None
-        raise ConfigError(f"{name} is invalid: {msg}. {_FIX.get(name, '')}".strip()) from None
+        fix = _FIX.get(name, "")
+        raise ConfigError(f"{name} is invalid: {msg}. {fix[:1].upper()}{fix[1:]}".strip()) from None
     if require_runtime:
         for name, value in (
             ("PAGERDUTY_API_TOKEN", settings.pagerduty_api_token),

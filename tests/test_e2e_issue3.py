@@ -270,3 +270,13 @@ async def test_an_unanswered_link_expires(stage: Stage) -> None:
     status, page = await stage.browse(link)
     assert status == 410
     assert "expired" in page.lower()
+
+
+async def test_webhook_delivery_keys_are_forgotten_after_three_days(stage: Stage) -> None:
+    """PagerDuty redelivers for up to 48 h; keys older than 72 h are pruned by the scheduler."""
+    seen = stage.parts.store.seen
+    assert await seen.first_time("webhook:old", at=stage.clock.now())
+    assert not await seen.first_time("webhook:old", at=stage.clock.now())
+    stage.clock.advance(timedelta(hours=73))
+    await stage.parts.scheduler.run_once()
+    assert await seen.first_time("webhook:old", at=stage.clock.now())
