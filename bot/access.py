@@ -6,6 +6,7 @@ published on the bus. PagerDuty errors propagate as the fail-closed errors of bo
 
 from __future__ import annotations
 
+import asyncio
 import difflib
 import logging
 from collections.abc import Mapping
@@ -61,6 +62,7 @@ log = logging.getLogger("ackgate.access")
 
 MIN_DURATION = timedelta(minutes=1)
 REVOKE_BACKOFF_MAX = timedelta(minutes=10)
+EXPIRY_CONCURRENCY = 10
 
 
 class AccessService:
@@ -490,15 +492,23 @@ class AccessService:
     # --- timed work (the expiry scheduler calls these) ------------------------------------
 
     async def expire_due(self) -> int:
-        """End every ACTIVE grant whose time is up. Safe to run on several replicas at once."""
-        count = 0
-        for grant in await self.store.grants.due_to_expire(self.clock.now()):
-            try:
-                await self.end_grant(grant, reason=EndReason.EXPIRED, by=SYSTEM)
-                count += 1
-            except AlreadyDecided:
-                continue  # another replica, or the holder, got there first
-        return count
+        """End every ACTIVE grant whose time is up. Safe to run on several replicas at once.
+
+        Grants expiring together are revoked concurrently (at most ``EXPIRY_CONCURRENCY`` at a
+        time), so one slow provisioner or chat call does not delay the others' revokes.
+        """
+        limit = asyncio.Semaphore(EXPIRY_CONCURRENCY)
+
+        async def expire(grant: Grant) -> bool:
+            async with limit:
+                try:
+                    await self.end_grant(grant, reason=EndReason.EXPIRED, by=SYSTEM)
+                except AlreadyDecided:
+                    return False  # another replica, or the holder, got there first
+                return True
+
+        due = await self.store.grants.due_to_expire(self.clock.now())
+        return sum(await asyncio.gather(*(expire(grant) for grant in due)))
 
     async def retry_revokes(self) -> int:
         count = 0

@@ -208,6 +208,7 @@ def build_app(
         public_url=settings.public_url,
         source=urlsplit(settings.public_url).hostname or "ackgate",
         link_ttl=timedelta(minutes=settings.auth_link_minutes),
+        directory=pagerduty,
     )
     mirror = MirrorService(
         store=store,

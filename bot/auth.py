@@ -30,7 +30,7 @@ from bot.domain import AuthStatus, AuthTransaction, Principal, new_id
 from bot.errors import AlreadyDecided, ChatError, ConfigError, IdentityError, PagerDutyError, UsageError
 from bot.org_settings import EVENTS_STATUS, OrgSettings
 from bot.pagerduty_event_bodies import SEVERITIES, AuthIncident, EventResult, Severity, status_after, trigger_body
-from bot.ports import ChatNotifier, Store
+from bot.ports import ChatNotifier, PagerDutyDirectory, Store
 from bot.views import Card
 
 log = logging.getLogger("ackgate.auth")
@@ -134,7 +134,9 @@ class AuthService:
         public_url: str,
         source: str,
         link_ttl: timedelta,
+        directory: PagerDutyDirectory | None = None,
     ) -> None:
+        self.directory = directory  # to tell whether the target is in PagerDuty at all
         self.store = store
         self.org = org
         self.events = events
@@ -239,6 +241,8 @@ class AuthService:
             return None, messages.auth_pagerduty_failed(exc.message)
         if key is None:
             return None, messages.AUTH_PAGERDUTY_NO_KEY
+        if not await self._in_pagerduty(tx.target.email):
+            return None, messages.auth_not_in_pagerduty(tx.target.email)
         body = trigger_body(await self._incident(tx, link), routing_key=key, at=self.clock.now())
         try:
             result = await self.events.send(body)
@@ -249,6 +253,17 @@ class AuthService:
             return None, messages.auth_pagerduty_failed(exc.message)
         await self.org.record_status(EVENTS_STATUS, status_after(result, self.clock.now()))
         return result.dedup_key, ""
+
+    async def _in_pagerduty(self, email: str) -> bool:
+        """Whether a PagerDuty user has ``email``. Unknown when the REST API fails: then page anyway,
+        since the Events API does not need it and the incident still reaches the on-call."""
+        if self.directory is None:
+            return True
+        try:
+            return await self.directory.user_by_email(email) is not None
+        except PagerDutyError as exc:
+            log.warning("could not look %s up in PagerDuty before paging: %s", email, exc.message)
+            return True
 
     async def _incident(self, tx: AuthTransaction, link: str) -> AuthIncident:
         severity = await self.org.severity()

@@ -265,6 +265,10 @@ def auth_pagerduty_failed(detail: str) -> str:
     return f"PagerDuty could not be used: {detail.rstrip('.')}"
 
 
+def auth_not_in_pagerduty(email: str) -> str:
+    return f"{email} isn't a PagerDuty user"
+
+
 def auth_sent_by_chat(reason: str) -> str:
     return f"Sent by chat because {reason or 'PagerDuty could not be used'}."
 
