@@ -220,7 +220,7 @@ def _rejected(response: httpx.Response, key: str) -> EventsRejected:
 
 def _unavailable(reason: str, *, retry_after: float | None = None) -> EventsUnavailable:
     return EventsUnavailable(
-        f"PagerDuty did not take the event ({reason}); the authentication request was not paged. Try again shortly.",
+        f"PagerDuty did not take the incident event ({reason}) after the retries, so no incident was opened.",
         retry_after=retry_after,
     )
 

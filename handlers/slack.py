@@ -134,7 +134,7 @@ class _Listeners:
             actor = await self._identity.principal(user_id)
             card = await self._service.set_key(actor, text)
         except UsageError as exc:
-            await ack(response_action="errors", errors={KEY_BLOCK_ID: exc.message[:150]})
+            await ack(response_action="errors", errors={KEY_BLOCK_ID: whole_sentences(exc.message)})
             return
         except Exception as exc:
             await ack()
@@ -325,6 +325,23 @@ def normalise_mentions(text: str) -> str:
     """Slack's escaped markup to the core's neutral forms: ``<@U123|bob>`` → ``@U123``,
     ``<mailto:bob@example.com|bob@example.com>`` → ``bob@example.com``."""
     return _MAILTO.sub(r"\1", _USER_MENTION.sub(r"@\1", text))
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def whole_sentences(text: str, limit: int = 150) -> str:
+    """As many whole sentences of ``text`` as fit in ``limit`` characters (a field error is kept
+    short); a first sentence too long on its own is cut at a word and ends in an ellipsis."""
+    if len(text) <= limit:
+        return text
+    kept = ""
+    for sentence in _SENTENCE_END.split(text):
+        longer = f"{kept} {sentence}".strip()
+        if len(longer) > limit:
+            break
+        kept = longer
+    return kept or text[: limit - 1].rsplit(" ", 1)[0] + "…"
 
 
 async def _raise(exc: Exception) -> Card:

@@ -4,106 +4,29 @@ administration by command."""
 
 from __future__ import annotations
 
-import json
 import re
-from collections.abc import AsyncIterator
 from datetime import timedelta
-from pathlib import Path
-from typing import Any
 
 import pytest
 
-from bot.clock import FakeClock
 from bot.domain import GrantStatus
 from bot.pagerduty_events import dedup_key
-from bot.provisioners import NoopProvisioner
-from bot.simulators.stage import MIRROR_CHANNEL, Person, Stage
-from tests.fakes.pagerduty_openapi import Conformance
+from bot.simulators.stage import MIRROR_CHANNEL, Stage
+from tests.fakes.issue3_stage import ask_bob, incident_data, webhook
 from tests.fakes.stage_fixtures import DATABASE_SERVICE, acknowledged_incident, audit_kinds, grants_of
 
-POLICY = f"""\
-version: 1
-resources:
-  - name: prod-db
-    max_duration: 4h
-flows:
-  - name: incident-db
-    resources: [prod-db]
-    gate:
-      type: acknowledged_incident
-      services: [{DATABASE_SERVICE}]
-    approval:
-      type: auto
-    max_duration: 2h
-    revoke_on_resolve: true
-    incident_notes: true
-"""
-
-_LINK = re.compile(r"\((http://127\.0\.0\.1:\d+/auth/[A-Za-z0-9_-]+)\)")
 _CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 
 
 @pytest.fixture
-async def stage(tmp_path: Path) -> AsyncIterator[Stage]:
-    policy_file = tmp_path / "policy.yaml"
-    policy_file.write_text(POLICY, encoding="utf-8")
-    stage = Stage(
-        policy_file=policy_file,
-        workdir=tmp_path,
-        clock=FakeClock(),
-        provisioners={"noop": NoopProvisioner()},
-        pagerduty_validator=Conformance(),
-        settings={"admins": ["carol@example.com"]},
-    )
-    async with stage:
-        yield stage
-    assert stage.pd.validation_errors == []
-
-
-def webhook(event_type: str, incident: dict[str, Any], *, at: str, agent: str | None = None, event_id: str) -> bytes:
-    body = {
-        "event": {
-            "id": event_id,
-            "event_type": event_type,
-            "resource_type": "incident",
-            "occurred_at": at,
-            "agent": {"id": "PAGENT1", "type": "user_reference", "summary": agent} if agent else None,
-            "client": None,
-            "data": {"type": "incident", **incident},
-        }
-    }
-    return json.dumps(body).encode()
-
-
-def incident_data(
-    *, incident_id: str, number: int, status: str, key: str = "", service: str = "PSVC999"
-) -> dict[str, Any]:
-    return {
-        "id": incident_id,
-        "self": f"https://api.pagerduty.com/incidents/{incident_id}",
-        "html_url": f"https://acme.pagerduty.com/incidents/{incident_id}",
-        "number": number,
-        "status": status,
-        "incident_key": key,
-        "title": "Authentication request from alice@example.com",
-        "service": {"id": service, "type": "service_reference", "summary": "Ackgate"},
-        "urgency": "high",
-    }
-
-
-async def _ask_bob(stage: Stage, alice: Person, bob: Person) -> str:
-    """alice asks Ackgate to verify bob; returns the link bob received."""
-    reply = await stage.command(alice, f"auth <@{bob.user_id}|bob> resetting your password")
-    assert "Authentication request sent to bob@example.com" in reply.text
-    dm = await stage.wait_for_dm(bob, "asks you to confirm your identity")
-    found = _LINK.search(dm)
-    assert found is not None, dm
-    return found.group(1)
+def stage(issue3_stage: Stage) -> Stage:
+    """The real app with carol as admin (``tests.fakes.issue3_stage``)."""
+    return issue3_stage
 
 
 async def test_an_authentication_request_pages_bob_and_is_verified_through_the_page(stage: Stage) -> None:
     alice, bob = stage.person("alice"), stage.person("bob")
-    link = await _ask_bob(stage, alice, bob)
+    link = await ask_bob(stage, alice, bob)
 
     # PagerDuty got one trigger, as the admins set it up.
     [event] = stage.events.events
@@ -135,7 +58,7 @@ async def test_an_authentication_request_pages_bob_and_is_verified_through_the_p
 
 async def test_the_incident_is_mirrored_through_triggered_acknowledged_and_resolved(stage: Stage) -> None:
     alice, bob = stage.person("alice"), stage.person("bob")
-    await _ask_bob(stage, alice, bob)
+    await ask_bob(stage, alice, bob)
     key = stage.events.events[0]["dedup_key"]
     incident = {"incident_id": "Q1AUTHINC00001", "number": 77, "key": key}
 
@@ -244,7 +167,7 @@ async def test_an_admin_sets_the_severity_and_a_non_admin_is_refused(stage: Stag
     assert "setting.changed" in kinds
     assert "action.refused" in kinds
 
-    await _ask_bob(stage, alice, bob)
+    await ask_bob(stage, alice, bob)
     assert stage.events.events[-1]["payload"]["severity"] == "warning"
 
     status = await stage.command(carol, "admin status")
@@ -264,7 +187,7 @@ async def test_pagerduty_events_rejecting_the_key_falls_back_to_chat_and_shows_t
 
 async def test_an_unanswered_link_expires(stage: Stage) -> None:
     alice, bob = stage.person("alice"), stage.person("bob")
-    link = await _ask_bob(stage, alice, bob)
+    link = await ask_bob(stage, alice, bob)
     await stage.pass_time(timedelta(minutes=11).total_seconds())
     await stage.wait_for_dm(alice, "expired unanswered")
     status, page = await stage.browse(link)
