@@ -121,6 +121,8 @@ class AdminService:
             return await self._severity(actor, command.argument)
         if command.action == "pagerduty":
             return await self._pagerduty(actor, command.argument)
+        if command.action == "resolve":
+            return await self._resolve(actor, command.argument == "on")
         if command.action == "key":
             return _key_form_card()
         if command.action == "status":
@@ -159,6 +161,16 @@ class AdminService:
         return Card(
             title=messages.pagerduty_switched(enabled, was),
             text=messages.PAGERDUTY_ON_TEXT if enabled else messages.PAGERDUTY_OFF_TEXT,
+            tone=Tone.SUCCESS,
+        )
+
+    async def _resolve(self, actor: Principal, enabled: bool) -> Card:
+        was = await self.org.set_resolve_on_complete(enabled)
+        if was != enabled:
+            await self._changed(actor, "resolve_on_complete", old=messages.on_off(was), new=messages.on_off(enabled))
+        return Card(
+            title=messages.resolve_switched(enabled, was),
+            text=messages.RESOLVE_ON_TEXT if enabled else messages.RESOLVE_OFF_TEXT,
             tone=Tone.SUCCESS,
         )
 
@@ -204,6 +216,7 @@ class AdminService:
         facts = [
             Fact("Severity", await self.org.severity()),
             Fact("PagerDuty", messages.on_off(await self.org.pagerduty_enabled())),
+            Fact("Resolve when done", messages.on_off(await self.org.resolve_on_complete())),
             Fact("Integration key", await self._shown_key() or messages.KEY_NONE),
             Fact(PAGERDUTY_EVENTS, describe_status(events, success="last incident")),
         ]

@@ -80,7 +80,7 @@ class Admin:
 
 Command = RequestAccess | Revoke | Extend | ListMine | Help | OpenForm | RequestAuth | SetPrefs | Admin
 
-ADMIN_ACTIONS = ("severity", "pagerduty", "key", "status", "test")
+ADMIN_ACTIONS = ("severity", "pagerduty", "resolve", "key", "status", "test")
 SEVERITIES = ("critical", "error", "warning", "info")
 
 
@@ -100,10 +100,10 @@ def _parse_admin(rest: list[str]) -> Admin:
         if len(args) != 1 or args[0].lower() not in SEVERITIES:
             raise UsageError(messages.usage_for("admin"))
         return Admin("severity", args[0].lower())
-    if action == "pagerduty":
+    if action in ("pagerduty", "resolve"):
         if len(args) != 1:
             raise UsageError(messages.usage_for("admin"))
-        return Admin("pagerduty", "on" if _on_off(args[0], "admin") else "off")
+        return Admin(action, "on" if _on_off(args[0], "admin") else "off")
     if args:
         raise UsageError(messages.usage_for("admin"))
     return Admin(action)

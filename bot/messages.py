@@ -21,7 +21,7 @@ USAGE = {
     "help": f"{COMMAND} help",
     "auth": f"{COMMAND} auth <@user|email> [message]   e.g. {COMMAND} auth @bob confirming your password reset",
     "prefs": f"{COMMAND} prefs [pagerduty on|off] [chat on|off]   (how authentication requests reach you)",
-    "admin": f"{COMMAND} admin severity <critical|error|warning|info> | pagerduty <on|off> | key | status | test",
+    "admin": f"{COMMAND} admin severity <critical|error|warning|info> | pagerduty <on|off> | resolve <on|off> | key | status | test",
 }
 
 GENERIC_FAILURE = "Something went wrong on Ackgate's side and nothing was changed. Try again in a minute; if it keeps happening, tell your Ackgate admins."
@@ -361,6 +361,18 @@ def severity_changed(old: str, new: str) -> str:
     if old == new:
         return f"Authentication incidents already have severity {new}; nothing changed."
     return f"Authentication incidents now have severity {new} (was {old})."
+
+
+def resolve_switched(enabled: bool, was: bool) -> str:
+    state = "on" if enabled else "off"
+    already = " (it already was)" if enabled == was else ""
+    return f"Resolving authentication incidents when they end is {state}{already}"
+
+
+RESOLVE_ON_TEXT = (
+    "When an authentication request is verified, denied or expires, Ackgate resolves its PagerDuty incident."
+)
+RESOLVE_OFF_TEXT = "Ackgate leaves authentication incidents open for your responders to resolve."
 
 
 def pagerduty_switched(enabled: bool, was: bool) -> str:

@@ -507,3 +507,16 @@ async def test_prefs_of_one_user_leave_anothers_alone(w: AdminWorld) -> None:
     await w.service.execute(user, SetPrefs(chat=False))
 
     assert (await w.org.prefs("alice@example.com")).chat is True
+
+
+async def test_an_admin_turns_resolving_on_complete_on_and_it_is_audited(w: AdminWorld) -> None:
+    """`/access admin resolve on` sets the organisation setting the auth feature reads, with an audit line."""
+    card = await w.service.execute(admin, parsed("admin resolve on"))
+
+    assert "is on" in card.title
+    assert await w.org.resolve_on_complete() is True
+    [change] = await w.audit("setting.changed")
+    assert (change.data["setting"], change.data["old"], change.data["new"]) == ("resolve_on_complete", "off", "on")
+    with pytest.raises(NotAuthorized):
+        await w.service.execute(user, parsed("admin resolve off"))
+    assert await w.org.resolve_on_complete() is True

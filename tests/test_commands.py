@@ -37,6 +37,7 @@ from handlers.slack import normalise_mentions
         ("prefs pagerduty off chat on", SetPrefs(pagerduty=False, chat=True)),
         ("admin severity warning", Admin("severity", "warning")),
         ("admin pagerduty off", Admin("pagerduty", "off")),
+        ("admin resolve on", Admin("resolve", "on")),
         ("admin key", Admin("key")),
         ("admin status", Admin("status")),
         ("admin test", Admin("test")),
