@@ -85,6 +85,30 @@ KEY_FORM_TITLE = "Integration key"
 KEY_FORM_LABEL = "Events API v2 integration key"
 KEY_FORM_HINT = "In PagerDuty: the service → Integrations → Events API V2 → Integration Key (32 characters). It is stored encrypted and never shown again."
 
+HELP_TITLE = "Ackgate: just-in-time access"
+FORM_NO_INCIDENT = "You have no acknowledged PagerDuty incident right now."
+
+
+def incident_reason(number: int, title: str) -> str:
+    return f"PagerDuty incident #{number} {title}"
+
+
+def form_found_incident(number: int, title: str) -> str:
+    return f"Found your acknowledged incident #{number}: {title}"
+
+
+def you_denied(requester: str, resource: str) -> str:
+    return f"You denied {requester}'s request for {resource}"
+
+
+def you_approved(requester: str, resource: str) -> str:
+    return f"You approved {requester}'s access to {resource}"
+
+
+def approval_recorded(left: int) -> str:
+    return f"Approval recorded; {left} more needed"
+
+
 OWN_REQUEST = "You can't approve or deny your own request. Another eligible approver has to decide."
 
 
