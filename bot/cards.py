@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from bot import messages
 from bot.domain import AccessRequest, Grant, GrantStatus, RequestStatus
 from bot.durations import format_duration
 from bot.messages import when
@@ -30,27 +31,27 @@ def approval_card(r: AccessRequest) -> Card:
     """The message approvers see; buttons only while the request is pending."""
     approvals = f"{len(r.approvals)} of {r.required_approvals}"
     facts = (*_request_facts(r), Fact("Approvals", approvals))
-    footnote = f"Request {r.id}. Only eligible approvers' clicks count, and never the requester's."
+    footnote = messages.approval_footnote(r.id)
     if r.status is RequestStatus.PENDING:
         return Card(
-            title=f"{r.requester.email} requests {r.resource}",
+            title=messages.approval_title(r.requester.email, r.resource),
             facts=facts,
             actions=(
-                Action("approve", "Approve", r.id, style="primary"),
-                Action("deny", "Deny", r.id, style="danger"),
+                Action("approve", messages.APPROVE, r.id, style="primary"),
+                Action("deny", messages.DENY, r.id, style="danger"),
             ),
             footnote=footnote,
         )
     outcome = {
-        RequestStatus.APPROVED: (f"Approved by {r.decided_by}", Tone.SUCCESS),
-        RequestStatus.DENIED: (f"Denied by {r.decided_by}", Tone.DANGER),
-        RequestStatus.TIMED_OUT: ("Timed out: nobody decided in time", Tone.WARNING),
-        RequestStatus.CANCELLED: ("Cancelled", Tone.WARNING),
-        RequestStatus.REFUSED: ("Refused", Tone.DANGER),
+        RequestStatus.APPROVED: (messages.approved_by(r.decided_by), Tone.SUCCESS),
+        RequestStatus.DENIED: (messages.denied_by(r.decided_by), Tone.DANGER),
+        RequestStatus.TIMED_OUT: (messages.TIMED_OUT, Tone.WARNING),
+        RequestStatus.CANCELLED: (messages.CANCELLED, Tone.WARNING),
+        RequestStatus.REFUSED: (messages.REFUSED, Tone.DANGER),
     }[r.status]
     decided = f" at {when(r.decided_at)}" if r.decided_at else ""
     return Card(
-        title=f"{r.requester.email} requested {r.resource}: {outcome[0]}{decided}",
+        title=messages.decided_title(r.requester.email, r.resource, outcome[0], decided),
         facts=facts,
         footnote=footnote,
         tone=outcome[1],
@@ -59,10 +60,10 @@ def approval_card(r: AccessRequest) -> Card:
 
 def pending_card(r: AccessRequest, *, reached: int) -> Card:
     who = ", ".join(r.approvers)
-    text = f"Your request {r.id} needs {r.required_approvals} approval(s) from: {who}."
+    text = messages.pending_text(r.id, r.required_approvals, who)
     if reached == 0:
-        text += " None of them could be reached in chat; ask one of them to run /access list, or try again later."
-    return Card(title=f"Waiting for approval: {r.resource}", text=text, facts=_request_facts(r), tone=Tone.INFO)
+        text += messages.NO_APPROVER_REACHED
+    return Card(title=messages.pending_title(r.resource), text=text, facts=_request_facts(r), tone=Tone.INFO)
 
 
 def granted_card(g: Grant) -> Card:
@@ -78,17 +79,17 @@ def granted_card(g: Grant) -> Card:
     if g.approved_by:
         facts.append(Fact("Approved by", ", ".join(g.approved_by)))
     return Card(
-        title=f"Access granted: {g.resource} until {when(g.expires_at)}",
+        title=messages.granted_title(g.resource, g.expires_at),
         facts=tuple(facts),
-        footnote=f"Done early? /access revoke {g.id}   Need longer? /access extend {g.id} 30m",
+        footnote=messages.granted_footnote(g.id),
         tone=Tone.SUCCESS,
     )
 
 
 def failed_card(g: Grant, error: str) -> Card:
     return Card(
-        title=f"Access to {g.resource} could not be provisioned",
-        text=f"{error} Nothing was granted. Try again, or tell your Ackgate admins if it keeps failing.",
+        title=messages.failed_title(g.resource),
+        text=messages.failed_text(error),
         facts=(Fact("Grant", g.id), Fact("Holder", g.holder.email)),
         tone=Tone.DANGER,
     )
@@ -98,13 +99,13 @@ def decision_card(r: AccessRequest) -> Card:
     """What the requester is told once approvers decide (denied or timed out)."""
     if r.status is RequestStatus.DENIED:
         return Card(
-            title=f"Your request for {r.resource} was denied by {r.decided_by}",
+            title=messages.your_request_denied(r.resource, r.decided_by),
             facts=_request_facts(r),
             tone=Tone.DANGER,
         )
     return Card(
-        title=f"Your request for {r.resource} timed out",
-        text="Nobody approved it in time. Ask again, or reach an approver directly.",
+        title=messages.your_request_timed_out(r.resource),
+        text=messages.TIMED_OUT_TEXT,
         facts=_request_facts(r),
         tone=Tone.WARNING,
     )
@@ -117,8 +118,8 @@ def ended_card(g: Grant) -> Card:
         "incident_resolved": "was revoked because its PagerDuty incident was resolved",
     }.get(str(g.end_reason), "ended")
     return Card(
-        title=f"Your access to {g.resource} {reason}",
-        text=f"Need it again? /access {g.resource}",
+        title=messages.ended_title(g.resource, reason),
+        text=messages.ask_again(g.resource),
         facts=(Fact("Grant", g.id),),
         tone=Tone.INFO,
     )
@@ -126,10 +127,10 @@ def ended_card(g: Grant) -> Card:
 
 def revoking_card(g: Grant, *, done: bool) -> Card:
     if done:
-        return Card(title=f"Access to {g.resource} revoked", facts=(Fact("Grant", g.id),), tone=Tone.SUCCESS)
+        return Card(title=messages.revoked_title(g.resource), facts=(Fact("Grant", g.id),), tone=Tone.SUCCESS)
     return Card(
-        title=f"Revoking access to {g.resource}",
-        text="The provisioner did not confirm yet; Ackgate keeps retrying until it does.",
+        title=messages.revoking_title(g.resource),
+        text=messages.REVOKING_TEXT,
         facts=(Fact("Grant", g.id),),
         tone=Tone.WARNING,
     )
@@ -144,7 +145,7 @@ def list_card(requests: list[AccessRequest], grants: list[Grant]) -> Card:
         facts.append(Fact(f"Request {r.id}", f"{r.resource}: {r.status.value.replace('_', ' ')}"))
     if not facts:
         return Card(
-            title="You have no requests or active grants",
-            text="Ask with /access <resource> [duration] [reason].",
+            title=messages.NOTHING_TO_LIST,
+            text=messages.NOTHING_TO_LIST_TEXT,
         )
-    return Card(title="Your access", facts=tuple(facts[:10]))
+    return Card(title=messages.LIST_TITLE, facts=tuple(facts[:10]))

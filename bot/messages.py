@@ -177,6 +177,91 @@ def extension_refused(resource: str, reason: str) -> str:
     return f"Your access to {resource} can't be extended: {reason}."
 
 
+# --- Requests and grants (bot/cards.py) ---
+
+APPROVE = "Approve"
+DENY = "Deny"
+TIMED_OUT = "Timed out: nobody decided in time"
+TIMED_OUT_TEXT = "Nobody approved it in time. Ask again, or reach an approver directly."
+CANCELLED = "Cancelled"
+REFUSED = "Refused"
+REVOKING_TEXT = "The provisioner did not confirm yet; Ackgate keeps retrying until it does."
+NOTHING_TO_LIST = "You have no requests or active grants"
+NOTHING_TO_LIST_TEXT = "Ask with /access <resource> [duration] [reason]."
+LIST_TITLE = "Your access"
+
+
+def approval_footnote(request_id: str) -> str:
+    return f"Request {request_id}. Only eligible approvers' clicks count, and never the requester's."
+
+
+def approval_title(requester: str, resource: str) -> str:
+    return f"{requester} requests {resource}"
+
+
+def approved_by(who: str | None) -> str:
+    return f"Approved by {who}"
+
+
+def denied_by(who: str | None) -> str:
+    return f"Denied by {who}"
+
+
+def decided_title(requester: str, resource: str, outcome: str, decided: str) -> str:
+    return f"{requester} requested {resource}: {outcome}{decided}"
+
+
+def pending_title(resource: str) -> str:
+    return f"Waiting for approval: {resource}"
+
+
+def pending_text(request_id: str, required: int, who: str) -> str:
+    return f"Your request {request_id} needs {required} approval(s) from: {who}."
+
+
+def granted_title(resource: str, until: datetime) -> str:
+    return f"Access granted: {resource} until {when(until)}"
+
+
+def granted_footnote(grant_id: str) -> str:
+    return f"Done early? /access revoke {grant_id}   Need longer? /access extend {grant_id} 30m"
+
+
+def failed_title(resource: str) -> str:
+    return f"Access to {resource} could not be provisioned"
+
+
+def failed_text(error: str) -> str:
+    return f"{error} Nothing was granted. Try again, or tell your Ackgate admins if it keeps failing."
+
+
+def your_request_denied(resource: str, by: str | None) -> str:
+    return f"Your request for {resource} was denied by {by}"
+
+
+def your_request_timed_out(resource: str) -> str:
+    return f"Your request for {resource} timed out"
+
+
+def ended_title(resource: str, reason: str) -> str:
+    return f"Your access to {resource} {reason}"
+
+
+def ask_again(resource: str) -> str:
+    return f"Need it again? /access {resource}"
+
+
+NO_APPROVER_REACHED = " None of them could be reached in chat; ask one of them to run /access list, or try again later."
+
+
+def revoked_title(resource: str) -> str:
+    return f"Access to {resource} revoked"
+
+
+def revoking_title(resource: str) -> str:
+    return f"Revoking access to {resource}"
+
+
 # --- Slack adapter ---
 
 SLACK_FORM_TITLE = "Request access"  # Slack caps modal titles, submit and close labels at 24 characters
