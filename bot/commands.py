@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass
 
 from bot import messages
-from bot.durations import looks_like_duration, parse_duration
+from bot.durations import looks_like_duration, not_a_duration
 from bot.errors import UsageError
 
 MAX_REASON = 500
@@ -159,6 +159,5 @@ def parse_command(text: str) -> Command:
     if rest and looks_like_duration(rest[0]):
         duration, rest = rest[0], rest[1:]
     elif rest and _DURATION_LIKE.match(rest[0]):
-        parse_duration(rest[0])  # "2x", "90": meant as a duration; say how to write one
-        raise AssertionError("unreachable")  # pragma: no cover
+        raise not_a_duration(rest[0])  # "2x", "90": meant as a duration; say how to write one
     return RequestAccess(resource=words[0], duration=duration, reason=check_reason(" ".join(rest)))

@@ -16,11 +16,15 @@ def looks_like_duration(text: str) -> bool:
     return bool(_WHOLE.match(text.strip().lower()))
 
 
+def not_a_duration(text: str) -> UsageError:
+    return UsageError(f"“{text}” is not a duration. Use a number and a unit, such as 30m, 2h or 1h30m.")
+
+
 def parse_duration(text: str) -> timedelta:
     """``"2h"`` → 2 hours. Raises :class:`UsageError` with an example when malformed or zero."""
     cleaned = text.strip().lower()
     if not _WHOLE.match(cleaned):
-        raise UsageError(f"“{text}” is not a duration. Use a number and a unit, such as 30m, 2h or 1h30m.")
+        raise not_a_duration(text)
     seconds = sum(int(n) * _UNITS[u] for n, u in _PART.findall(cleaned))
     if seconds <= 0:
         raise UsageError("The duration must be longer than zero, such as 30m or 2h.")

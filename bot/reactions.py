@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 
 from bot import cards
 from bot.bus import Reaction
-from bot.domain import AccessRequest, Principal
+from bot.domain import Principal
 from bot.errors import ChatError
 from bot.events import (
     SYSTEM,
@@ -93,8 +93,10 @@ class Reactions:
             except ChatError:
                 log.exception("could not notify approver %s of %s", email, request.id)
 
-    async def update_approval_messages(self, event: Event) -> None:
-        request: AccessRequest = getattr(event, "request")  # noqa: B009 - every caller's event has one
+    async def update_approval_messages(
+        self, event: ApprovalRecorded | RequestApproved | RequestDenied | RequestTimedOut
+    ) -> None:
+        request = event.request
         notifier = self._notifier(request.requester.platform)
         if notifier is None:
             return
