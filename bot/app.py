@@ -42,6 +42,7 @@ from bot.reactions import Reactions, registry
 from bot.router import CommandRouter
 from bot.secrets import SecretBox
 from bot.webhooks import WebhookEvent
+from handlers.guard import guard
 from handlers.ops import HealthCheck, mount_ops
 from handlers.pagerduty_webhooks import mount_pagerduty_webhooks
 from handlers.slack import build_bolt_app, mount_slack
@@ -228,6 +229,7 @@ def build_app(
         jobs.append(every(3600, clock, _pruner(store, clock)))
     scheduler = ExpiryScheduler(service, grants=store.grants, clock=clock, jobs=jobs)
     app = web.Application(client_max_size=1024 * 1024)
+    app.middlewares.append(guard)  # no exception escapes an entry point
     slack_client: AsyncWebClient | None = None
     group_check = None
     if settings.slack_bot_token is not None and settings.slack_signing_secret is not None:

@@ -572,3 +572,19 @@ def prefs_how_to_change() -> str:
 
 
 PREFS_BOTH_OFF = "With both off, requests still reach you by chat direct message, so you are never unreachable."
+
+
+# --- The last-resort answers of every entry point (handlers/guard.py) ---
+
+GUARD_BAD_REQUEST = "Ackgate could not read this request, so nothing was done. Check its format and send it again."
+GUARD_NOT_FOUND = "There is nothing at this address on Ackgate. Check the address."
+GUARD_METHOD_NOT_ALLOWED = "This address on Ackgate does not accept that method."
+GUARD_TOO_LARGE = "The request body is larger than Ackgate accepts, so nothing was done."
+GUARD_ERROR = (
+    "Something went wrong on Ackgate's side, and it was logged. Nothing more was done. "
+    "Try again in a minute; if it keeps happening, tell your Ackgate admins."
+)
+
+
+def guard_status(status: int) -> str:
+    return f"Ackgate refused this request (HTTP {status}), so nothing was done."

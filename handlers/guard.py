@@ -1,0 +1,87 @@
+"""The last resort for every entry point: an aiohttp middleware that no exception gets past.
+
+- A handler's own ``web.HTTPException`` passes through (a redirect, a 4xx with its own sentence).
+  aiohttp's stock answers (the router's 404 and 405, the 413 for a body over ``client_max_size``)
+  are replaced by one plain sentence, so no answer echoes the request or names a library.
+- A parsing error the client caused (``ValueError``, which covers ``UnicodeDecodeError`` and
+  ``json.JSONDecodeError``, or a ``RecursionError`` from something nested too deep) is a 400,
+  logged at INFO.
+- Anything else is a 500, "something went wrong, it was logged", logged as one ERROR line naming
+  the exception type and the route pattern (never the path: it may hold a link token, and never the
+  body). The traceback goes to DEBUG only.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from bot import messages
+
+log = logging.getLogger("ackgate.guard")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+_CAP = 80  # characters of a name taken into a log line
+_PLAIN_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
+_KEPT_HEADERS = ("Allow",)  # a 405 says which methods would do
+_SENTENCES = {
+    400: messages.GUARD_BAD_REQUEST,
+    404: messages.GUARD_NOT_FOUND,
+    405: messages.GUARD_METHOD_NOT_ALLOWED,
+    413: messages.GUARD_TOO_LARGE,
+    500: messages.GUARD_ERROR,
+}
+
+
+def _cap(text: str) -> str:
+    return text if len(text) <= _CAP else text[: _CAP - 1] + "…"
+
+
+def route_of(request: web.Request) -> str:
+    """``GET /auth/{token}``: the method and the route's pattern, never the path itself."""
+    resource = request.match_info.route.resource
+    pattern = resource.canonical if resource is not None else "(no route)"
+    return f"{_cap(request.method)} {_cap(pattern)}"
+
+
+def plain(status: int, text: str | None = None, *, headers: dict[str, str] | None = None) -> web.Response:
+    """A short ``text/plain`` answer: ``text``, else this module's sentence for ``status``."""
+    sentence = text or _SENTENCES.get(status) or messages.guard_status(status)
+    return web.Response(
+        status=status,
+        text=sentence + "\n",
+        content_type="text/plain",
+        charset="utf-8",
+        headers={**_PLAIN_HEADERS, **(headers or {})},
+    )
+
+
+def _is_stock(exc: web.HTTPException) -> bool:
+    """aiohttp's own text for this status (the router's, ``client_max_size``'s), not a handler's sentence."""
+    return exc.status == 413 or exc.text in (None, f"{exc.status}: {exc.reason}")
+
+
+@web.middleware
+async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400 or not _is_stock(exc):
+            raise
+        if exc.status == 413:
+            log.info("refused an oversized body on %s", route_of(request))
+        kept = {name: exc.headers[name] for name in _KEPT_HEADERS if name in exc.headers}
+        return plain(exc.status, headers=kept)
+    except (ValueError, RecursionError) as exc:
+        log.info("refused a malformed request on %s: %s", route_of(request), _cap(type(exc).__name__))
+        return plain(400)
+    except ConnectionResetError:
+        raise  # the client went away; there is no one to answer
+    except Exception as exc:
+        log.error("unhandled %s on %s", _cap(type(exc).__name__), route_of(request))
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("the traceback of that %s", _cap(type(exc).__name__), exc_info=exc)
+        return plain(500)
