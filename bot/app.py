@@ -42,6 +42,7 @@ from bot.reactions import Reactions, registry
 from bot.router import CommandRouter
 from bot.secrets import SecretBox
 from bot.webhooks import WebhookEvent
+from handlers.auth_signin import build_signin
 from handlers.guard import guard
 from handlers.ops import HealthCheck, mount_ops
 from handlers.pagerduty_webhooks import mount_pagerduty_webhooks
@@ -275,7 +276,13 @@ def build_app(
         count_signature_failure=webhook_health.signature_failed,
         count_event=lambda kind: metrics.webhook_events.labels(event_type=kind).inc(),
     )
-    mount_auth_pages(app, service=auth, csrf_secret=_csrf_secret(settings), public_url=settings.public_url)
+    mount_auth_pages(
+        app,
+        service=auth,
+        csrf_secret=_csrf_secret(settings),
+        public_url=settings.public_url,
+        signin=build_signin(settings, http=http, clock=clock, once=_SeenAt(store, clock)),
+    )
     mount_ops(app, health=HealthCheck(store=store, pagerduty=pagerduty), metrics=metrics, store=store)
     app[PARTS] = Parts(
         settings,

@@ -60,6 +60,11 @@ class Settings(BaseSettings):
     )
     incident_check_seconds: int = Field(default=60, ge=10, validation_alias="ACKGATE_INCIDENT_CHECK_SECONDS")
 
+    # Sign-in on the authentication pages (OpenID Connect); without an issuer, holding the link is the proof
+    oidc_issuer: str | None = Field(default=None, validation_alias="ACKGATE_OIDC_ISSUER")
+    oidc_client_id: str | None = Field(default=None, validation_alias="ACKGATE_OIDC_CLIENT_ID")
+    oidc_client_secret: SecretStr | None = Field(default=None, validation_alias="ACKGATE_OIDC_CLIENT_SECRET")
+
     @field_validator("admins", mode="before")
     @classmethod
     def _split_admins(cls, v: object) -> object:
@@ -88,6 +93,27 @@ class Settings(BaseSettings):
         if (self.slack_bot_token is None) != (self.slack_signing_secret is None):
             missing = "SLACK_SIGNING_SECRET" if self.slack_signing_secret is None else "SLACK_BOT_TOKEN"
             raise ValueError(f"{missing} is missing: Slack needs both SLACK_BOT_TOKEN and SLACK_SIGNING_SECRET")
+        return self
+
+    @field_validator("oidc_issuer", "oidc_client_id", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, v: object) -> object:
+        return None if isinstance(v, str) and not v.strip() else v
+
+    @model_validator(mode="after")
+    def _oidc_complete(self) -> Settings:
+        if self.oidc_issuer is None:
+            if self.oidc_client_id is not None or self.oidc_client_secret is not None:
+                raise ValueError("ACKGATE_OIDC_ISSUER is missing: sign-in needs the provider's issuer URL too")
+            return self
+        if not self.oidc_issuer.startswith(("https://", "http://")):
+            raise ValueError("ACKGATE_OIDC_ISSUER must start with https:// (or http:// for a local test provider)")
+        if self.oidc_client_id is None:
+            raise ValueError(
+                "ACKGATE_OIDC_CLIENT_ID is missing: sign-in needs the client id Ackgate has at the provider"
+            )
+        if self.secret_key is None:
+            raise ValueError("ACKGATE_SECRET_KEY is missing: sign-in needs it to seal its cookies")
         return self
 
     @property

@@ -452,6 +452,53 @@ AUTH_PAGE_ERROR = "Something went wrong on Ackgate's side, and nothing was chang
 AUTH_PAGE_BAD_REQUEST = (
     "Ackgate could not read that form, so nothing was changed. Open the link again and choose once more."
 )
+AUTH_PAGE_POSSESSION = (
+    "This page does not ask who you are: whoever holds this link can answer it, so having the link is the proof. "
+    "Answer only if you are the person it is for; if it was forwarded to you, don't answer it."
+)
+AUTH_PAGE_SIGN_IN = "Sign in to answer"
+AUTH_PAGE_SIGN_IN_AGAIN = "Sign in with another account"
+AUTH_PAGE_SIGN_IN_FIRST = (
+    "Sign in first: only the person this request is for can answer it, so nothing was changed. "
+    "Open the link again and sign in."
+)
+AUTH_PAGE_SIGN_IN_FAILED = (
+    "Ackgate could not confirm your sign-in, so nothing was changed. Open the link again and sign in once more."
+)
+AUTH_PAGE_SIGN_IN_STALE = (
+    "This sign-in has expired, was already used, or was started in another browser, so nothing was changed. "
+    "Open the link again in this browser and sign in."
+)
+AUTH_PAGE_SIGN_IN_CANCELLED = (
+    "The sign-in was cancelled or refused at your identity provider, so nothing was changed. "
+    "Open the link again to try once more."
+)
+AUTH_PAGE_PROVIDER_DOWN = (
+    "Ackgate can't reach your identity provider right now, so nothing was changed. "
+    "Try again in a minute; if it keeps happening, tell your Ackgate admins."
+)
+
+
+def auth_page_sign_in_ask(target: str) -> str:
+    return f"Someone asked Ackgate to confirm that you are {target}. Sign in with your company account to verify or deny it: only {target} can answer."
+
+
+def auth_page_signed_in_as(email: str) -> str:
+    return f"Signed in as {email}."
+
+
+def auth_page_wrong_user(signed_in: str, target: str) -> str:
+    return (
+        f"You are signed in as {signed_in}, and this request is for {target}, so you can't answer it. "
+        f"Nothing was changed. If you are {target}, sign in with that account; otherwise ignore this request."
+    )
+
+
+def auth_page_unverified(email: str) -> str:
+    return (
+        f"Your identity provider has not verified the email address {email}, so Ackgate can't tell that this "
+        "request is for you. Nothing was changed. Ask your identity provider's admins to verify it."
+    )
 
 
 # --- Administration ---

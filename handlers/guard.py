@@ -4,7 +4,8 @@
   aiohttp's stock answers (the router's 404 and 405, the 413 for a body over ``client_max_size``)
   are replaced by one plain sentence, so no answer echoes the request or names a library.
 - A parsing error the client caused (``ValueError``, which covers ``UnicodeDecodeError`` and
-  ``json.JSONDecodeError``, or a ``RecursionError`` from something nested too deep) is a 400,
+  ``json.JSONDecodeError``, a ``RecursionError`` from something nested too deep, or aiohttp's
+  ``HttpProcessingError`` for a body that breaks its framing) is a 400,
   logged at INFO.
 - Anything else is a 500, "something went wrong, it was logged", logged as one ERROR line naming
   the exception type and the route pattern (never the path: it may hold a link token, and never the
@@ -17,6 +18,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from bot import messages
 
@@ -75,7 +77,7 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
             log.info("refused an oversized body on %s", route_of(request))
         kept = {name: exc.headers[name] for name in _KEPT_HEADERS if name in exc.headers}
         return plain(exc.status, headers=kept)
-    except (ValueError, RecursionError) as exc:
+    except (ValueError, RecursionError, HttpProcessingError) as exc:
         log.info("refused a malformed request on %s: %s", route_of(request), _cap(type(exc).__name__))
         return plain(400)
     except ConnectionResetError:

@@ -5,6 +5,15 @@ The GET never decides anything (chat unfurlers and mail scanners fetch links); t
 POST carrying a CSRF token that is an HMAC over the link's token and a per-render nonce, so it is
 bound to that link and forged by no other site. Every value is HTML-escaped, the page loads nothing
 from elsewhere, and the headers forbid framing, caching and referrers (the token is in the URL).
+
+Who may decide: without a sign-in provider, whoever holds the link (the page says so). With one
+(``ACKGATE_OIDC_ISSUER``, see ``handlers/auth_signin.py``), only a visitor signed in there as the
+request's target, with that email verified by the provider: anyone else is told who they are
+signed in as and whom the request is for, and nothing changes.
+
+A POST is read by this module, not by aiohttp's multipart machinery: only
+``application/x-www-form-urlencoded`` (what the page's form sends), at most 4 KiB, each field once.
+Anything else is a 4xx page at once.
 """
 
 from __future__ import annotations
@@ -17,7 +26,7 @@ import secrets
 from functools import cache
 from importlib.resources import files
 from string import Template
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from aiohttp import web
 from pydantic import SecretStr
@@ -25,6 +34,9 @@ from pydantic import SecretStr
 from bot import messages
 from bot.auth import AuthPage, AuthService, PageState
 from bot.domain import AuthStatus
+from handlers.auth_session import SIGNIN_COOKIE, SignedIn
+from handlers.auth_signin import CALLBACK_PATH, SignIn
+from handlers.oidc import ProviderUnavailable
 
 log = logging.getLogger("ackgate.web")
 
@@ -47,6 +59,9 @@ _STATUS = {
     PageState.USED: 410,
 }
 _MAX_FORM_BYTES = 4096  # two short fields; anything larger is not our form
+_FORM_TYPE = "application/x-www-form-urlencoded"
+_FIELDS = (CSRF_FIELD, DECISION_FIELD)
+VERIFY, DENY, SIGN_IN, SWITCH = "verify", "deny", "signin", "switch"
 
 
 @cache
@@ -81,19 +96,46 @@ def _details(page: AuthPage) -> str:
     return f"<dl>{items}</dl>"
 
 
-def render(page: AuthPage, *, csrf: str = "") -> web.Response:
-    """The page for ``page``'s state, with the status code that state calls for."""
+def _form(csrf: str, *buttons: tuple[str, str, str]) -> str:
+    rendered = "".join(
+        f'<button type="submit" class="{tone}" name="{DECISION_FIELD}" value="{value}">{_e(label)}</button>'
+        for value, label, tone in buttons
+    )
+    return (
+        f'<form method="post" autocomplete="off">'
+        f'<input type="hidden" name="{CSRF_FIELD}" value="{_e(csrf)}">'
+        f'<div class="actions">{rendered}</div></form>'
+    )
+
+
+_DECIDE = ((VERIFY, messages.AUTH_PAGE_VERIFY, "verify"), (DENY, messages.AUTH_PAGE_DENY, "deny"))
+
+
+def render(page: AuthPage, *, csrf: str = "", signin: bool = False, who: SignedIn | None = None) -> web.Response:
+    """The page for ``page``'s state, with the status code that state calls for.
+
+    ``signin`` says a provider is configured; ``who`` is whoever signed in in this browser for this
+    link. A pending request then shows its Verify and Deny only to its verified target.
+    """
     status = _STATUS[page.state]
     if page.state is PageState.ASK:
-        form = (
-            f'<form method="post" autocomplete="off">'
-            f'<input type="hidden" name="{CSRF_FIELD}" value="{_e(csrf)}">'
-            f'<div class="actions">'
-            f'<button type="submit" class="verify" name="{DECISION_FIELD}" value="verify">{_e(messages.AUTH_PAGE_VERIFY)}</button>'
-            f'<button type="submit" class="deny" name="{DECISION_FIELD}" value="deny">{_e(messages.AUTH_PAGE_DENY)}</button>'
-            f"</div></form>"
+        if not signin:
+            note = f'<p class="note">{_e(messages.AUTH_PAGE_POSSESSION)}</p>'
+            return page_response(
+                status, f"<p>{_e(messages.AUTH_PAGE_ASK)}</p>{note}{_details(page)}{_form(csrf, *_DECIDE)}"
+            )
+        if who is None:
+            rows = f"<dl><dt>{_e(messages.AUTH_PAGE_FOR)}</dt><dd>{_e(page.target)}</dd></dl>"
+            form = _form(csrf, (SIGN_IN, messages.AUTH_PAGE_SIGN_IN, "verify"))
+            return page_response(status, f"<p>{_e(messages.auth_page_sign_in_ask(page.target))}</p>{rows}{form}")
+        refusal = refused(page, who)
+        if refusal:
+            form = _form(csrf, (SWITCH, messages.AUTH_PAGE_SIGN_IN_AGAIN, "deny"))
+            return page_response(403, f'<p class="status bad" role="status">{_e(refusal)}</p>{form}')
+        signed_in = f'<p class="note">{_e(messages.auth_page_signed_in_as(who.email))}</p>'
+        return page_response(
+            status, f"{signed_in}<p>{_e(messages.AUTH_PAGE_ASK)}</p>{_details(page)}{_form(csrf, *_DECIDE)}"
         )
-        return page_response(status, f"<p>{_e(messages.AUTH_PAGE_ASK)}</p>{_details(page)}{form}")
     if page.state is PageState.DONE:
         verified = page.status is AuthStatus.VERIFIED
         text = messages.AUTH_PAGE_VERIFIED if verified else messages.AUTH_PAGE_DENIED
@@ -105,6 +147,15 @@ def render(page: AuthPage, *, csrf: str = "") -> web.Response:
         PageState.USED: messages.AUTH_PAGE_USED,
     }[page.state]
     return _notice(status, text)
+
+
+def refused(page: AuthPage, who: SignedIn) -> str:
+    """Why ``who`` may not answer ``page`` (empty when they may): only its target, with a verified email."""
+    if who.email.strip().casefold() != page.target.strip().casefold():
+        return messages.auth_page_wrong_user(who.email, page.target)
+    if not who.email_verified:
+        return messages.auth_page_unverified(who.email)
+    return ""
 
 
 class CsrfTokens:
@@ -133,14 +184,49 @@ def _origin(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}".lower()
 
 
+class FormRefused(Exception):
+    """The POST is not this page's form; ``status`` and ``text`` are the page to answer with."""
+
+    def __init__(self, status: int, text: str) -> None:
+        super().__init__(text)
+        self.status = status
+        self.text = text
+
+
+async def read_form(request: web.Request) -> dict[str, str]:
+    """The page's two fields, each at most once; :class:`FormRefused` for anything that is not that form."""
+    if request.content_type != _FORM_TYPE:
+        raise FormRefused(415, messages.AUTH_PAGE_BAD_REQUEST)
+    if request.content_length is not None and request.content_length > _MAX_FORM_BYTES:
+        raise FormRefused(413, messages.AUTH_PAGE_BAD_REQUEST)
+    body = bytearray()
+    while chunk := await request.content.read(_MAX_FORM_BYTES + 1 - len(body)):
+        body += chunk
+        if len(body) > _MAX_FORM_BYTES:
+            raise FormRefused(413, messages.AUTH_PAGE_BAD_REQUEST)
+    try:
+        fields = parse_qs(body.decode("utf-8"), keep_blank_values=True, max_num_fields=len(_FIELDS) + 2)
+    except ValueError as exc:  # not UTF-8 (UnicodeDecodeError), or too many fields
+        raise FormRefused(400, messages.AUTH_PAGE_BAD_REQUEST) from exc
+    if any(len(values) != 1 for values in fields.values()):
+        raise FormRefused(400, messages.AUTH_PAGE_BAD_REQUEST)
+    return {name: values[0] for name, values in fields.items()}
+
+
 def mount_auth_pages(
-    app: web.Application, *, service: AuthService, csrf_secret: SecretStr, public_url: str | None = None
+    app: web.Application,
+    *,
+    service: AuthService,
+    csrf_secret: SecretStr,
+    public_url: str | None = None,
+    signin: SignIn | None = None,
 ) -> None:
-    """Add ``GET`` and ``POST /auth/{token}`` to ``app`` (before it starts).
+    """Add ``GET`` and ``POST /auth/{token}`` (and, with ``signin``, ``GET /auth/callback``) to ``app``.
 
     ``public_url`` (``ACKGATE_PUBLIC_URL``) is the origin a decision may come from; without it, the
     request's own scheme and host. ``csrf_secret`` should be ``ACKGATE_SECRET_KEY`` or another
-    long-lived secret: rotating it only invalidates pages open at that moment.
+    long-lived secret: rotating it only invalidates pages open at that moment. Without ``signin``,
+    holding the link is the proof of identity; with it, only the signed-in, verified target decides.
     """
     tokens = CsrfTokens(csrf_secret)
 
@@ -153,34 +239,89 @@ def mount_auth_pages(
         expected = _origin(public_url) if public_url else f"{request.scheme}://{request.host}".lower()
         return origin.lower() == expected
 
+    def who(request: web.Request, token: str) -> SignedIn | None:
+        return signin.cookies.identity(request, token) if signin is not None else None
+
+    def shown(request: web.Request, token: str, page: AuthPage) -> web.Response:
+        csrf = tokens.mint(token) if page.state is PageState.ASK else ""
+        return render(page, csrf=csrf, signin=signin is not None, who=who(request, token))
+
     async def show(request: web.Request) -> web.Response:
         token = request.match_info["token"]
         try:
-            page = await service.page(token)
-            return render(page, csrf=tokens.mint(token) if page.state is PageState.ASK else "")
+            return shown(request, token, await service.page(token))
         except Exception:
             log.exception("the authentication page failed")  # the token is left out on purpose
             return _notice(500, messages.AUTH_PAGE_ERROR)
 
+    async def start_signin(token: str, page: AuthPage, *, prompt: str) -> web.Response:
+        assert signin is not None
+        try:
+            return await signin.begin(token, login_hint=page.target, prompt=prompt)
+        except ProviderUnavailable as exc:
+            log.warning("sign-in provider unavailable: %s", exc)
+            return _notice(503, messages.AUTH_PAGE_PROVIDER_DOWN, tone="bad")
+
     async def decide(request: web.Request) -> web.Response:
         token = request.match_info["token"]
         try:
-            if request.content_length is not None and request.content_length > _MAX_FORM_BYTES:
-                return _notice(400, messages.AUTH_PAGE_BAD_REQUEST)
-            form = await request.post()
+            form = await read_form(request)
+        except FormRefused as refusal:
+            log.info("authentication form refused: HTTP %s", refusal.status)
+            return _notice(refusal.status, refusal.text)
+        try:
             csrf = form.get(CSRF_FIELD)
-            if not same_origin(request) or not isinstance(csrf, str) or not tokens.valid(token, csrf):
-                log.warning("authentication decision refused: missing or wrong CSRF token or origin")
+            if not same_origin(request) or csrf is None or not tokens.valid(token, csrf):
+                log.info("authentication decision refused: missing or wrong CSRF token or origin")
                 return _notice(403, messages.AUTH_PAGE_FORBIDDEN, tone="bad")
             decision = form.get(DECISION_FIELD)
-            if decision not in ("verify", "deny"):
+            allowed = (VERIFY, DENY, SIGN_IN, SWITCH) if signin is not None else (VERIFY, DENY)
+            if decision not in allowed:
                 return _notice(400, messages.AUTH_PAGE_BAD_DECISION)
-            return render(await service.decide(token, verify=decision == "verify"))
-        except web.HTTPException:
-            return _notice(400, messages.AUTH_PAGE_BAD_REQUEST)
+            if signin is None:
+                return render(await service.decide(token, verify=decision == VERIFY))
+            page = await service.page(token)
+            if page.state is not PageState.ASK:
+                return render(page)
+            if decision in (SIGN_IN, SWITCH):
+                return await start_signin(token, page, prompt="login" if decision == SWITCH else "")
+            visitor = who(request, token)
+            if visitor is None:
+                log.info("authentication decision refused: nobody signed in for this link")
+                return _notice(403, messages.AUTH_PAGE_SIGN_IN_FIRST, tone="bad")
+            if refused(page, visitor):
+                log.info("authentication decision refused: signed in as someone other than the target")
+                return shown(request, token, page)  # the page that says who they are and whom it is for
+            return render(await service.decide(token, verify=decision == VERIFY))
         except Exception:
             log.exception("the authentication decision failed")
             return _notice(500, messages.AUTH_PAGE_ERROR)
 
+    async def callback(request: web.Request) -> web.Response:
+        assert signin is not None
+        try:
+            finished = await signin.finish(request)
+        except Exception:
+            log.exception("the sign-in callback failed")
+            finished = None
+        if finished is None or finished.who is None:
+            status, text = (finished.status, finished.problem) if finished else (500, messages.AUTH_PAGE_ERROR)
+            response = _notice(status, text, tone="bad")
+            signin.cookies.forget(response, SIGNIN_COOKIE)
+            return response
+        response = web.Response(status=303, headers={"Location": f"/auth/{finished.link_token}", **SECURITY_HEADERS})
+        signin.cookies.forget(response, SIGNIN_COOKIE)
+        signin.cookies.set_identity(response, finished.link_token, finished.who)
+        return response
+
+    async def nothing_here(request: web.Request) -> web.Response:
+        return _notice(404, messages.AUTH_PAGE_INVALID)
+
+    if signin is not None:
+        app.router.add_get(CALLBACK_PATH, callback)  # before /auth/{token}, which would match it too
     app.router.add_get("/auth/{token}", show)
     app.router.add_post("/auth/{token}", decide)
+    # Any other path under /auth (a truncated or mangled link) gets the same clear page.
+    for path in ("/auth", "/auth/", "/auth/{token}/{rest:.*}"):
+        app.router.add_route("GET", path, nothing_here)
+        app.router.add_route("POST", path, nothing_here)
