@@ -7,7 +7,8 @@ kept; the keys are fetched again once when a token names a key id not among them
 rotated its keys). The ID token's signature is checked by joserfc against those keys, with the
 algorithms the provider announces (never ``none``, never a shared-secret HMAC), and its claims by
 authlib's ``CodeIDToken``: issuer, audience, expiry, issued-at, nonce, ``azp`` and ``at_hash``.
-Ackgate then reads ``email`` and ``email_verified`` from it.
+Ackgate then reads ``email`` and ``email_verified`` from it (or, from Entra ID, which sends no
+``email_verified`` for work accounts, the optional ``xms_edov`` claim).
 
 Nothing here logs a token, a code or a verifier; :class:`SignInFailed` carries a short reason
 meant for one log line, never for the visitor.
@@ -79,9 +80,17 @@ class Authorization:
         return cls(secrets.token_urlsafe(32), secrets.token_urlsafe(32), secrets.token_urlsafe(32))
 
 
-def _verified(value: object) -> bool:
+def _true(value: object) -> bool:
     # A JSON boolean as the spec says; a few providers send the string "true".
     return value is True or (isinstance(value, str) and value.lower() == "true")
+
+
+def email_verified(claims: Mapping[str, Any]) -> bool:
+    """``email_verified``; when a token has none, Entra ID's ``xms_edov`` (the email's domain is
+    verified by the tenant), since Entra ID never sends ``email_verified`` for work accounts."""
+    if "email_verified" in claims:
+        return _true(claims["email_verified"])
+    return claims.get("xms_edov") is True
 
 
 class OidcClient:
@@ -169,7 +178,7 @@ class OidcClient:
         subject = claims.get("sub")
         if not isinstance(email, str) or not email or not isinstance(subject, str):
             raise SignInFailed("the ID token carries no email")
-        return Identity(subject=subject, email=email, email_verified=_verified(claims.get("email_verified")))
+        return Identity(subject=subject, email=email, email_verified=email_verified(claims))
 
     async def _redeem(self, code: str, attempt: Authorization) -> dict[str, Any]:
         metadata = await self.metadata()

@@ -3,7 +3,10 @@ checks, and that a replayed, expired or tampered link gets a clear page and chan
 
 from __future__ import annotations
 
+import html
+import logging
 import re
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -14,6 +17,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
 
+from bot import messages
 from bot.auth import AuthPage, AuthService
 from bot.domain import AuthStatus, AuthTransaction
 from handlers.web import SECURITY_HEADERS, CsrfTokens, mount_auth_pages
@@ -237,3 +241,82 @@ async def test_a_failure_renders_a_generic_500_page_without_a_traceback(site: Si
         assert await site.status() is AuthStatus.PENDING
     finally:
         await client.close()
+
+
+async def test_without_a_provider_the_page_says_holding_the_link_is_the_proof(site: Site) -> None:
+    _, text, _ = await site.get()
+    assert html.escape(messages.AUTH_PAGE_POSSESSION, quote=True) in text
+    assert "Sign in" not in text
+
+
+_VALID_LOOKING = "decision=verify&csrf=MARKER-not-echoed"
+
+
+async def _chunks(body: bytes) -> AsyncIterator[bytes]:
+    for start in range(0, len(body), 1000):
+        yield body[start : start + 1000]
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body", "status"),
+    [
+        ("multipart/form-data", b"MARKER-not-echoed", 415),  # no boundary
+        (
+            "multipart/form-data; boundary=xyz",
+            b'--xyz\r\nContent-Disposition: form-data; name="decision"\r\n\r\nverify\r\n--xy',  # a broken part
+            415,
+        ),
+        ("text/plain", _VALID_LOOKING.encode(), 415),
+        ("application/json", b'{"decision": "verify"}', 415),
+        (";;;=== MARKER-not-echoed", _VALID_LOOKING.encode(), 415),
+        ("application/x-www-form-urlencoded", b"csrf=\xff\xfeMARKER-not-echoed", 400),
+        ("application/x-www-form-urlencoded", b"decision=verify&decision=deny&csrf=MARKER", 400),
+        ("application/x-www-form-urlencoded", "&".join(f"f{i}=MARKER" for i in range(50)).encode(), 400),
+        ("application/x-www-form-urlencoded", b"csrf=" + b"M" * 5000, 413),
+        ("application/x-www-form-urlencoded; charset=utf-8", b"csrf=" + b"M" * 5000, 413),
+    ],
+    ids=[
+        "multipart-no-boundary",
+        "multipart-broken-part",
+        "text-plain",
+        "json",
+        "garbage-content-type",
+        "not-utf8",
+        "a-field-twice",
+        "too-many-fields",
+        "oversized",
+        "oversized-with-charset",
+    ],
+)
+async def test_a_post_that_is_not_the_pages_form_gets_a_clear_4xx_page_at_once(
+    site: Site, caplog: pytest.LogCaptureFixture, content_type: str, body: bytes, status: int
+) -> None:
+    caplog.set_level(logging.INFO)
+    started = time.monotonic()
+    async with site.client.post(site.path, data=body, headers={"Content-Type": content_type}) as resp:
+        text = await resp.text()
+        assert resp.status == status
+        assert resp.headers["Content-Type"] == "text/html; charset=utf-8"
+    assert time.monotonic() - started < 0.5
+    assert "Ackgate could not read that form" in text
+    assert "MARKER" not in text and "Traceback" not in text
+    assert await site.status() is AuthStatus.PENDING
+    ours = [r for r in caplog.records if r.name.startswith("ackgate")]
+    assert len(ours) == 1 and ours[0].levelno == logging.INFO and site.token not in ours[0].getMessage()
+
+
+async def test_an_oversized_chunked_body_is_cut_off_at_the_limit(site: Site) -> None:
+    body = b"csrf=" + b"M" * 100_000
+    headers = {"Content-Type": "application/x-www-form-urlencoded"}
+    async with site.client.post(site.path, data=_chunks(body), headers=headers) as resp:
+        assert resp.status == 413
+    assert await site.status() is AuthStatus.PENDING
+
+
+@pytest.mark.parametrize("path", ["/auth", "/auth/", "/auth/abc/def", "/auth/x/y/z/%3Cscript%3E"])
+async def test_an_odd_path_under_auth_gets_the_invalid_link_page(site: Site, path: str) -> None:
+    for method in ("GET", "POST"):
+        async with site.client.request(method, path) as resp:
+            text = await resp.text()
+            assert resp.status == 404, (method, path)
+        assert "This link is not valid" in text and "<script>" not in text

@@ -10,12 +10,15 @@ import logging
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
 from pydantic import SecretStr
 from yarl import URL
 
@@ -24,6 +27,7 @@ from bot.domain import AuthStatus
 from bot.provisioners import NoopProvisioner
 from bot.simulators.oidc import OidcSimulator
 from bot.simulators.stage import Person, Stage
+from handlers.auth_session import IDENTITY_COOKIE, IDENTITY_SECONDS, SessionCookies, SignedIn
 from tests.fakes.issue3_stage import POLICY, ask_bob
 from tests.fakes.stage_fixtures import audit_kinds
 
@@ -178,6 +182,21 @@ async def test_an_unverified_email_cannot_decide(world: Signin, browser: Browser
     assert status == 403
     assert "has not verified the email address bob@example.com" in page
     assert await transaction_status(world) is AuthStatus.PENDING
+
+
+async def test_an_entra_id_token_without_email_verified_counts_its_xms_edov_claim(
+    world: Signin, browser: Browser
+) -> None:
+    world.sim.tamper_next(drop=("email_verified",), claims={"xms_edov": True})
+    status, page = await signed_in(world, browser, "bob@example.com")
+    assert status == 200 and "Signed in as bob@example.com." in page
+    world.sim.tamper_next(drop=("email_verified",))
+    other = Browser(world.stage.url)
+    try:
+        status, page = await signed_in(world, other, "bob@example.com")
+    finally:
+        await other.close()
+    assert status == 403 and "has not verified the email address" in page
 
 
 async def test_a_decision_without_signing_in_is_refused(world: Signin, browser: Browser) -> None:
@@ -339,3 +358,24 @@ async def test_a_provider_that_cannot_be_reached_gets_a_clear_503(tmp_path: Path
         finally:
             await browser.close()
     assert status == 503 and "can't reach your identity provider" in text
+
+
+def test_the_cookies_are_secure_behind_https_and_sealed_under_the_secret_key() -> None:
+    clock = FakeClock()
+    cookies = SessionCookies(SecretStr("a-secret-key-for-the-test-0123"), clock=clock, secure=True)
+    response = web.Response()
+    cookies.set_identity(response, "link-token", SignedIn("bob@example.com", True))
+    morsel = response.cookies[IDENTITY_COOKIE]
+    assert morsel["secure"] and morsel["httponly"] and morsel["samesite"] == "Lax" and morsel["path"] == "/auth"
+    assert "bob@example.com" not in morsel.value  # sealed, not just signed
+
+    def visit(value: str) -> web.Request:
+        return make_mocked_request("GET", "/auth/link-token", headers={"Cookie": f"{IDENTITY_COOKIE}={value}"})
+
+    assert cookies.identity(visit(morsel.value), "link-token") == SignedIn("bob@example.com", True)
+    assert cookies.identity(visit(morsel.value), "another-link") is None  # bound to its link
+    other = SessionCookies(SecretStr("another-secret-key-0123456789"), clock=clock, secure=True)
+    assert other.identity(visit(morsel.value), "link-token") is None  # sealed under another key
+    assert cookies.identity(visit(morsel.value[:-4] + "AAAA"), "link-token") is None  # altered
+    clock.advance(timedelta(seconds=IDENTITY_SECONDS + 1))
+    assert cookies.identity(visit(morsel.value), "link-token") is None  # too old
