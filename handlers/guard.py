@@ -83,7 +83,15 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     except ConnectionResetError:
         raise  # the client went away; there is no one to answer
     except Exception as exc:
-        log.error("unhandled %s on %s", _cap(type(exc).__name__), route_of(request))
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("the traceback of that %s", _cap(type(exc).__name__), exc_info=exc)
+        report(exc, request)
         return plain(500)
+
+
+def report(exc: BaseException, request: web.Request) -> None:
+    """Log an unexpected failure as one ERROR line (type and route); its traceback only at DEBUG.
+
+    For handlers that answer a failure themselves (the authentication pages render their own 500).
+    """
+    log.error("unhandled %s on %s", _cap(type(exc).__name__), route_of(request))
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("the traceback of that %s", _cap(type(exc).__name__), exc_info=exc)

@@ -38,6 +38,7 @@ DISCOVERY_PATH = "/.well-known/openid-configuration"
 SCOPES = "openid email"
 LEEWAY_SECONDS = 60  # clock skew tolerated between Ackgate and the provider
 _MAX_BODY = 256 * 1024  # a discovery document, a key set or a token answer; far more than any provider sends
+TIMEOUT_SECONDS = 5.0  # each call to the provider; the visitor waits on it
 _ASYMMETRIC = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
 
 
@@ -103,7 +104,7 @@ class OidcClient:
 
     async def _get_json(self, url: str) -> dict[str, Any]:
         try:
-            response = await self._http.get(url, headers={"Accept": "application/json"})
+            response = await self._http.get(url, headers={"Accept": "application/json"}, timeout=TIMEOUT_SECONDS)
         except httpx.HTTPError as exc:
             raise ProviderUnavailable(f"{type(exc).__name__} fetching {url}") from exc
         if response.status_code != 200:
@@ -201,7 +202,9 @@ class OidcClient:
             form["client_id"] = self.config.client_id
             form["client_secret"] = secret.get_secret_value()
         try:
-            response = await self._http.post(str(metadata["token_endpoint"]), data=form, headers=headers)
+            response = await self._http.post(
+                str(metadata["token_endpoint"]), data=form, headers=headers, timeout=TIMEOUT_SECONDS
+            )
         except httpx.HTTPError as exc:
             raise ProviderUnavailable(f"{type(exc).__name__} at the token endpoint") from exc
         if response.status_code >= 500:

@@ -36,6 +36,7 @@ from bot.auth import AuthPage, AuthService, PageState
 from bot.domain import AuthStatus
 from handlers.auth_session import SIGNIN_COOKIE, SignedIn
 from handlers.auth_signin import CALLBACK_PATH, SignIn
+from handlers.guard import report
 from handlers.oidc import ProviderUnavailable
 
 log = logging.getLogger("ackgate.web")
@@ -250,8 +251,8 @@ def mount_auth_pages(
         token = request.match_info["token"]
         try:
             return shown(request, token, await service.page(token))
-        except Exception:
-            log.exception("the authentication page failed")  # the token is left out on purpose
+        except Exception as exc:
+            report(exc, request)  # one line, naming the route's pattern: the token is left out
             return _notice(500, messages.AUTH_PAGE_ERROR)
 
     async def start_signin(token: str, page: AuthPage, *, prompt: str) -> web.Response:
@@ -293,16 +294,16 @@ def mount_auth_pages(
                 log.info("authentication decision refused: signed in as someone other than the target")
                 return shown(request, token, page)  # the page that says who they are and whom it is for
             return render(await service.decide(token, verify=decision == VERIFY))
-        except Exception:
-            log.exception("the authentication decision failed")
+        except Exception as exc:
+            report(exc, request)
             return _notice(500, messages.AUTH_PAGE_ERROR)
 
     async def callback(request: web.Request) -> web.Response:
         assert signin is not None
         try:
             finished = await signin.finish(request)
-        except Exception:
-            log.exception("the sign-in callback failed")
+        except Exception as exc:
+            report(exc, request)
             finished = None
         if finished is None or finished.who is None:
             status, text = (finished.status, finished.problem) if finished else (500, messages.AUTH_PAGE_ERROR)

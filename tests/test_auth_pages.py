@@ -215,7 +215,9 @@ class Broken(AuthService):
         raise RuntimeError("database on fire")
 
 
-async def test_a_failure_renders_a_generic_500_page_without_a_traceback(site: Site) -> None:
+async def test_a_failure_renders_a_generic_500_page_without_a_traceback(
+    site: Site, caplog: pytest.LogCaptureFixture
+) -> None:
     service = site.world.service
     broken = Broken(
         store=service.store,
@@ -241,6 +243,13 @@ async def test_a_failure_renders_a_generic_500_page_without_a_traceback(site: Si
         assert await site.status() is AuthStatus.PENDING
     finally:
         await client.close()
+    # one line each, naming the route's pattern and the exception type: no traceback, no token
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert [r.getMessage() for r in errors] == [
+        "unhandled RuntimeError on GET /auth/{token}",
+        "unhandled RuntimeError on POST /auth/{token}",
+    ]
+    assert all(r.exc_info is None for r in errors)
 
 
 async def test_without_a_provider_the_page_says_holding_the_link_is_the_proof(site: Site) -> None:
