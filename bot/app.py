@@ -43,7 +43,7 @@ from bot.router import CommandRouter
 from bot.secrets import SecretBox
 from bot.webhooks import WebhookEvent
 from handlers.auth_signin import build_signin
-from handlers.guard import guard
+from handlers.guard import install as install_guard
 from handlers.ops import HealthCheck, mount_ops
 from handlers.pagerduty_webhooks import mount_pagerduty_webhooks
 from handlers.slack import build_bolt_app, mount_slack
@@ -230,7 +230,7 @@ def build_app(
         jobs.append(every(3600, clock, _pruner(store, clock)))
     scheduler = ExpiryScheduler(service, grants=store.grants, clock=clock, jobs=jobs)
     app = web.Application(client_max_size=1024 * 1024)
-    app.middlewares.append(guard)  # no exception escapes an entry point
+    install_guard(app)  # no exception escapes an entry point
     slack_client: AsyncWebClient | None = None
     group_check = None
     if settings.slack_bot_token is not None and settings.slack_signing_secret is not None:

@@ -10,6 +10,10 @@
 - Anything else is a 500, "something went wrong, it was logged", logged as one ERROR line naming
   the exception type and the route pattern (never the path: it may hold a link token, and never the
   body). The traceback goes to DEBUG only.
+
+What aiohttp refuses before any handler runs (a request line or a chunked body it can't parse) is
+answered by aiohttp itself with a 400; :func:`install` also turns its log of that, an ERROR with a
+traceback, into one INFO line.
 """
 
 from __future__ import annotations
@@ -81,7 +85,10 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         log.info("refused a malformed request on %s: %s", route_of(request), _cap(type(exc).__name__))
         return plain(400)
     except ConnectionResetError:
-        raise  # the client went away; there is no one to answer
+        # The client went away mid-request: nobody reads the answer, and aiohttp would log the
+        # exception with a traceback at ERROR if it escaped.
+        log.debug("the client went away during %s", route_of(request))
+        return plain(400)
     except Exception as exc:
         report(exc, request)
         return plain(500)
@@ -95,3 +102,33 @@ def report(exc: BaseException, request: web.Request) -> None:
     log.error("unhandled %s on %s", _cap(type(exc).__name__), route_of(request))
     if log.isEnabledFor(logging.DEBUG):
         log.debug("the traceback of that %s", _cap(type(exc).__name__), exc_info=exc)
+
+
+class _OneLine(logging.Filter):
+    """On ``aiohttp.server``: a client's malformed HTTP is one INFO line; anything else one ERROR
+    line; the traceback stays only when DEBUG is on."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.exc_info or record.exc_info[1] is None:
+            return True
+        exc = record.exc_info[1]
+        name = _cap(type(exc).__name__)
+        if isinstance(exc, HttpProcessingError):
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.msg, record.args = "refused malformed HTTP from a client: %s", (name,)
+        else:
+            record.msg, record.args = "unhandled %s in the HTTP server", (name,)
+        if not logging.getLogger(record.name).isEnabledFor(logging.DEBUG):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+_ONE_LINE = _OneLine()
+
+
+def install(app: web.Application) -> None:
+    """Put :func:`guard` in front of every handler of ``app``, and keep aiohttp's own error log to one line."""
+    app.middlewares.append(guard)
+    server_log = logging.getLogger("aiohttp.server")
+    if _ONE_LINE not in server_log.filters:
+        server_log.addFilter(_ONE_LINE)

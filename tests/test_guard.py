@@ -3,6 +3,7 @@ the answer is short, plain and echoes nothing, and the log gets one line without
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 from collections.abc import AsyncIterator
@@ -47,8 +48,7 @@ async def _redirect(request: web.Request) -> web.Response:
     raise web.HTTPSeeOther("/elsewhere")
 
 
-@pytest.fixture
-async def client(tmp_path: Path) -> AsyncIterator[TestClient[web.Request, web.Application]]:
+def _app(tmp_path: Path) -> web.Application:
     policy = tmp_path / "policy.yaml"
     policy.write_text(STAGE_POLICY, encoding="utf-8")
     settings = Settings(
@@ -64,12 +64,29 @@ async def client(tmp_path: Path) -> AsyncIterator[TestClient[web.Request, web.Ap
     app.router.add_post("/read", _read)
     app.router.add_get("/own", _own_refusal)
     app.router.add_get("/redirect", _redirect)
-    test_client = TestClient(TestServer(app, host="127.0.0.1"))
+    return app
+
+
+@pytest.fixture
+async def client(tmp_path: Path) -> AsyncIterator[TestClient[web.Request, web.Application]]:
+    test_client = TestClient(TestServer(_app(tmp_path), host="127.0.0.1"))
     await test_client.start_server()
     try:
         yield test_client
     finally:
         await test_client.close()
+
+
+@pytest.fixture
+async def served(tmp_path: Path) -> AsyncIterator[int]:
+    """The app served as ``ackgate serve`` serves it (no handler cancellation); yields the port."""
+    runner = web.AppRunner(_app(tmp_path), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield runner.addresses[0][1]
+    finally:
+        await runner.cleanup()
 
 
 def _lines(caplog: pytest.LogCaptureFixture, level: int) -> list[logging.LogRecord]:
@@ -155,3 +172,47 @@ async def test_a_handlers_own_refusal_and_redirects_pass_through(
     async with client.get("/redirect", allow_redirects=False) as resp:
         assert resp.status == 303
         assert resp.headers["Location"] == "/elsewhere"
+
+
+async def _raw(port: int, data: bytes, *, eof: bool = False) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        if eof:
+            writer.write_eof()
+        return await asyncio.wait_for(reader.read(), timeout=5)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+async def test_a_body_aiohttp_cannot_frame_is_a_400_and_one_info_line(
+    served: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    head = b"POST /read HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+    answer = await _raw(served, head + b"5\r\nhello\r\nzz\r\n0\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.0 400") or answer.startswith(b"HTTP/1.1 400")
+    assert _lines(caplog, logging.WARNING) == []
+    (line,) = [r for r in caplog.records if r.name == "aiohttp.server"]
+    assert line.levelno == logging.INFO and line.exc_info is None
+    assert line.getMessage().startswith("refused malformed HTTP from a client: ")
+    assert b"zz" not in answer.split(b"\r\n\r\n", 1)[0]  # (aiohttp's own body names the bad bytes)
+
+
+async def test_a_client_that_goes_away_mid_body_leaves_no_error_in_the_log(
+    served: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    caplog.set_level(logging.DEBUG, logger="ackgate.guard")
+    head = b"POST /read HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+    await _raw(served, head + b"10\r\nonly part", eof=True)
+    for _ in range(50):  # until the handler has seen the body end early
+        if any(r.name == "ackgate.guard" for r in caplog.records):
+            break
+        await asyncio.sleep(0.01)
+    assert [r.getMessage() for r in caplog.records if r.name == "ackgate.guard"] == [
+        "the client went away during POST /read"
+    ]
+    assert _lines(caplog, logging.WARNING) == []
