@@ -322,6 +322,18 @@ async def test_sign_in_needs_the_csrf_token_and_our_origin(world: Signin, browse
     assert world.sim.authorize_requests == []
 
 
+async def test_a_signed_in_target_still_needs_the_csrf_token_and_our_origin(world: Signin, browser: Browser) -> None:
+    _, page = await signed_in(world, browser, "bob@example.com")
+    csrf = CSRF.search(page).group(1)  # type: ignore[union-attr]
+    for form, origin in (
+        ({"decision": "verify"}, world.stage.url),
+        ({"decision": "verify", "csrf": csrf}, "https://evil.example"),
+    ):
+        async with browser.session.post(world.link, data=form, headers={"Origin": origin}) as r:
+            assert r.status == 403
+    assert await transaction_status(world) is AuthStatus.PENDING
+
+
 async def test_no_log_line_holds_the_link_token_or_the_sign_in_secrets(
     world: Signin, browser: Browser, caplog: pytest.LogCaptureFixture
 ) -> None:
