@@ -6,6 +6,8 @@ No accounts and no network are needed. It exits 0 when every scene ends as it sh
 
 from __future__ import annotations
 
+import asyncio
+import html
 import logging
 import re
 import tempfile
@@ -13,8 +15,12 @@ import textwrap
 from pathlib import Path
 from urllib.parse import unquote
 
+import aiohttp
+from pydantic import SecretStr
+
 from bot.clock import FakeClock
 from bot.provisioners import NoopProvisioner
+from bot.simulators.oidc import OidcSimulator
 from bot.simulators.stage import Person, Reply, Stage
 
 EXAMPLE_POLICY = Path(__file__).resolve().parent.parent / "examples" / "policy.yaml"
@@ -76,6 +82,7 @@ async def run_demo(*, verbose: bool = False) -> int:
             print("Ackgate demo: the real server on", stage.url, "with simulated PagerDuty and Slack.")
             print(f"Policy: {EXAMPLE_POLICY}; database: SQLite in {workdir}.")
             await _scenes(stage, t)
+        t.failures += await _signin_scene(Path(workdir) / "signin", {"iam": noop, "manual": noop, "noop": noop})
     if t.failures:
         print(f"\nThe demo did not go as scripted ({len(t.failures)} problem(s)).")
         return 1
@@ -155,3 +162,60 @@ async def _authentication_scene(stage: Stage, t: Transcript, alice: Person, bob:
     replay, _ = await stage.browse(link, form={"decision": "deny", "csrf": csrf.group(1) if csrf else ""})
     t.say(f"the same link used again: HTTP {replay}, nothing changes")
     t.expect(replay == 410, "the link works only once")
+
+
+async def _signin_scene(workdir: Path, provisioners: dict[str, NoopProvisioner]) -> list[str]:
+    """Scene 5, on a second server configured with the OpenID Connect simulator: a forwarded link
+    is refused to whoever it was forwarded to, and bob, signed in, verifies. Returns the failures."""
+    await asyncio.to_thread(workdir.mkdir, exist_ok=True)
+    clock = FakeClock()
+    async with OidcSimulator(clock=clock) as idp:
+        stage = Stage(
+            policy_file=EXAMPLE_POLICY,
+            workdir=workdir,
+            clock=clock,
+            provisioners=provisioners,
+            settings={
+                "oidc_issuer": idp.issuer,
+                "oidc_client_id": idp.client_id,
+                "oidc_client_secret": SecretStr(idp.client_secret),
+            },
+        )
+        async with stage:
+            t = Transcript(stage)
+            t.scene("5. With a sign-in provider, a forwarded link works only for the person it is for")
+            t.say(f"A second Ackgate, with ACKGATE_OIDC_ISSUER={idp.issuer} (the OpenID Connect simulator).")
+            alice, bob = stage.person("alice"), stage.person("bob")
+            reply = await stage.command(alice, f"auth <@{bob.user_id}|bob> confirming your password reset")
+            t.shows("alice", reply.text)
+            link = stage.events.events[-1]["links"][0]["href"]
+            for who in ("mallory", "bob"):
+                idp.sign_in_as(f"{who}@example.com")
+                async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
+                    status, page, pressed = await _sign_in_and_verify(browser, link, origin=stage.url)
+                shown = " ".join(html.unescape(re.sub(r"<[^>]+>", " ", page.split("</h1>", 1)[-1])).split())
+                t.say(
+                    f"\n  {who} opens the link and presses {' then '.join(pressed)} (as {who}@example.com at the provider)"
+                )
+                t.say(f"HTTP {status}, the page says: {shown.removesuffix(' Ackgate')}")
+                if who == "mallory":
+                    t.expect(status == 403 and "you can't answer it" in shown, "mallory is refused")
+            t.shows("alice's message, updated in place", await stage.wait_for_dm(alice, "Identity verified by bob"))
+            return t.failures
+
+
+async def _sign_in_and_verify(browser: aiohttp.ClientSession, link: str, *, origin: str) -> tuple[int, str, list[str]]:
+    """A browser on ``link``: Sign in (following the provider's redirects), then Verify if offered."""
+    csrf = re.compile(r'name="csrf" value="([^"]+)"')
+    async with browser.get(link) as r:
+        status, page = r.status, await r.text()
+    pressed: list[str] = []
+    for decision, label in (("signin", "Sign in"), ("verify", "Verify")):
+        found = csrf.search(page)
+        if status != 200 or found is None or f'value="{decision}"' not in page:
+            break
+        pressed.append(label)
+        form = {"decision": decision, "csrf": found.group(1)}
+        async with browser.post(link, data=form, headers={"Origin": origin}) as r:
+            status, page = r.status, await r.text()
+    return status, page, pressed
