@@ -23,7 +23,9 @@ from pydantic import SecretStr
 from yarl import URL
 
 from bot.clock import FakeClock
+from bot.config import load_settings
 from bot.domain import AuthStatus
+from bot.errors import ConfigError
 from bot.provisioners import NoopProvisioner
 from bot.simulators.oidc import OidcSimulator
 from bot.simulators.stage import Person, Stage
@@ -391,3 +393,27 @@ def test_the_cookies_are_secure_behind_https_and_sealed_under_the_secret_key() -
     assert cookies.identity(visit(morsel.value[:-4] + "AAAA"), "link-token") is None  # altered
     clock.advance(timedelta(seconds=IDENTITY_SECONDS + 1))
     assert cookies.identity(visit(morsel.value), "link-token") is None  # too old
+
+
+@pytest.mark.parametrize(
+    ("settings", "problem"),
+    [
+        ({"oidc_client_id": "ackgate"}, "ACKGATE_OIDC_ISSUER is missing"),
+        (
+            {"oidc_issuer": "https://idp.example.com", "secret_key": SecretStr("k" * 32)},
+            "ACKGATE_OIDC_CLIENT_ID is missing",
+        ),
+        ({"oidc_issuer": "https://idp.example.com", "oidc_client_id": "ackgate"}, "ACKGATE_SECRET_KEY is missing"),
+        (
+            {"oidc_issuer": "idp.example.com", "oidc_client_id": "ackgate", "secret_key": SecretStr("k" * 32)},
+            "ACKGATE_OIDC_ISSUER must start with https://",
+        ),
+    ],
+)
+def test_an_incomplete_sign_in_setting_stops_start_up_with_one_line(settings: dict[str, Any], problem: str) -> None:
+    with pytest.raises(ConfigError, match=problem):
+        load_settings(require_runtime=False, **settings)
+
+
+def test_without_an_issuer_there_is_no_sign_in() -> None:
+    assert load_settings(require_runtime=False, oidc_issuer="  ").oidc_issuer is None
