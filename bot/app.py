@@ -7,6 +7,7 @@ URL); everything opened here is closed in aiohttp's cleanup context.
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from bot.config import Settings
 from bot.errors import AckgateError, ConfigError
 from bot.expiry import ExpiryScheduler, every
 from bot.incident_notes import IncidentNotes, notes_registry
+from bot.inflight import InFlight
 from bot.metrics import PrometheusMetrics
 from bot.mirror import MirrorService
 from bot.org_settings import OrgSettings
@@ -42,7 +44,7 @@ from bot.reactions import Reactions, registry
 from bot.router import CommandRouter
 from bot.secrets import SecretBox
 from bot.webhooks import WebhookEvent
-from handlers.ops import HealthCheck, mount_ops
+from handlers.ops import HealthCheck, Probe, mount_ops
 from handlers.pagerduty_webhooks import mount_pagerduty_webhooks
 from handlers.slack import build_bolt_app, mount_slack
 from handlers.slack_notifier import SlackAdminGroup, SlackIdentity, SlackNotifier, call_slack
@@ -132,6 +134,15 @@ def _probe(pagerduty: PagerDutyDirectory, slack: AsyncWebClient | None) -> Calla
     return probe
 
 
+def _probes(pagerduty: PagerDutyDirectory, slack: AsyncWebClient | None) -> dict[str, Probe]:
+    """The dependencies ``/metrics`` reports as ``ackgate_dependency_up`` (never the probes)."""
+    probes: dict[str, Probe] = {"pagerduty": pagerduty.ping}
+    if slack is not None:
+        client = slack
+        probes["slack"] = lambda: call_slack("auth.test", client.auth_test())
+    return probes
+
+
 @dataclass
 class Parts:
     """Everything wired, kept on the aiohttp app under :data:`PARTS` for tests and the demo."""
@@ -153,6 +164,21 @@ class Parts:
 
 
 PARTS = web.AppKey("ackgate_parts", Parts)
+INFLIGHT = web.AppKey("ackgate_inflight", InFlight)
+_log = logging.getLogger("ackgate")
+
+
+def _tracked(inflight: InFlight) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """Middleware: tasks started while answering a request are tracked, so a stop can wait for them."""
+
+    @web.middleware
+    async def track(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        with inflight.scope():
+            return await handler(request)
+
+    return track
 
 
 def build_app(
@@ -227,7 +253,9 @@ def build_app(
     if isinstance(store, PrunesSeen):
         jobs.append(every(3600, clock, _pruner(store, clock)))
     scheduler = ExpiryScheduler(service, grants=store.grants, clock=clock, jobs=jobs)
-    app = web.Application(client_max_size=1024 * 1024)
+    inflight = InFlight()
+    app = web.Application(client_max_size=1024 * 1024, middlewares=[_tracked(inflight)])
+    app[INFLIGHT] = inflight
     slack_client: AsyncWebClient | None = None
     group_check = None
     if settings.slack_bot_token is not None and settings.slack_signing_secret is not None:
@@ -274,7 +302,9 @@ def build_app(
         count_event=lambda kind: metrics.webhook_events.labels(event_type=kind).inc(),
     )
     mount_auth_pages(app, service=auth, csrf_secret=_csrf_secret(settings), public_url=settings.public_url)
-    mount_ops(app, health=HealthCheck(store=store, pagerduty=pagerduty), metrics=metrics, store=store)
+    mount_ops(
+        app, health=HealthCheck(store=store, probes=_probes(pagerduty, slack_client)), metrics=metrics, store=store
+    )
     app[PARTS] = Parts(
         settings,
         policy,
@@ -295,13 +325,23 @@ def build_app(
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         if owns_store:
             await store.open()
+        inflight.install()
         if run_scheduler:
             scheduler.start()
         try:
             yield
         finally:
-            await scheduler.stop()
+            # Requests are answered by now (aiohttp waited for them). What they started still runs on
+            # the store and the clients: finish it within the drain time, then the scheduler's pass,
+            # and close the store last.
+            inflight.begin_stop(settings.drain_seconds)
+            finished, cancelled = await inflight.drain()
+            if finished or cancelled:
+                log = _log.warning if cancelled else _log.info
+                log("finished %d background tasks at stop; %d did not finish in time", finished, cancelled)
+            await scheduler.stop(grace=inflight.remaining())
             await webhook_health.drain()
+            inflight.uninstall()
             await http.aclose()
             if owned_pd is not None:
                 await owned_pd.aclose()

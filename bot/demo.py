@@ -10,6 +10,7 @@ import logging
 import re
 import tempfile
 import textwrap
+from importlib.resources import as_file, files
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -17,7 +18,9 @@ from bot.clock import FakeClock
 from bot.provisioners import NoopProvisioner
 from bot.simulators.stage import Person, Reply, Stage
 
-EXAMPLE_POLICY = Path(__file__).resolve().parent.parent / "examples" / "policy.yaml"
+# The example policy ships inside the package (a copy of examples/policy.yaml, kept identical by a
+# test), so an installed wheel's demo runs from any directory.
+EXAMPLE_POLICY = files("bot") / "example_policy.yaml"
 
 
 class Transcript:
@@ -60,13 +63,15 @@ class Transcript:
 
 async def run_demo(*, verbose: bool = False) -> int:
     logging.basicConfig(level=logging.INFO if verbose else logging.CRITICAL)
-    if not EXAMPLE_POLICY.exists():
-        print(f"ackgate demo: {EXAMPLE_POLICY} is missing; run the demo from a checkout of Ackgate.")
+    if not EXAMPLE_POLICY.is_file():
+        print(
+            f"ackgate demo: the example policy {EXAMPLE_POLICY} is missing from the installed package; reinstall Ackgate."
+        )
         return 2
     noop = NoopProvisioner()
-    with tempfile.TemporaryDirectory(prefix="ackgate-demo-") as workdir:
+    with tempfile.TemporaryDirectory(prefix="ackgate-demo-") as workdir, as_file(EXAMPLE_POLICY) as policy_file:
         stage = Stage(
-            policy_file=EXAMPLE_POLICY,
+            policy_file=policy_file,
             workdir=Path(workdir),
             clock=FakeClock(),
             provisioners={"iam": noop, "manual": noop, "noop": noop},
@@ -74,7 +79,7 @@ async def run_demo(*, verbose: bool = False) -> int:
         async with stage:
             t = Transcript(stage)
             print("Ackgate demo: the real server on", stage.url, "with simulated PagerDuty and Slack.")
-            print(f"Policy: {EXAMPLE_POLICY}; database: SQLite in {workdir}.")
+            print(f"Policy: the example policy (examples/policy.yaml); database: SQLite in {workdir}.")
             await _scenes(stage, t)
     if t.failures:
         print(f"\nThe demo did not go as scripted ({len(t.failures)} problem(s)).")
