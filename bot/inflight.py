@@ -26,13 +26,34 @@ _current: ContextVar[InFlight | None] = ContextVar("ackgate_inflight", default=N
 _TaskFactory = Any  # asyncio's own type for it is private
 
 
+class _Tracking:
+    """The loop's task factory: records each new task in the :class:`InFlight` whose scope created it.
+
+    One per loop, shared by every application on it (tests run several), removed by the last."""
+
+    def __init__(self, previous: _TaskFactory) -> None:
+        self.previous = previous
+        self.users = 0
+
+    def __call__(self, loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Future[Any]:
+        task: asyncio.Future[Any] = (
+            self.previous(loop, coro, **kwargs)
+            if self.previous is not None
+            else asyncio.Task(coro, loop=loop, **kwargs)
+        )
+        tracker = _current.get()
+        if tracker is not None:
+            tracker._tasks.add(task)
+            task.add_done_callback(tracker._tasks.discard)
+        return task
+
+
 class InFlight:
     """The set of background tasks started on behalf of requests, and the stop's deadline."""
 
     def __init__(self) -> None:
         self._tasks: set[asyncio.Future[Any]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._previous: _TaskFactory = None
         self.deadline: float | None = None  # time.monotonic() by which the stop must be done
 
     def __len__(self) -> int:
@@ -41,25 +62,22 @@ class InFlight:
     def install(self) -> None:
         """Track tasks on the running loop (keeping any task factory already set)."""
         loop = asyncio.get_running_loop()
-        previous = loop.get_task_factory()
-
-        def factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Future[Any]:
-            task: asyncio.Future[Any] = (
-                previous(loop, coro, **kwargs) if previous is not None else asyncio.Task(coro, loop=loop, **kwargs)
-            )
-            tracker = _current.get()
-            if tracker is not None:
-                tracker._tasks.add(task)
-                task.add_done_callback(tracker._tasks.discard)
-            return task
-
-        self._loop, self._previous = loop, previous
-        loop.set_task_factory(factory)
+        factory = loop.get_task_factory()
+        if not isinstance(factory, _Tracking):
+            factory = _Tracking(factory)
+            loop.set_task_factory(factory)
+        factory.users += 1
+        self._loop = loop
 
     def uninstall(self) -> None:
-        if self._loop is not None:
-            self._loop.set_task_factory(self._previous)
-            self._loop = None
+        if self._loop is None:
+            return
+        factory = self._loop.get_task_factory()
+        if isinstance(factory, _Tracking):
+            factory.users -= 1
+            if factory.users <= 0:
+                self._loop.set_task_factory(factory.previous)
+        self._loop = None
 
     @contextmanager
     def scope(self) -> Iterator[None]:
