@@ -263,7 +263,9 @@ def test_the_deployment_asks_for_resources_runs_as_the_image_user_and_drains_in_
     image_user = next(args for ins, args in reversed(_last_stage()) if ins == "USER").split(":")[0]
     assert str(pod["securityContext"]["runAsUser"]) == image_user
     drain = float(_container_env().get("ACKGATE_DRAIN_SECONDS", DEFAULT_DRAIN))
-    assert drain < pod["terminationGracePeriodSeconds"]
+    pre_stop = _container()["lifecycle"]["preStop"]["exec"]["command"]
+    assert pre_stop[0] == "sleep"
+    assert float(pre_stop[1]) + drain < pod["terminationGracePeriodSeconds"]  # the grace covers both
     assert _container().get("args") == ["serve"]
     assert "command" not in _container()  # the image's entry point, the console script
 
@@ -292,3 +294,12 @@ def test_the_policy_comes_from_the_configmap_and_is_valid() -> None:
     policy_path = Path(_container_env()["ACKGATE_POLICY_FILE"])
     assert str(policy_path.parent) == mount["mountPath"]
     parse_policy(config["data"][policy_path.name], source="configmap.yaml")
+
+
+def test_the_readme_documents_the_probes_and_healthz_as_the_readiness_alias() -> None:
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    assert f"`GET {LIVENESS}` (liveness)" in readme
+    assert f"`GET {READINESS}` (readiness, also at `GET {HEALTHZ}`)" in readme
+    assert "## Running it for real" in readme
+    for path in ("Dockerfile", "compose.yaml", "manifests/kubernetes/"):
+        assert f"`{path}`" in readme, path
