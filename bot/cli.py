@@ -20,14 +20,13 @@ from bot.errors import AckgateError, ConfigError
 
 def _serve(args: argparse.Namespace) -> int:
     from bot import logs
-    from bot.app import build_app
     from bot.config import load_settings
     from bot.runtime import preflight, serve
 
     settings = load_settings()
-    policy = preflight(settings)
+    app = preflight(settings)
     logs.configure(settings.log_level)
-    return asyncio.run(serve(build_app(settings, policy=policy), settings))
+    return asyncio.run(serve(app, settings))
 
 
 def _check_config(args: argparse.Namespace) -> int:

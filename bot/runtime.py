@@ -21,7 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from aiohttp import web
 
-from bot.app import INFLIGHT
+from bot.app import INFLIGHT, build_app
 from bot.config import Settings
 from bot.errors import ConfigError
 from bot.policy import Policy
@@ -34,20 +34,22 @@ from storage import open_store
 log = logging.getLogger("ackgate")
 
 
-def preflight(settings: Settings, *, policy: Policy | None = None) -> Policy:
-    """Everything ``serve`` refuses before it listens, checked without connecting to anything.
+def preflight(settings: Settings, *, policy: Policy | None = None) -> web.Application:
+    """Everything ``serve`` checks before it listens, without connecting to anything: the policy
+    (from ``ACKGATE_POLICY_FILE`` unless given) and every part built from the settings.
 
-    Loads the policy (from ``ACKGATE_POLICY_FILE`` unless given) and raises :class:`ConfigError`
-    with one line naming the setting and the fix."""
+    Returns the application ``serve`` runs; ``check-config --env`` discards it. Raises
+    :class:`ConfigError` with one line naming the setting and the fix."""
     if policy is None:
         if settings.policy_file is None:
             raise ConfigError("ACKGATE_POLICY_FILE is not set: point it at your policy YAML.")
         policy = load_policy(settings.policy_file)
-    open_store(settings.database_url)  # a URL Ackgate cannot use; nothing connects yet
+    # build_app refuses these too; named here so the order of the refusals does not depend on it
+    open_store(settings.database_url)  # a URL Ackgate cannot use
     if settings.secret_key is not None:
         SecretBox(settings.secret_key)  # too short a key
     require_secret(policy, settings.provisioner_secret)
-    return policy
+    return build_app(settings, policy=policy)  # builds, connects nothing until it starts
 
 
 def storage_description(url: str) -> str:

@@ -133,6 +133,7 @@ GOOD_ENV = {
         ("ACKGATE_SECRET_KEY", "short", "ACKGATE_SECRET_KEY must be at least 16 characters"),
         ("ACKGATE_DATABASE_URL", "mysql://root:hunter2@db/ackgate", "ACKGATE_DATABASE_URL is not a database URL"),
         ("ACKGATE_LOG_LEVEL", "loud", "ACKGATE_LOG_LEVEL is invalid: 'loud' is not a log level"),
+        ("PAGERDUTY_API_TOKEN", "two words", "PAGERDUTY_API_TOKEN is empty or contains spaces"),
     ],
 )
 def test_check_config_env_and_serve_refuse_the_same_setting_in_one_line_with_exit_2(
