@@ -7,6 +7,7 @@ URL); everything opened here is closed in aiohttp's cleanup context.
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from bot.config import Settings
 from bot.errors import AckgateError, ConfigError
 from bot.expiry import ExpiryScheduler, every
 from bot.incident_notes import IncidentNotes, notes_registry
+from bot.inflight import InFlight
 from bot.metrics import PrometheusMetrics
 from bot.mirror import MirrorService
 from bot.org_settings import OrgSettings
@@ -44,7 +46,7 @@ from bot.secrets import SecretBox
 from bot.webhooks import WebhookEvent
 from handlers.auth_signin import build_signin
 from handlers.guard import install as install_guard
-from handlers.ops import HealthCheck, mount_ops
+from handlers.ops import HealthCheck, Probe, mount_ops
 from handlers.pagerduty_webhooks import mount_pagerduty_webhooks
 from handlers.slack import build_bolt_app, mount_slack
 from handlers.slack_notifier import SlackAdminGroup, SlackIdentity, SlackNotifier, call_slack
@@ -134,6 +136,15 @@ def _probe(pagerduty: PagerDutyDirectory, slack: AsyncWebClient | None) -> Calla
     return probe
 
 
+def _probes(pagerduty: PagerDutyDirectory, slack: AsyncWebClient | None) -> dict[str, Probe]:
+    """The dependencies ``/metrics`` reports as ``ackgate_dependency_up`` (never the probes)."""
+    probes: dict[str, Probe] = {"pagerduty": pagerduty.ping}
+    if slack is not None:
+        client = slack
+        probes["slack"] = lambda: call_slack("auth.test", client.auth_test())
+    return probes
+
+
 @dataclass
 class Parts:
     """Everything wired, kept on the aiohttp app under :data:`PARTS` for tests and the demo."""
@@ -155,6 +166,21 @@ class Parts:
 
 
 PARTS = web.AppKey("ackgate_parts", Parts)
+INFLIGHT = web.AppKey("ackgate_inflight", InFlight)
+_log = logging.getLogger("ackgate")
+
+
+def _tracked(inflight: InFlight) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """Middleware: tasks started while answering a request are tracked, so a stop can wait for them."""
+
+    @web.middleware
+    async def track(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        with inflight.scope():
+            return await handler(request)
+
+    return track
 
 
 def build_app(
@@ -229,7 +255,9 @@ def build_app(
     if isinstance(store, PrunesSeen):
         jobs.append(every(3600, clock, _pruner(store, clock)))
     scheduler = ExpiryScheduler(service, grants=store.grants, clock=clock, jobs=jobs)
-    app = web.Application(client_max_size=1024 * 1024)
+    inflight = InFlight()
+    app = web.Application(client_max_size=1024 * 1024, middlewares=[_tracked(inflight)])
+    app[INFLIGHT] = inflight
     install_guard(app)  # no exception escapes an entry point
     slack_client: AsyncWebClient | None = None
     group_check = None
@@ -283,7 +311,9 @@ def build_app(
         public_url=settings.public_url,
         signin=build_signin(settings, http=http, clock=clock, once=_SeenAt(store, clock)),
     )
-    mount_ops(app, health=HealthCheck(store=store, pagerduty=pagerduty), metrics=metrics, store=store)
+    mount_ops(
+        app, health=HealthCheck(store=store, probes=_probes(pagerduty, slack_client)), metrics=metrics, store=store
+    )
     app[PARTS] = Parts(
         settings,
         policy,
@@ -304,13 +334,23 @@ def build_app(
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         if owns_store:
             await store.open()
+        inflight.install()
         if run_scheduler:
             scheduler.start()
         try:
             yield
         finally:
-            await scheduler.stop()
+            # Requests are answered by now (aiohttp waited for them). What they started still runs on
+            # the store and the clients: finish it within the drain time, then the scheduler's pass,
+            # and close the store last.
+            inflight.begin_stop(settings.drain_seconds)
+            finished, cancelled = await inflight.drain()
+            if finished or cancelled:
+                log = _log.warning if cancelled else _log.info
+                log("finished %d background tasks at stop; %d did not finish in time", finished, cancelled)
+            await scheduler.stop(grace=inflight.remaining())
             await webhook_health.drain()
+            inflight.uninstall()
             await http.aclose()
             if owned_pd is not None:
                 await owned_pd.aclose()

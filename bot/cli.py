@@ -19,22 +19,20 @@ from bot.errors import AckgateError, ConfigError
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from aiohttp import web
-
     from bot import logs
-    from bot.app import build_app
     from bot.config import load_settings
+    from bot.runtime import preflight, serve
 
     settings = load_settings()
+    app = preflight(settings)
     logs.configure(settings.log_level)
-    app = build_app(settings)
-    web.run_app(app, host=settings.host, port=settings.port, print=None, access_log=None)
-    return 0
+    return asyncio.run(serve(app, settings))
 
 
 def _check_config(args: argparse.Namespace) -> int:
     from bot.config import load_settings
     from bot.policy_file import load_policy
+    from bot.runtime import preflight
 
     path: Path | None = args.policy
     if path is None:
@@ -43,7 +41,8 @@ def _check_config(args: argparse.Namespace) -> int:
         raise ConfigError("No policy file: pass --policy FILE or set ACKGATE_POLICY_FILE.")
     policy = load_policy(path)
     if args.env:
-        load_settings()
+        # exactly what `serve` checks before it listens
+        preflight(load_settings(), policy=policy)
     print(f"{path}: OK ({len(policy.resources)} resources, {len(policy.flows)} flows)")
     return 0
 
@@ -88,7 +87,10 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
+    from bot.version import version
+
     p = argparse.ArgumentParser(prog="ackgate", description="Just-in-time production access, gated on PagerDuty.")
+    p.add_argument("--version", action="version", version=f"ackgate {version()}")
     sub = p.add_subparsers(dest="command")
     sub.add_parser("serve", help="run the server (the default)").set_defaults(run=_serve)
     check = sub.add_parser("check-config", help="validate the policy file (and, with --env, the settings)")

@@ -13,6 +13,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from bot.errors import ConfigError
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
 
 def _csv(value: object) -> object:
     if isinstance(value, str):
@@ -44,6 +46,8 @@ class Settings(BaseSettings):
     provisioner_secret: SecretStr | None = Field(default=None, validation_alias="ACKGATE_PROVISIONER_SECRET")
     approval_timeout_minutes: int = Field(default=60, ge=1, validation_alias="ACKGATE_APPROVAL_TIMEOUT_MINUTES")
     log_level: str = Field(default="INFO", validation_alias="ACKGATE_LOG_LEVEL")
+    # How long a stop (SIGTERM) may take to finish in-flight work; under Kubernetes' default 30 s grace.
+    drain_seconds: float = Field(default=20.0, ge=0, le=3600, validation_alias="ACKGATE_DRAIN_SECONDS")
 
     # Authentication requests, incident mirroring and administration
     pagerduty_events_url: str = Field(default="https://events.pagerduty.com", validation_alias="PAGERDUTY_EVENTS_URL")
@@ -88,6 +92,14 @@ class Settings(BaseSettings):
             raise ValueError("must start with https:// (or http:// for a local test server)")
         return v
 
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, v: str) -> str:
+        level = v.strip().upper()
+        if level not in LOG_LEVELS:
+            raise ValueError(f"{v!r} is not a log level")
+        return level
+
     @model_validator(mode="after")
     def _slack_pair(self) -> Settings:
         if (self.slack_bot_token is None) != (self.slack_signing_secret is None):
@@ -127,6 +139,8 @@ _FIX = {
     "PAGERDUTY_API_TOKEN": "create a REST API key in PagerDuty (Integrations → API Access Keys) and set it",
     "ACKGATE_POLICY_FILE": "point it at your policy YAML; examples/policy.yaml is a commented starting point",
     "ACKGATE_PORT": "use a port number between 1 and 65535",
+    "ACKGATE_LOG_LEVEL": f"use one of {', '.join(LOG_LEVELS)}",
+    "ACKGATE_DRAIN_SECONDS": "use a number of seconds, e.g. 20 (under your orchestrator's grace period)",
 }
 
 

@@ -12,6 +12,7 @@ import logging
 import re
 import tempfile
 import textwrap
+from importlib.resources import as_file, files
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -23,7 +24,9 @@ from bot.provisioners import NoopProvisioner
 from bot.simulators.oidc import OidcSimulator
 from bot.simulators.stage import Person, Reply, Stage
 
-EXAMPLE_POLICY = Path(__file__).resolve().parent.parent / "examples" / "policy.yaml"
+# The example policy ships inside the package (a copy of examples/policy.yaml, kept identical by a
+# test), so an installed wheel's demo runs from any directory.
+EXAMPLE_POLICY = files("bot") / "example_policy.yaml"
 
 
 class Transcript:
@@ -66,13 +69,15 @@ class Transcript:
 
 async def run_demo(*, verbose: bool = False) -> int:
     logging.basicConfig(level=logging.INFO if verbose else logging.CRITICAL)
-    if not EXAMPLE_POLICY.exists():
-        print(f"ackgate demo: {EXAMPLE_POLICY} is missing; run the demo from a checkout of Ackgate.")
+    if not EXAMPLE_POLICY.is_file():
+        print(
+            f"ackgate demo: the example policy {EXAMPLE_POLICY} is missing from the installed package; reinstall Ackgate."
+        )
         return 2
     noop = NoopProvisioner()
-    with tempfile.TemporaryDirectory(prefix="ackgate-demo-") as workdir:
+    with tempfile.TemporaryDirectory(prefix="ackgate-demo-") as workdir, as_file(EXAMPLE_POLICY) as policy_file:
         stage = Stage(
-            policy_file=EXAMPLE_POLICY,
+            policy_file=policy_file,
             workdir=Path(workdir),
             clock=FakeClock(),
             provisioners={"iam": noop, "manual": noop, "noop": noop},
@@ -80,9 +85,11 @@ async def run_demo(*, verbose: bool = False) -> int:
         async with stage:
             t = Transcript(stage)
             print("Ackgate demo: the real server on", stage.url, "with simulated PagerDuty and Slack.")
-            print(f"Policy: {EXAMPLE_POLICY}; database: SQLite in {workdir}.")
+            print(f"Policy: the example policy (examples/policy.yaml); database: SQLite in {workdir}.")
             await _scenes(stage, t)
-        t.failures += await _signin_scene(Path(workdir) / "signin", {"iam": noop, "manual": noop, "noop": noop})
+        t.failures += await _signin_scene(
+            Path(workdir) / "signin", policy_file, {"iam": noop, "manual": noop, "noop": noop}
+        )
     if t.failures:
         print(f"\nThe demo did not go as scripted ({len(t.failures)} problem(s)).")
         return 1
@@ -164,14 +171,14 @@ async def _authentication_scene(stage: Stage, t: Transcript, alice: Person, bob:
     t.expect(replay == 410, "the link works only once")
 
 
-async def _signin_scene(workdir: Path, provisioners: dict[str, NoopProvisioner]) -> list[str]:
+async def _signin_scene(workdir: Path, policy_file: Path, provisioners: dict[str, NoopProvisioner]) -> list[str]:
     """Scene 5, on a second server configured with the OpenID Connect simulator: a forwarded link
     is refused to whoever it was forwarded to, and bob, signed in, verifies. Returns the failures."""
     await asyncio.to_thread(workdir.mkdir, exist_ok=True)
     clock = FakeClock()
     async with OidcSimulator(clock=clock) as idp:
         stage = Stage(
-            policy_file=EXAMPLE_POLICY,
+            policy_file=policy_file,
             workdir=workdir,
             clock=clock,
             provisioners=provisioners,

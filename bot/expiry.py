@@ -37,6 +37,7 @@ class ExpiryScheduler:
         self.jobs = list(jobs)  # other timed work on the same loop, e.g. expiring authentication links
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     def wake(self) -> None:
         """A grant was made or extended: recompute when to wake up."""
@@ -62,7 +63,7 @@ class ExpiryScheduler:
         return min(max((nxt - self.clock.now()).total_seconds(), 0.0), self.idle_seconds)
 
     async def run(self) -> None:
-        while True:
+        while not self._stopping:
             self._wake.clear()  # before the pass, so a wake during it is not lost
             try:
                 await self.run_once()
@@ -79,12 +80,18 @@ class ExpiryScheduler:
         if self._task is None:
             self._task = asyncio.create_task(self.run(), name="ackgate-expiry")
 
-    async def stop(self) -> None:
+    async def stop(self, *, grace: float = 0.0) -> None:
+        """Stop the loop: a pass under way may finish within ``grace`` seconds, then it is cancelled."""
         if self._task is not None:
+            self._stopping = True
+            self._wake.set()
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(self._task), timeout=grace)
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+            self._stopping = False
 
 
 def every(seconds: float, clock: Clock, job: Callable[[], Awaitable[int]]) -> Callable[[], Awaitable[int]]:

@@ -39,6 +39,12 @@ class PrometheusMetrics(Metrics):
         self.webhook_events = Counter(
             "ackgate_webhook_events", "PagerDuty webhook events accepted", ["event_type"], registry=self.registry
         )
+        self.dependency_up = Gauge(
+            "ackgate_dependency_up",
+            "1 when the dependency answered its last check (storage, pagerduty, slack), else 0",
+            ["dependency"],
+            registry=self.registry,
+        )
 
     def outcome(self, outcome: str) -> None:
         self.requests.labels(outcome=outcome).inc()

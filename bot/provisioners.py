@@ -241,13 +241,7 @@ def build_provisioners(
     policy: Policy, *, secret: SecretStr | None, client: httpx.AsyncClient, clock: Clock | None = None
 ) -> dict[str, Provisioner]:
     """One provisioner per entry under ``provisioners:``, keyed by name, plus the built-in "noop"."""
-    webhooks = [name for name, spec in policy.provisioners.items() if spec.type == "webhook"]
-    if webhooks and (secret is None or not secret.get_secret_value()):
-        raise ConfigError(
-            f"ACKGATE_PROVISIONER_SECRET is not set, but the policy defines webhook provisioner(s) "
-            f"{', '.join(webhooks)}. Set it to a long random string (for example `openssl rand -hex 32`) "
-            "and give the same value to the receiving service, which checks X-Ackgate-Signature with it."
-        )
+    require_secret(policy, secret)
     out: dict[str, Provisioner] = {"noop": NoopProvisioner()}
     for name, spec in policy.provisioners.items():
         if spec.type == "noop":
@@ -259,3 +253,14 @@ def build_provisioners(
             spec, secret=secret, client=client, name=name, resource_settings=settings, clock=clock
         )
     return out
+
+
+def require_secret(policy: Policy, secret: SecretStr | None) -> None:
+    """:class:`ConfigError` if the policy has webhook provisioners but no ``ACKGATE_PROVISIONER_SECRET``."""
+    webhooks = [name for name, spec in policy.provisioners.items() if spec.type == "webhook"]
+    if webhooks and (secret is None or not secret.get_secret_value()):
+        raise ConfigError(
+            f"ACKGATE_PROVISIONER_SECRET is not set, but the policy defines webhook provisioner(s) "
+            f"{', '.join(webhooks)}. Set it to a long random string (for example `openssl rand -hex 32`) "
+            "and give the same value to the receiving service, which checks X-Ackgate-Signature with it."
+        )

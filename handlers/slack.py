@@ -22,6 +22,7 @@ from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.async_app import AsyncApp, AsyncBoltContext
 from slack_bolt.context.ack.async_ack import AsyncAck
 from slack_bolt.context.respond.async_respond import AsyncRespond
+from slack_bolt.logger.messages import warning_client_prioritized_and_token_skipped
 from slack_bolt.request.async_internals import build_async_context
 from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_sdk.web.async_client import AsyncWebClient
@@ -258,6 +259,7 @@ def build_bolt_app(
 
     ``notifier`` sends the outcome of a submitted form as a DM (default: a SlackNotifier on
     ``client``); ``logger`` receives unexpected failures with their tracebacks."""
+    _quiet_token_warning()
     app = AsyncApp(
         signing_secret=signing_secret.get_secret_value(),
         client=client,
@@ -380,3 +382,17 @@ async def _bolt_request(request: web.Request) -> AsyncBoltRequest:
         bolt_request.body = form
         bolt_request.context = build_async_context(AsyncBoltContext(), form)
     return bolt_request
+
+
+class _DropTokenSkipped(logging.Filter):
+    """bolt reads SLACK_BOT_TOKEN from the environment even when given a client built with it, then
+    warns that the token "will be unused": true, and no use to an operator."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != warning_client_prioritized_and_token_skipped()
+
+
+def _quiet_token_warning() -> None:
+    bolt_logger = logging.getLogger("slack_bolt.AsyncApp")
+    if not any(isinstance(f, _DropTokenSkipped) for f in bolt_logger.filters):
+        bolt_logger.addFilter(_DropTokenSkipped())

@@ -1,3 +1,14 @@
 """Shared fixtures: the core scenario world, storage backends and the PagerDuty simulator."""
 
+import pytest
+
+from tests.fakes import storage_fixtures
+
 pytest_plugins = ["tests.fakes.world", "tests.fakes.stage_fixtures", "tests.fakes.issue3_stage"]
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """One loud line when the PostgreSQL half was skipped (no server here), saying how to run it."""
+    notice = storage_fixtures.postgres_notice()
+    if notice is not None:
+        terminalreporter.write_line(notice, yellow=True, bold=True)

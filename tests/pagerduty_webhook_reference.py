@@ -1,4 +1,4 @@
-"""The PagerDuty V3 webhook reference data (``/work/shared/reference/pagerduty/webhooks-v3``), loaded
+"""The PagerDuty V3 webhook reference data (``tests/reference/pagerduty/webhooks-v3``), loaded
 once for the webhook tests: the 13 signature vectors and every example body."""
 
 from __future__ import annotations
@@ -6,10 +6,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from pathlib import Path
 from typing import Any
 
-WEBHOOKS_V3 = Path(__file__).resolve().parents[2] / "shared" / "reference" / "pagerduty" / "webhooks-v3"
+from tests.fakes.reference import PAGERDUTY
+
+WEBHOOKS_V3 = PAGERDUTY / "webhooks-v3"
 EXAMPLES = WEBHOOKS_V3 / "examples"
 
 SIGNATURE_VECTORS: list[dict[str, Any]] = json.loads((WEBHOOKS_V3 / "signature-test-vectors.json").read_text())[

@@ -24,6 +24,11 @@ ENV = (
     "ACKGATE_POLICY_FILE",
     "ACKGATE_DATABASE_URL",
     "ACKGATE_PORT",
+    "ACKGATE_LOG_LEVEL",
+    "ACKGATE_SECRET_KEY",
+    "ACKGATE_PROVISIONER_SECRET",
+    "ACKGATE_DRAIN_SECONDS",
+    "CI",
 )
 
 
@@ -106,3 +111,66 @@ def test_the_demo_plays_every_scene_to_the_end(capsys: pytest.CaptureFixture[str
     assert "Approved by bob@example.com" in out
     assert "Access to prod-db was not granted" in out
     assert "Identity verified by bob@example.com" in out
+
+
+# --- check-config --env refuses exactly what serve refuses -------------------------------------
+
+GOOD_ENV = {
+    "SLACK_BOT_TOKEN": "xoxb-test",
+    "SLACK_SIGNING_SECRET": "signing-secret",
+    "PAGERDUTY_API_TOKEN": "pd-token",
+    "ACKGATE_POLICY_FILE": str(EXAMPLE),
+    "ACKGATE_PROVISIONER_SECRET": "provisioner-secret-of-some-length",
+    "ACKGATE_SECRET_KEY": "a-secret-key-long-enough-for-fernet",
+    "ACKGATE_DATABASE_URL": "sqlite:///:memory:",
+}
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "said"),
+    [
+        ("ACKGATE_PROVISIONER_SECRET", None, "ACKGATE_PROVISIONER_SECRET is not set"),
+        ("ACKGATE_SECRET_KEY", "short", "ACKGATE_SECRET_KEY must be at least 16 characters"),
+        ("ACKGATE_DATABASE_URL", "mysql://root:hunter2@db/ackgate", "ACKGATE_DATABASE_URL is not a database URL"),
+        ("ACKGATE_LOG_LEVEL", "loud", "ACKGATE_LOG_LEVEL is invalid: 'loud' is not a log level"),
+        ("PAGERDUTY_API_TOKEN", "two words", "PAGERDUTY_API_TOKEN is empty or contains spaces"),
+    ],
+)
+def test_check_config_env_and_serve_refuse_the_same_setting_in_one_line_with_exit_2(
+    name: str, value: str | None, said: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for key, good in GOOD_ENV.items():
+        monkeypatch.setenv(key, good)
+    if value is None:
+        monkeypatch.delenv(name)
+    else:
+        monkeypatch.setenv(name, value)
+
+    async def must_not_start(*args: object) -> int:
+        raise AssertionError("serve got past its checks")
+
+    monkeypatch.setattr("bot.runtime.serve", must_not_start)
+    for argv in (["check-config", "--env"], ["serve"]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"ackgate: {said}"), (argv, err)
+        assert "\n" not in err and "Traceback" not in err
+        assert "hunter2" not in err
+
+
+def test_check_config_env_is_ok_when_serve_would_start(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for key, good in GOOD_ENV.items():
+        monkeypatch.setenv(key, good)
+    assert main(["check-config", "--env"]) == 0
+    assert "OK (3 resources, 4 flows)" in capsys.readouterr().out
+
+
+def test_version_names_the_installed_distribution(capsys: pytest.CaptureFixture[str]) -> None:
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.strip() == f"ackgate {version('ackgate')}"

@@ -7,6 +7,8 @@ was audited. Refusals and failures are in ``test_e2e_slack_refusals.py``.
 
 from __future__ import annotations
 
+import json
+
 import aiohttp
 
 from bot.domain import GrantStatus, RequestStatus
@@ -185,21 +187,39 @@ async def test_when_the_grant_expires_the_holder_is_told_and_the_grant_is_ended(
 # --- operations -------------------------------------------------------------------------------
 
 
-async def test_healthz_is_200_when_storage_and_pagerduty_answer(stage: Stage) -> None:
-    status, body = await get(stage, "/healthz")
+async def test_readiness_and_its_healthz_alias_are_200_when_storage_answers(stage: Stage) -> None:
+    for path in ("/readyz", "/healthz"):
+        status, body = await get(stage, path)
+        assert status == 200
+        assert json.loads(body) == {"status": "ok", "storage": "ok"}
 
-    assert status == 200
-    assert '"storage": "ok"' in body and '"pagerduty": "ok"' in body
 
-
-async def test_healthz_is_503_naming_pagerduty_when_it_rejects_the_token(stage: Stage) -> None:
+async def test_liveness_and_readiness_stay_200_while_pagerduty_rejects_the_token_and_metrics_say_so(
+    stage: Stage,
+) -> None:
+    """A PagerDuty outage must not get every replica restarted or taken out of the load balancer."""
     stage.pd.reject_auth_next(None)
 
-    status, body = await get(stage, "/healthz")
+    assert (await get(stage, "/livez"))[0] == 200
+    assert (await get(stage, "/readyz"))[0] == 200
+    status, body = await get(stage, "/metrics")
+    assert status == 200
+    assert 'ackgate_dependency_up{dependency="pagerduty"} 0.0' in body
+    assert 'ackgate_dependency_up{dependency="storage"} 1.0' in body
+    assert 'ackgate_dependency_up{dependency="slack"} 1.0' in body
 
+
+async def test_readiness_is_503_naming_storage_when_the_database_fails_but_liveness_stays_200(stage: Stage) -> None:
+    await stage.parts.store.close()
+
+    status, body = await get(stage, "/readyz")
     assert status == 503
-    assert '"storage": "ok"' in body
-    assert "PagerDuty rejected Ackgate's API token" in body
+    assert json.loads(body)["status"] == "unavailable"
+    assert (await get(stage, "/livez"))[0] == 200
+    status, body = await get(stage, "/metrics")
+    assert status == 200
+    assert 'ackgate_dependency_up{dependency="storage"} 0.0' in body
+    await stage.parts.store.open()
 
 
 async def test_metrics_count_request_outcomes_and_active_grants(stage: Stage) -> None:

@@ -7,7 +7,6 @@ import logging
 import socket
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -35,9 +34,9 @@ from bot.pagerduty_events import (
 )
 from bot.secrets import mask
 from bot.simulators.pagerduty_events import EventsSimulator
+from tests.fakes.reference import PAGERDUTY
 
-REPO = Path(__file__).resolve().parents[1]
-EVENTS_REF = REPO.parent / "shared" / "reference" / "pagerduty" / "events-api-v2"
+EVENTS_REF = PAGERDUTY / "events-api-v2"
 OPENAPI_URI = "urn:pagerduty:events-api-v2:openapiv3"
 ENQUEUE_SCHEMA_POINTER = "#/paths/~1enqueue/post/requestBody/content/application~1json/schema"
 

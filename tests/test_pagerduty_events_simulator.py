@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -14,8 +13,9 @@ from jsonschema import Draft202012Validator
 
 from bot.pagerduty_events import EventsClient, EventsUnavailable
 from bot.simulators.pagerduty_events import EventsSimulator
+from tests.fakes.reference import PAGERDUTY
 
-EVENTS_REF = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "pagerduty" / "events-api-v2"
+EVENTS_REF = PAGERDUTY / "events-api-v2"
 KEY = "0123456789abcdefABCDEF0123456789"
 OTHER_KEY = "Z" * 32
 

@@ -1,15 +1,15 @@
-"""Checks a Block Kit message or modal against Slack's limits, read from the shared reference
+"""Checks a Block Kit message or modal against Slack's limits, read from the reference
 ``slack/block-kit/block-kit-limits.json`` (not from the renderer's own constants)."""
 
 from __future__ import annotations
 
 import json
 from functools import cache
-from pathlib import Path
 from typing import Any
 
-# The reference pack sits beside the repository: ../shared/reference/slack
-SLACK_REFERENCE = Path(__file__).resolve().parents[2].parent / "shared/reference/slack"
+from tests.fakes.reference import SLACK
+
+SLACK_REFERENCE = SLACK
 LIMITS_FILE = SLACK_REFERENCE / "block-kit/block-kit-limits.json"
 
 

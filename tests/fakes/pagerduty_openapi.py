@@ -1,7 +1,6 @@
 """Checks PagerDuty REST traffic against PagerDuty's own OpenAPI document.
 
-The document is ``../shared/reference/pagerduty/rest-api-v2/openapiv3.subset.json`` relative to the
-repository root. If it is missing, :func:`spec_document` raises: conformance must fail loudly, never skip.
+The document is ``tests/reference/pagerduty/rest-api-v2/openapiv3.subset.json`` in the repository. If it is missing, :func:`spec_document` raises: conformance must fail loudly, never skip.
 
 :class:`Conformance` is a validator for :class:`bot.simulators.pagerduty.PagerDutySimulator`: it sees
 each request exactly as it arrived over the wire from the client, and each answer the simulator gave.
@@ -32,7 +31,6 @@ import copy
 import functools
 import json
 import re
-from pathlib import Path
 from typing import Any
 
 from openapi_core import OpenAPI
@@ -40,9 +38,9 @@ from openapi_core.testing import MockRequest, MockResponse
 from werkzeug.datastructures import ImmutableMultiDict
 
 from bot.simulators.pagerduty import RecordedRequest, RecordedResponse
+from tests.fakes.reference import PAGERDUTY
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-SPEC_PATH = REPO_ROOT.parent / "shared/reference/pagerduty/rest-api-v2/openapiv3.subset.json"
+SPEC_PATH = PAGERDUTY / "rest-api-v2/openapiv3.subset.json"
 SERVER = "https://api.pagerduty.com"  # the document's server; the simulator's address stands in for it
 ACCEPT = "application/vnd.pagerduty+json;version=2"
 AUTHORIZATION = re.compile(r"Token token=\S+")
@@ -57,7 +55,7 @@ def spec_document() -> dict[str, Any]:
     if not SPEC_PATH.is_file():
         raise FileNotFoundError(
             f"PagerDuty's OpenAPI document is missing at {SPEC_PATH}. The conformance tests need the reference "
-            "pack in ../shared/reference next to the repository; restore it rather than skipping these tests."
+            "pack in tests/reference; restore it (git checkout tests/reference) rather than skipping these tests."
         )
     document: dict[str, Any] = json.loads(SPEC_PATH.read_text(encoding="utf-8"))
     return document
