@@ -315,6 +315,7 @@ def build_app(
             yield
         finally:
             await scheduler.stop()
+            await auth.close()
             await webhook_health.drain()
             await http.aclose()
             if owned_pd is not None:

@@ -598,3 +598,7 @@ def request_found_after_restart(resource: str, request_id: str, status: str) -> 
         f"Ackgate restarted while handling your request for {resource}. It was recorded as {request_id} "
         f"and is {status.replace('_', ' ')}. Use {COMMAND} list to follow it."
     )
+
+
+def auth_pagerduty_slow(seconds: float) -> str:
+    return f"PagerDuty did not answer within {seconds:g} s"
