@@ -9,7 +9,7 @@ import asyncio
 import json
 import sqlite3
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -43,9 +43,20 @@ class Sent:
 
 async def send(stage: Stage, body: str, headers: dict[str, str]) -> Sent:
     """POST exactly these bytes and headers, as Slack (or someone who captured Slack's request) would."""
-    async with aiohttp.ClientSession() as session:
-        async with session.post(f"{stage.url}/slack/events", data=body.encode(), headers=headers) as r:
-            return Sent(r.status, await r.text())
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{stage.url}/slack/events", data=body.encode(), headers=headers) as r,
+    ):
+        return Sent(r.status, await r.text())
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], *, seconds: float = 10.0) -> None:
+    """Poll ``check`` until true: for what happens in the background, off any request's path."""
+    for _ in range(int(seconds / 0.02)):
+        if await check():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("the condition never became true")
 
 
 def retries_and_replay(headers: dict[str, str]) -> list[dict[str, str]]:
@@ -286,9 +297,11 @@ async def test_a_crash_after_the_request_was_made_tells_its_state_and_makes_no_s
     assert "Waiting for approval" in reply.text
     await stage.wait_for_dm(bob, "alice@example.com requests prod-k8s")
     path = stage.parts.settings.database_url.removeprefix("sqlite:///")
-    async with asyncio.timeout(5):  # the row is marked just after the answer was posted
-        while not _answered(path):
-            await asyncio.sleep(0.02)
+
+    async def marked() -> bool:  # the row is marked just after the answer was posted
+        return _answered(path)
+
+    await eventually(marked)
     # The crash: as if the process died right after making the request, before marking the answer.
     with sqlite3.connect(path) as db:
         db.execute("UPDATE slack_commands SET answered_at = NULL")
@@ -378,9 +391,14 @@ async def test_a_late_pagerduty_success_is_recorded_on_the_transaction(issue3_st
 
     assert messages.auth_pagerduty_slow(0.5) in reply.text
     [transaction_id] = transaction_ids(stage)
-    async with asyncio.timeout(10):
-        while (tx := await stage.parts.store.transactions.get(transaction_id)) is None or tx.dedup_key is None:
-            await asyncio.sleep(0.05)
+
+    async def paged() -> bool:
+        tx = await stage.parts.store.transactions.get(transaction_id)
+        return tx is not None and tx.dedup_key is not None
+
+    await eventually(paged)
+    tx = await stage.parts.store.transactions.get(transaction_id)
+    assert tx is not None
     assert "pagerduty" in tx.channels and "chat" in tx.channels
     assert len(stage.events.events) == 1
 
