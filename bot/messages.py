@@ -602,3 +602,6 @@ def request_found_after_restart(resource: str, request_id: str, status: str) -> 
 
 def auth_pagerduty_slow(seconds: float) -> str:
     return f"PagerDuty did not answer within {seconds:g} s"
+
+
+SLACK_NOT_HANDLED = "Ackgate does not handle that Slack command or interaction, so nothing was done."

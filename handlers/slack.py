@@ -55,7 +55,15 @@ from handlers.slack_blocks import (
     render_key_form,
     render_notice,
 )
-from handlers.slack_inbound import Refused, bolt_body, check_signature, parse_inbound
+from handlers.slack_inbound import (
+    BlockActions,
+    Inbound,
+    Refused,
+    SlashCommand,
+    bolt_body,
+    check_signature,
+    parse_inbound,
+)
 from handlers.slack_notifier import PLATFORM, SlackIdentity, SlackNotifier, call_slack, post_response
 
 _log = logging.getLogger(__name__)
@@ -214,11 +222,6 @@ class _Listeners:
             return
         user_id = str(command.get("user_id") or "")
         trigger_id = str(command.get("trigger_id") or "")
-        if isinstance(parsed, OpenForm):
-            # Nothing to repeat: Slack opens one modal per trigger id, however often it is sent.
-            await ack()
-            await self._open_form(client, trigger_id=trigger_id, user_id=user_id)
-            return
         received = self._received(
             command_key(trigger_id),
             "command",
@@ -234,6 +237,11 @@ class _Listeners:
         if not new:
             self._log.info("Slack sent command %s again (a retry or a replay); it runs once", received.key)
             await ack()
+            return
+        if isinstance(parsed, OpenForm):
+            await ack()
+            await self._open_form(client, trigger_id=trigger_id, user_id=user_id)
+            await self._answerer.done(received.key)  # the form is the answer (or the DM saying it failed)
             return
         if isinstance(parsed, RequestAccess):
             await ack(text=messages.WORKING, response_type="ephemeral")
@@ -461,7 +469,10 @@ def mount_slack(
         if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
             _log.info("Refused a Slack request of %d bytes", request.content_length)
             return web.Response(status=413, text=messages.SLACK_TOO_LARGE)
-        raw = await request.content.read(MAX_BODY_BYTES + 1)
+        try:
+            raw = await request.read()  # bounded by the app's client_max_size even without a length
+        except web.HTTPRequestEntityTooLarge:
+            raw = b"x" * (MAX_BODY_BYTES + 1)
         if len(raw) > MAX_BODY_BYTES:
             _log.info("Refused a Slack request larger than %d bytes", MAX_BODY_BYTES)
             return web.Response(status=413, text=messages.SLACK_TOO_LARGE)
@@ -474,6 +485,10 @@ def mount_slack(
         except Refused as refused:
             _log.warning("Refused a signed Slack request: %s", refused.reason)
             return web.Response(status=refused.status, text=messages.SLACK_BAD_REQUEST)
+        if not handled(inbound):
+            # bolt would answer 404 too, but only after logging the whole payload at WARNING.
+            _log.info("Refused a Slack %s that no Ackgate listener handles", getattr(inbound, "type", "command"))
+            return web.Response(status=404, text=messages.SLACK_NOT_HANDLED)
         body = bolt_body(inbound)
         bolt_request = AsyncBoltRequest(
             body="", headers={name: request.headers[name] for name in _BOLT_HEADERS if name in request.headers}
@@ -490,6 +505,15 @@ def mount_slack(
         return await to_aiohttp_response(bolt_response)
 
     web_app.router.add_post(path, slack_events)
+
+
+def handled(inbound: Inbound) -> bool:
+    """Whether one of the listeners of :func:`build_bolt_app` takes this request."""
+    if isinstance(inbound, SlashCommand):
+        return inbound.command == messages.COMMAND
+    if isinstance(inbound, BlockActions):
+        return inbound.actions[0].action_id.startswith(ACTION_PREFIX)
+    return inbound.view.callback_id in (FORM_CALLBACK_ID, KEY_FORM_CALLBACK_ID)
 
 
 _USER_MENTION = re.compile(r"<@([UW][A-Z0-9]+)(?:\|[^>]*)?>")

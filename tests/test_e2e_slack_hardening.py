@@ -146,6 +146,24 @@ async def test_a_form_submission_retried_runs_once(stage: Stage) -> None:
     assert request.status is RequestStatus.PENDING
 
 
+async def test_a_retried_access_alone_opens_one_form_and_sends_no_failure_dm(stage: Stage) -> None:
+    alice = stage.person("alice")
+    body = slash_command_body(
+        text="",
+        user_id=alice.user_id,
+        response_url=stage.slack.response_url("form"),
+        trigger_id=stage.slack.trigger_id(),
+    )
+    headers = signed_headers(body, secret=SIGNING_SECRET)
+
+    sent = [await send(stage, body, h) for h in retries_and_replay(headers)]
+
+    assert {s.status for s in sent} == {200}
+    await stage.slack.wait_for(lambda: stage.slack.calls_to("views.update"))
+    assert len(stage.slack.calls_to("views.open")) == 1
+    assert stage.dms(alice) == []
+
+
 async def test_a_new_invocation_with_the_same_text_is_not_a_duplicate(stage: Stage) -> None:
     alice = stage.person("alice")
     first = await stage.command(alice, "prod-k8s 1h stuck pod")
