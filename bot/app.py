@@ -44,7 +44,8 @@ from bot.secrets import SecretBox
 from bot.webhooks import WebhookEvent
 from handlers.ops import HealthCheck, mount_ops
 from handlers.pagerduty_webhooks import mount_pagerduty_webhooks
-from handlers.slack import Answerer, build_bolt_app, mount_slack
+from handlers.slack import build_bolt_app, mount_slack
+from handlers.slack_answers import Answerer
 from handlers.slack_notifier import SlackAdminGroup, SlackIdentity, SlackNotifier, call_slack, web_client
 from handlers.slack_recovery import PASS_SECONDS as RECOVERY_PASS_SECONDS
 from handlers.slack_recovery import SlackRecovery

@@ -205,6 +205,9 @@ def parse_inbound(raw: bytes) -> Inbound:
     form = dict(pairs)
     if len(form) != len(pairs):
         raise Refused(400, "a form field is repeated")
+    # NUL is no character anyone types, and PostgreSQL cannot store it: refuse it as malformed.
+    if any("\x00" in value for value in form.values()) or "\\u0000" in form.get("payload", ""):
+        raise Refused(400, "the body holds a NUL character")
     try:
         if "payload" in form:
             return _interaction(form["payload"])

@@ -21,7 +21,8 @@ from bot.domain import ReceivedCommand
 from bot.errors import UsageError
 from bot.ports import CommandInbox, RequestStore
 from bot.views import Card
-from handlers.slack import COMMAND_LEASE, AccessUseCases, Answerer, normalise_mentions, outcome
+from handlers.slack import AccessUseCases, normalise_mentions, outcome
+from handlers.slack_answers import COMMAND_LEASE, Answerer
 from handlers.slack_notifier import SlackIdentity
 
 log = logging.getLogger("ackgate.slack.recovery")
