@@ -402,6 +402,8 @@ def mount_slack(
         if unsigned is not None:
             _log.info("Refused an unsigned Slack request: %s", unsigned)
             return web.Response(status=401, text=messages.SLACK_UNSIGNED)
+        if raw.startswith(b"ssl_check=1"):  # Slack checking the certificate when a command URL is saved
+            return web.Response(status=200)
         try:
             inbound = parse_inbound(raw)
         except Refused as refused:

@@ -204,3 +204,9 @@ async def test_a_replay_older_than_five_minutes_is_a_401(stage: Stage) -> None:
     headers = signed_headers(body, secret=SIGNING_SECRET, timestamp=int(time.time()) - 301)
     status, text, _ = await post(stage, body, headers)
     assert (status, text) == (401, messages.SLACK_UNSIGNED)
+
+
+async def test_slacks_certificate_check_is_answered_200(stage: Stage) -> None:
+    body = "ssl_check=1&token=deprecated-verification-token"
+    status, text, _ = await post(stage, body, signed_headers(body, secret=SIGNING_SECRET))
+    assert (status, text) == (200, "")
