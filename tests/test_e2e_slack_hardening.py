@@ -232,6 +232,23 @@ async def test_an_auth_request_sent_to_two_replicas_opens_one_incident(
     assert len(one.events.events) + len(two.events.events) == 1
 
 
+async def test_two_replicas_recovering_at_once_answer_a_lost_command_once(
+    replicas: tuple[Stage, Stage, NoopProvisioner],
+) -> None:
+    one, two, _ = replicas
+    for stage in (one, two):
+        alice, _bob = stage.person("alice"), stage.person("bob")
+    lost = lost_command(one, alice, "prod-k8s 1h debugging a stuck pod", "lost", age=timedelta(minutes=2))
+    assert await one.parts.store.commands.record(lost)
+
+    await asyncio.gather(recovery_pass(one), recovery_pass(two))
+    await one.slack.wait_for(lambda: one.slack.responses.get("lost"))
+    await asyncio.gather(one.parts.scheduler.run_once(), two.parts.scheduler.run_once())
+
+    assert len(one.slack.responses["lost"]) == 1
+    assert len(await requests_of(one, alice.email)) == 1
+
+
 # --- Slack's rate limits and server errors ---------------------------------------------------------
 
 
