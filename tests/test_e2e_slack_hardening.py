@@ -351,6 +351,34 @@ async def test_a_crash_after_the_request_was_made_tells_its_state_and_makes_no_s
     assert len(stage.dms(bob)) == 1  # the approvers were not asked twice
 
 
+async def test_a_crash_after_the_grant_was_made_grants_nothing_more(
+    stage: Stage, noop_provisioner: NoopProvisioner
+) -> None:
+    alice = stage.person("alice")
+    acknowledged_incident(stage, alice)
+    reply = await stage.command(alice, "prod-db 1h replication lag")
+    assert "Access granted: prod-db" in reply.text
+    path = stage.parts.settings.database_url.removeprefix("sqlite:///")
+
+    async def marked() -> bool:
+        return _answered(path)
+
+    await eventually(marked)
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE slack_commands SET answered_at = NULL")
+    [token] = [t for t in stage.slack.responses if t.startswith("cmd")]
+
+    await stage.pass_time(61)
+    await stage.slack.wait_for(lambda: len(stage.slack.responses[token]) == 2)
+
+    [request] = await requests_of(stage, alice.email)
+    assert messages.request_found_after_restart("prod-db", request.id, "approved") in str(
+        stage.slack.responses[token][-1]
+    )
+    assert len(await grants_of(stage, alice.email)) == 1
+    assert [call.action for call in noop_provisioner.calls] == ["grant"]
+
+
 def _answered(path: str) -> bool:
     with sqlite3.connect(path) as db:
         return all(row[0] is not None for row in db.execute("SELECT answered_at FROM slack_commands"))
