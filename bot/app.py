@@ -49,7 +49,11 @@ from handlers.guard import install as install_guard
 from handlers.ops import HealthCheck, Probe, mount_ops
 from handlers.pagerduty_webhooks import mount_pagerduty_webhooks
 from handlers.slack import build_bolt_app, mount_slack
-from handlers.slack_notifier import SlackAdminGroup, SlackIdentity, SlackNotifier, call_slack
+from handlers.slack_answers import Answerer
+from handlers.slack_notifier import SlackAdminGroup, SlackIdentity, SlackNotifier, call_slack, web_client
+from handlers.slack_recovery import PASS_SECONDS as RECOVERY_PASS_SECONDS
+from handlers.slack_recovery import SlackRecovery
+from handlers.slack_recovery import log as recovery_log
 from handlers.web import mount_auth_pages
 from storage import PrunesSeen, open_store
 
@@ -262,9 +266,7 @@ def build_app(
     slack_client: AsyncWebClient | None = None
     group_check = None
     if settings.slack_bot_token is not None and settings.slack_signing_secret is not None:
-        slack_client = AsyncWebClient(
-            token=settings.slack_bot_token.get_secret_value(), base_url=settings.slack_api_url, timeout=10
-        )
+        slack_client = web_client(token=settings.slack_bot_token.get_secret_value(), base_url=settings.slack_api_url)
         notifiers["slack"] = SlackNotifier(slack_client)
         if settings.admin_usergroup:
             group_check = SlackAdminGroup(slack_client, settings.admin_usergroup)
@@ -279,13 +281,26 @@ def build_app(
     )
     router = CommandRouter(service, auth=auth.request, admin=admin.execute, set_key=admin.set_key)
     if slack_client is not None and settings.slack_signing_secret is not None:
+        identity = SlackIdentity(slack_client)
         bolt = build_bolt_app(
             signing_secret=settings.slack_signing_secret,
             client=slack_client,
             service=router,
-            identity=SlackIdentity(slack_client),
+            identity=identity,
+            inbox=store.commands,
+            clock=clock,
         )
-        mount_slack(app, bolt_app=bolt)
+        mount_slack(app, bolt_app=bolt, signing_secret=settings.slack_signing_secret)
+        recovery = SlackRecovery(
+            inbox=store.commands,
+            requests=store.requests,
+            service=router,
+            identity=identity,
+            answerer=Answerer(inbox=store.commands, notifier=notifiers["slack"], clock=clock, logger=recovery_log),
+            clock=clock,
+        )
+        # At start-up (the scheduler's first pass), then every PASS_SECONDS: answer what a crash left.
+        scheduler.jobs.append(every(RECOVERY_PASS_SECONDS, clock, recovery.run_once))
     reactions = Reactions(notifiers=notifiers, messages=store.messages, metrics=metrics, wake_scheduler=scheduler.wake)
     auth_reactions = AuthReactions(notifiers=notifiers, messages=store.messages, org=org, events=events, clock=clock)
     bus.use(
@@ -349,6 +364,7 @@ def build_app(
                 log = _log.warning if cancelled else _log.info
                 log("finished %d background tasks at stop; %d did not finish in time", finished, cancelled)
             await scheduler.stop(grace=inflight.remaining())
+            await auth.close()
             await webhook_health.drain()
             inflight.uninstall()
             await http.aclose()

@@ -11,6 +11,8 @@ change is a compare-and-set in storage, which is what makes the link single-use.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import logging
 import re
@@ -39,6 +41,9 @@ log = logging.getLogger("ackgate.auth")
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{43}")
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 PAGERDUTY, CHAT = "pagerduty", "chat"
+# How long the requester's answer waits for PagerDuty (directory lookup and Events API, retries
+# included) before falling back to chat: with the Slack calls around it, the answer comes within 5 s.
+PAGE_WAIT_SECONDS = 3.0
 
 
 def target_subject(transaction_id: str) -> str:
@@ -135,8 +140,11 @@ class AuthService:
         source: str,
         link_ttl: timedelta,
         directory: PagerDutyDirectory | None = None,
+        page_wait: float = PAGE_WAIT_SECONDS,
     ) -> None:
         self.directory = directory  # to tell whether the target is in PagerDuty at all
+        self.page_wait = page_wait
+        self._late: set[asyncio.Future[Any]] = set()
         self.store = store
         self.org = org
         self.events = events
@@ -215,7 +223,7 @@ class AuthService:
         dedup_key: str | None = None
         problem = ""
         if prefs.pagerduty:
-            dedup_key, problem = await self._page(tx, link=link)
+            dedup_key, problem = await self._page_within_wait(tx, link=link)
             if dedup_key is not None:
                 channels.append(PAGERDUTY)
         chat_error = ""
@@ -229,6 +237,50 @@ class AuthService:
                 log.warning("could not DM authentication request %s to its target", tx.id)
                 chat_error = exc.message
         return _Delivery(tuple(channels), dedup_key, problem, chat_error)
+
+    async def _page_within_wait(self, tx: AuthTransaction, *, link: str) -> tuple[str | None, str]:
+        """:meth:`_page`, waited for at most ``page_wait`` seconds. Past that the requester is not
+        kept waiting: the target is reached by chat now, and the page goes on in the background;
+        if PagerDuty takes it late, :meth:`_paged_late` records the incident on the transaction."""
+        task = asyncio.ensure_future(self._page(tx, link=link))
+        try:
+            return await asyncio.wait_for(asyncio.shield(task), timeout=self.page_wait)
+        except TimeoutError:
+            log.warning("PagerDuty did not answer within %.1f s for %s; falling back to chat", self.page_wait, tx.id)
+            self._late.add(task)
+            task.add_done_callback(lambda done: self._paged_late(tx.id, done))
+            return None, messages.auth_pagerduty_slow(self.page_wait)
+
+    def _paged_late(self, transaction_id: str, done: asyncio.Task[tuple[str | None, str]]) -> None:
+        self._late.discard(done)
+        if done.cancelled():
+            return
+        if done.exception() is not None:
+            log.warning("late page of %s failed", transaction_id, exc_info=done.exception())
+            return
+        dedup_key, _ = done.result()
+        if dedup_key is not None:
+            recording = asyncio.ensure_future(self._record_late_page(transaction_id, dedup_key))
+            self._late.add(recording)
+            recording.add_done_callback(self._late.discard)
+
+    async def _record_late_page(self, transaction_id: str, dedup_key: str) -> None:
+        current = await self.store.transactions.get(transaction_id)
+        if current is None:
+            return
+        channels = (*current.channels, PAGERDUTY) if PAGERDUTY not in current.channels else current.channels
+        await self.store.transactions.update_delivery(
+            transaction_id, channels=channels, dedup_key=dedup_key, note=current.note
+        )
+        log.info("PagerDuty took the page of %s late; its incident is recorded", transaction_id)
+
+    async def close(self) -> None:
+        """Stop pages still going on in the background (at shutdown)."""
+        for task in list(self._late):
+            task.cancel()
+        for task in list(self._late):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
 
     async def _page(self, tx: AuthTransaction, *, link: str) -> tuple[str | None, str]:
         """Trigger the PagerDuty incident: its dedup key, or None and why PagerDuty was not used."""

@@ -222,3 +222,24 @@ class IncidentMirror:
     service_id: str = ""
     transaction_id: str | None = None
     incident_key: str = ""
+
+
+@dataclass(frozen=True)
+class ReceivedCommand:
+    """A chat command or form submission acknowledged to the platform and not yet known answered.
+
+    ``key`` is the platform's per-invocation id (Slack's ``trigger_id``), so a retry or a replay of
+    the same request finds the same row. ``lease_until`` is when a recovery pass may take it over
+    from whoever is handling it; ``attempts`` counts those take-overs.
+    """
+
+    key: str
+    kind: str  # "command" (slash command text), "form" (request form as command text), "key_form"
+    user_id: str
+    received_at: datetime
+    lease_until: datetime
+    channel_id: str = ""
+    text: str = ""  # never a secret: the key form stores nothing of what was pasted
+    response_url: str = ""
+    attempts: int = 0
+    answered_at: datetime | None = None

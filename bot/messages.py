@@ -635,3 +635,36 @@ GUARD_ERROR = (
 
 def guard_status(status: int) -> str:
     return f"Ackgate refused this request (HTTP {status}), so nothing was done."
+
+
+# --- Slack's entry point, hardened (issue 6) ----------------------------------------------------
+
+AUTH_SENDING = "Sending your authentication request…"
+SLACK_UNSIGNED = "Ackgate could not verify that this request came from Slack, so nothing was done."
+SLACK_TOO_LARGE = "That request is larger than anything Slack sends, so Ackgate did not read it."
+KEY_FORM_INTERRUPTED = (
+    "Ackgate restarted while saving the integration key you pasted, so it may not have been stored. "
+    "Check with /access admin status, and run /access admin key again if it is not set."
+)
+
+
+def command_interrupted(text: str) -> str:
+    shown = f"{COMMAND} {text}".strip()
+    return (
+        f"Ackgate restarted while handling {shown}, so it may or may not have been done. "
+        f"Check with {COMMAND} list and your direct messages before trying again."
+    )
+
+
+def request_found_after_restart(resource: str, request_id: str, status: str) -> str:
+    return (
+        f"Ackgate restarted while handling your request for {resource}. It was recorded as {request_id} "
+        f"and is {status.replace('_', ' ')}. Use {COMMAND} list to follow it."
+    )
+
+
+def auth_pagerduty_slow(seconds: float) -> str:
+    return f"PagerDuty did not answer within {seconds:g} s"
+
+
+SLACK_NOT_HANDLED = "Ackgate does not handle that Slack command or interaction, so nothing was done."

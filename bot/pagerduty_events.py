@@ -99,6 +99,7 @@ class EventsClient:
         backoff: float = 2.0,
         max_delay: float = 30.0,
         timeout: float = 10.0,
+        deadline: float = 30.0,
     ) -> None:
         if max_attempts < 1 or per_key_per_minute < 1:
             raise ConfigError("The PagerDuty Events client needs at least one attempt and one event per minute.")
@@ -111,6 +112,7 @@ class EventsClient:
         self._backoff = backoff
         self._max_delay = max_delay
         self._timeout = timeout
+        self._deadline = deadline  # the whole send, retries and their waits included
 
     async def aclose(self) -> None:
         if self._owns_client:
@@ -133,7 +135,15 @@ class EventsClient:
         return await self.send(resolve_body(transaction_id, routing_key=routing_key))
 
     async def send(self, body: Mapping[str, Any]) -> EventResult:
-        """POST one event. Raises :class:`EventsRejected` (no retry) or :class:`EventsUnavailable`."""
+        """POST one event. Raises :class:`EventsRejected` (no retry) or :class:`EventsUnavailable`,
+        the latter also when the whole send (retries included) outlasts ``deadline`` seconds."""
+        try:
+            async with asyncio.timeout(self._deadline):
+                return await self._send(body)
+        except TimeoutError as exc:
+            raise _unavailable(f"it did not answer within {self._deadline:g} s") from exc
+
+    async def _send(self, body: Mapping[str, Any]) -> EventResult:
         key = str(body.get("routing_key", ""))
         masked = mask(key)
         content = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()

@@ -27,6 +27,7 @@ from bot.domain import (
     OnCall,
     PagerDutyUser,
     Principal,
+    ReceivedCommand,
     RequestStatus,
 )
 from bot.views import Card
@@ -224,6 +225,7 @@ class Store(Protocol):
     transactions: TransactionStore
     mirrors: MirrorStore
     seen: SeenStore
+    commands: CommandInbox
 
     async def open(self) -> None:
         """Connect and apply pending migrations (idempotent; safe with several replicas)."""
@@ -316,4 +318,32 @@ class Provisioner(Protocol):
 
     async def revoke(self, grant: Grant) -> None:
         """Raise ``ProvisioningError`` when access could not be taken away; the caller retries later."""
+        ...
+
+
+class CommandInbox(Protocol):
+    """Commands acknowledged to a chat platform, kept until they are answered (one row per
+    invocation, shared by replicas): the dedup of retries and replays, and the work a recovery
+    pass finishes after a crash."""
+
+    async def record(self, command: ReceivedCommand) -> bool:
+        """Atomically insert ``command`` unless its key exists. True only for the first insert
+        of that key, ever (until pruned); a retry, a replay or a rival replica gets False."""
+        ...
+
+    async def answered(self, key: str, *, at: datetime) -> bool:
+        """Mark the command answered. False when it was already answered or is unknown."""
+        ...
+
+    async def claim_unanswered(
+        self, now: datetime, *, lease_until: datetime, received_after: datetime, max_attempts: int, limit: int = 20
+    ) -> list[ReceivedCommand]:
+        """Compare-and-set take-over: every unanswered command whose lease lapsed (``lease_until <= now``),
+        received after ``received_after`` and taken over fewer than ``max_attempts`` times gets
+        ``lease_until`` and one more attempt, and is returned. Two callers never get the same row
+        for the same lease."""
+        ...
+
+    async def prune(self, before: datetime) -> int:
+        """Delete the commands received strictly before ``before``; return how many went."""
         ...

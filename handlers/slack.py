@@ -1,38 +1,48 @@
 """Slack's entry point: a thin translator from slash commands, button clicks and modal
 submissions to the use cases, mounted on Ackgate's own aiohttp app.
 
-Every listener acknowledges first and only then talks to Slack or PagerDuty, so Slack's
-3-second deadline never depends on PagerDuty. (bolt itself calls auth.test once, on the first
-request after start, to learn the bot's ids; it caches the answer for the process's life.) Users see ``UserError``/``UpstreamError``
-messages; anything unexpected becomes the generic sentence and a logged traceback.
+Before bolt sees a request, :func:`mount_slack` checks its signature headers and validates the body
+into the typed models of :mod:`handlers.slack_inbound` (4xx, one log line, no body echoed, for
+anything else). Each slash command and form submission is then recorded once, under Slack's
+``trigger_id``, in the :class:`bot.ports.CommandInbox` (one insert, shared by replicas): a retry or
+a replay of the same signed request is acknowledged and not run again. The row is marked answered
+when the answer was posted; :class:`handlers.slack_recovery.SlackRecovery` answers what a crash left.
+
+Every listener acknowledges first and only then talks to Slack or PagerDuty, so Slack's 3-second
+deadline never depends on either. (bolt itself calls auth.test once, on the first request after
+start, to learn the bot's ids; it caches the answer for the process's life.) Users see
+``UserError``/``UpstreamError`` messages; anything unexpected becomes the generic sentence and a
+logged traceback.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Awaitable
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any, Protocol
-from urllib.parse import parse_qsl
 
 from aiohttp import web
 from pydantic import SecretStr
-from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
+from slack_bolt.adapter.aiohttp import to_aiohttp_response
 from slack_bolt.async_app import AsyncApp, AsyncBoltContext
 from slack_bolt.context.ack.async_ack import AsyncAck
-from slack_bolt.context.respond.async_respond import AsyncRespond
 from slack_bolt.logger.messages import warning_client_prioritized_and_token_skipped
 from slack_bolt.request.async_internals import build_async_context
 from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot import messages
-from bot.commands import Command, OpenForm, RequestAccess, Revoke, parse_command
-from bot.domain import Principal
+from bot.clock import Clock, SystemClock
+from bot.commands import Command, OpenForm, RequestAccess, RequestAuth, Revoke, parse_command
+from bot.domain import Principal, ReceivedCommand
 from bot.errors import ChatError, StorageError, UpstreamError, UsageError, UserError
-from bot.ports import ChatNotifier
+from bot.ports import ChatNotifier, CommandInbox
+from bot.secrets import validate_integration_key
 from bot.views import Card, RequestForm
+from handlers.slack_answers import COMMAND_LEASE, Answerer, command_key, form_text, submission_key
 from handlers.slack_blocks import (
     ACTION_PREFIX,
     FORM_CALLBACK_ID,
@@ -46,15 +56,26 @@ from handlers.slack_blocks import (
     render_key_form,
     render_notice,
 )
-from handlers.slack_notifier import PLATFORM, SlackIdentity, SlackNotifier, call_slack
+from handlers.slack_inbound import (
+    BlockActions,
+    Inbound,
+    Refused,
+    SlashCommand,
+    bolt_body,
+    check_signature,
+    parse_inbound,
+)
+from handlers.slack_notifier import SlackIdentity, SlackNotifier, call_slack
 
 _log = logging.getLogger(__name__)
 
 Body = dict[str, Any]
 
+MAX_BODY_BYTES = 512 * 1024  # Slack's largest interaction payloads are well under this
+
 
 class AccessUseCases(Protocol):
-    """The core's use cases as the Slack listeners need them (implemented by ``bot.access``)."""
+    """The core's use cases as the Slack listeners need them (implemented by ``bot.router``)."""
 
     async def execute(self, actor: Principal, command: Command) -> Card:
         """Carry out any command except ``OpenForm``. Raises ``UserError``/``UpstreamError``."""
@@ -88,61 +109,108 @@ class _Listeners:
         *,
         service: AccessUseCases,
         identity: SlackIdentity,
-        notifier: ChatNotifier,
+        answerer: Answerer,
+        clock: Clock,
         logger: logging.Logger,
     ) -> None:
         self._service = service
         self._identity = identity
-        self._notifier = notifier
+        self._answerer = answerer
+        self._clock = clock
         self._log = logger
+
+    def _received(
+        self, key: str, kind: str, *, user_id: str, channel_id: str = "", text: str = "", response_url: str = ""
+    ) -> ReceivedCommand:
+        now = self._clock.now()
+        return ReceivedCommand(
+            key=key,
+            kind=kind,
+            user_id=user_id,
+            channel_id=channel_id,
+            text=text,
+            response_url=response_url,
+            received_at=now,
+            lease_until=now + COMMAND_LEASE,
+        )
 
     # --- /access --------------------------------------------------------------------------
 
-    async def command(self, ack: AsyncAck, command: Body, respond: AsyncRespond, client: AsyncWebClient) -> None:
+    async def command(self, ack: AsyncAck, command: Body, client: AsyncWebClient) -> None:
+        text = str(command.get("text") or "")
         try:
-            parsed = parse_command(normalise_mentions(str(command.get("text") or "")))
+            parsed = parse_command(normalise_mentions(text))
         except UsageError as exc:  # parsing is pure, so the usage line can be the ack itself
             await ack(**render_notice(exc.message), response_type="ephemeral")
             return
         user_id = str(command.get("user_id") or "")
+        trigger_id = str(command.get("trigger_id") or "")
+        received = self._received(
+            command_key(trigger_id),
+            "command",
+            user_id=user_id,
+            channel_id=str(command.get("channel_id") or ""),
+            text=text,
+            response_url=str(command.get("response_url") or ""),
+        )
+        new = await self._answerer.record(received)
+        if new is None:
+            await ack(**render_notice(messages.STORAGE_DOWN), response_type="ephemeral")
+            return
+        if not new:
+            self._log.info("Slack sent command %s again (a retry or a replay); it runs once", received.key)
+            await ack()
+            return
         if isinstance(parsed, OpenForm):
             await ack()
-            await self._open_form(client, trigger_id=str(command.get("trigger_id") or ""), user_id=user_id)
+            await self._open_form(client, trigger_id=trigger_id, user_id=user_id)
+            await self._answerer.done(received.key)  # the form is the answer (or the DM saying it failed)
             return
         if isinstance(parsed, RequestAccess):
             await ack(text=messages.WORKING, response_type="ephemeral")
+        elif isinstance(parsed, RequestAuth):
+            await ack(text=messages.AUTH_SENDING, response_type="ephemeral")
         else:
             await ack()
         card = await self._outcome(self._execute(user_id, parsed))
         if any(action.kind == OPEN_KEY_FORM for action in card.actions):
-            await self._open_key_form(client, trigger_id=str(command.get("trigger_id") or ""), user_id=user_id)
+            await self._open_key_form(client, trigger_id=trigger_id, user_id=user_id)
+            await self._answerer.done(received.key)
             return
-        await self._respond(respond, card, replace_original=isinstance(parsed, RequestAccess))
+        await self._answerer.answer(received, card, replace_original=isinstance(parsed, RequestAccess | RequestAuth))
 
     async def _open_key_form(self, client: AsyncWebClient, *, trigger_id: str, user_id: str) -> None:
         try:
             await call_slack("views.open", client.views_open(trigger_id=trigger_id, view=render_key_form()))
         except ChatError:
             self._log.warning("Slack did not open the key form for %s", user_id, exc_info=True)
-            await self._dm(user_id, _notice(messages.SLACK_FORM_NOT_OPENED))
+            await self._answerer.dm(user_id, _notice(messages.SLACK_FORM_NOT_OPENED))
 
     async def key_submission(self, ack: AsyncAck, body: Body, view: Body) -> None:
-        # Validating before the ack lets a malformed key be shown beside the field; it is a
-        # storage write, not a PagerDuty call, so it stays well inside Slack's 3 seconds.
+        # Only the key's shape is checked before the ack (pure, no I/O), so a malformed key is still
+        # shown beside the field; who is asking and whether they are an admin are Slack calls, after.
         user_id = str((body.get("user") or {}).get("id") or "")
         text = read_key_form((view.get("state") or {}).get("values") or {})
         try:
-            actor = await self._identity.principal(user_id)
-            card = await self._service.set_key(actor, text)
+            validate_integration_key(text)
         except UsageError as exc:
             await ack(response_action="errors", errors={KEY_BLOCK_ID: whole_sentences(exc.message)})
             return
-        except Exception as exc:
-            await ack()
-            await self._dm(user_id, await self._outcome(_raise(exc)))
-            return
+        # The row keeps nothing of the key: it is a secret, and the recovery pass only says to retry.
+        received = self._received(submission_key(view, str(body.get("trigger_id") or "")), "key_form", user_id=user_id)
+        new = await self._answerer.record(received)
         await ack()
-        await self._dm(user_id, card)
+        if new is False:
+            return
+        card = await self._outcome(self._set_key(user_id, text))
+        if new is None:
+            await self._answerer.dm(user_id, card)
+        else:
+            await self._answerer.answer(received, card)
+
+    async def _set_key(self, user_id: str, text: str) -> Card:
+        actor = await self._identity.principal(user_id)
+        return await self._service.set_key(actor, text)
 
     async def _execute(self, user_id: str, command: Command) -> Card:
         actor = await self._identity.principal(user_id)
@@ -155,7 +223,7 @@ class _Listeners:
             opened = await call_slack("views.open", client.views_open(trigger_id=trigger_id, view=render_form(plain)))
         except ChatError:
             self._log.warning("Slack did not open the request form for %s", user_id, exc_info=True)
-            await self._dm(user_id, _notice(messages.SLACK_FORM_NOT_OPENED))
+            await self._answerer.dm(user_id, _notice(messages.SLACK_FORM_NOT_OPENED))
             return
         try:
             actor = await self._identity.principal(user_id)
@@ -177,7 +245,8 @@ class _Listeners:
 
     # --- buttons ----------------------------------------------------------------------------
 
-    async def button(self, ack: AsyncAck, body: Body, action: Body, respond: AsyncRespond) -> None:
+    async def button(self, ack: AsyncAck, body: Body, action: Body) -> None:
+        # No inbox row: a decision is a compare-and-set in the core, so a repeated click counts once.
         await ack()
         kind = str(action.get("action_id") or "").removeprefix(ACTION_PREFIX)
         target = str(action.get("value") or "")
@@ -191,7 +260,10 @@ class _Listeners:
         else:
             card = _notice(messages.SLACK_BUTTON_UNKNOWN)
         # Ephemeral, beside the shared message: the core updates that one for everyone.
-        await self._respond(respond, card, replace_original=False)
+        url = str(body.get("response_url") or "")
+        message = {**render_card(card), "response_type": "ephemeral", "replace_original": False}
+        if not url or not await self._answerer.post(url, message):
+            await self._answerer.dm(user_id, card)
 
     async def _decide(self, user_id: str, request_id: str, *, approve: bool) -> Card:
         actor = await self._identity.principal(user_id)
@@ -204,45 +276,43 @@ class _Listeners:
         if isinstance(parsed, dict):
             await ack(response_action="errors", errors=parsed)
             return
-        await ack()
         user_id = str((body.get("user") or {}).get("id") or "")
-        await self._dm(user_id, await self._outcome(self._execute(user_id, parsed)))
-
-    async def _dm(self, user_id: str, card: Card) -> None:
-        # Only the user id matters to a DM; the email may be exactly what could not be found.
-        recipient = Principal(platform=PLATFORM, user_id=user_id, email="")
-        try:
-            await self._notifier.send_to_user(recipient, card)
-        except Exception:
-            self._log.exception("Could not send a direct message to %s", user_id)
+        received = self._received(
+            submission_key(view, str(body.get("trigger_id") or "")), "form", user_id=user_id, text=form_text(parsed)
+        )
+        new = await self._answerer.record(received)
+        await ack()
+        if new is False:
+            self._log.info("Slack sent form submission %s again; it runs once", received.key)
+            return
+        card = await self._outcome(self._execute(user_id, parsed))
+        if new is None:
+            await self._answerer.dm(user_id, card)
+        else:
+            await self._answerer.answer(received, card)
 
     # --- shared -----------------------------------------------------------------------------
 
     async def _outcome(self, work: Awaitable[Card]) -> Card:
-        """Run a use case: its card, or the card with the sentence the user should see instead."""
-        try:
-            return await work
-        except (UserError, UpstreamError) as exc:
-            return _notice(exc.message)
-        except StorageError:
-            self._log.exception("Storage failed while handling a Slack request")
-            return _notice(messages.STORAGE_DOWN)
-        except Exception:
-            self._log.exception("Unexpected failure while handling a Slack request")
-            return _notice(messages.GENERIC_FAILURE)
-
-    async def _respond(self, respond: AsyncRespond, card: Card, *, replace_original: bool) -> None:
-        try:
-            sent = await respond(**render_card(card), response_type="ephemeral", replace_original=replace_original)
-        except Exception:
-            self._log.exception("Could not answer on Slack's response_url")
-            return
-        if sent.status_code != 200:
-            self._log.warning("Slack's response_url answered %s: %s", sent.status_code, sent.body)
+        return await outcome(work, self._log)
 
     async def unexpected(self, error: Exception, body: Body) -> None:
         """bolt's last resort, for a failure outside the guarded use-case calls."""
         self._log.error("Unhandled error in a Slack listener (%s)", body.get("type"), exc_info=error)
+
+
+async def outcome(work: Awaitable[Card], log: logging.Logger) -> Card:
+    """Run a use case: its card, or the card with the sentence the user should see instead."""
+    try:
+        return await work
+    except (UserError, UpstreamError) as exc:
+        return _notice(exc.message)
+    except StorageError:
+        log.exception("Storage failed while handling a Slack request")
+        return _notice(messages.STORAGE_DOWN)
+    except Exception:
+        log.exception("Unexpected failure while handling a Slack request")
+        return _notice(messages.GENERIC_FAILURE)
 
 
 def build_bolt_app(
@@ -251,14 +321,17 @@ def build_bolt_app(
     client: AsyncWebClient,
     service: AccessUseCases,
     identity: SlackIdentity,
+    inbox: CommandInbox,
+    clock: Clock | None = None,
     notifier: ChatNotifier | None = None,
     logger: logging.Logger | None = None,
 ) -> AsyncApp:
     """A bolt app verifying Slack's signatures (401 otherwise) with Ackgate's listeners:
     the ``/access`` command, ``ackgate.*`` buttons and the ``ackgate.request`` form.
 
-    ``notifier`` sends the outcome of a submitted form as a DM (default: a SlackNotifier on
-    ``client``); ``logger`` receives unexpected failures with their tracebacks."""
+    ``inbox`` records each command once (see the module docstring); ``notifier`` sends answers
+    that go by DM (default: a SlackNotifier on ``client``); ``logger`` receives unexpected
+    failures with their tracebacks."""
     _quiet_token_warning()
     app = AsyncApp(
         signing_secret=signing_secret.get_secret_value(),
@@ -267,16 +340,17 @@ def build_bolt_app(
         # Listeners run after the HTTP response is sent; ack() is what Slack waits for.
         process_before_response=False,
     )
-    listeners = _Listeners(
-        service=service, identity=identity, notifier=notifier or SlackNotifier(client), logger=logger or _log
-    )
+    log = logger or _log
+    clock = clock or SystemClock()
+    answerer = Answerer(inbox=inbox, notifier=notifier or SlackNotifier(client), clock=clock, logger=log)
+    listeners = _Listeners(service=service, identity=identity, answerer=answerer, clock=clock, logger=log)
 
     # bolt injects arguments by parameter name, so it is given plain functions, not bound methods.
-    async def on_command(ack: AsyncAck, command: Body, respond: AsyncRespond, client: AsyncWebClient) -> None:
-        await listeners.command(ack, command, respond, client)
+    async def on_command(ack: AsyncAck, command: Body, client: AsyncWebClient) -> None:
+        await listeners.command(ack, command, client)
 
-    async def on_button(ack: AsyncAck, body: Body, action: Body, respond: AsyncRespond) -> None:
-        await listeners.button(ack, body, action, respond)
+    async def on_button(ack: AsyncAck, body: Body, action: Body) -> None:
+        await listeners.button(ack, body, action)
 
     async def on_submission(ack: AsyncAck, body: Body, view: Body) -> None:
         await listeners.submission(ack, body, view)
@@ -295,28 +369,77 @@ def build_bolt_app(
     return app
 
 
-def mount_slack(web_app: web.Application, *, bolt_app: AsyncApp, path: str = "/slack/events") -> None:
-    """Serve Slack's commands and interactivity at ``path`` on our aiohttp app."""
+# Only these headers reach bolt: it needs the signature pair (it checks again) and the type.
+_BOLT_HEADERS = ("Content-Type", "X-Slack-Request-Timestamp", "X-Slack-Signature", "X-Slack-Retry-Num")
+
+
+def mount_slack(
+    web_app: web.Application,
+    *,
+    bolt_app: AsyncApp,
+    signing_secret: SecretStr,
+    path: str = "/slack/events",
+    now: Callable[[], float] = time.time,
+) -> None:
+    """Serve Slack's commands and interactivity at ``path`` on our aiohttp app.
+
+    Refusals, each with one sentence and one log line without the body: 401 for a missing, malformed
+    or wrong signature or a timestamp more than five minutes off (``now``, wall-clock seconds, since
+    Slack signs with its own clock); 413 for a body larger than :data:`MAX_BODY_BYTES`; 400 for a
+    signed body that is not one of the payloads in :mod:`handlers.slack_inbound`."""
+    secret = signing_secret.get_secret_value()
 
     async def slack_events(request: web.Request) -> web.Response:
+        if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+            _log.info("Refused a Slack request of %d bytes", request.content_length)
+            return web.Response(status=413, text=messages.SLACK_TOO_LARGE)
         try:
-            bolt_request = await _bolt_request(request)
-        except (ValueError, AttributeError, TypeError):
-            # Unparseable JSON in payload=, or JSON that is not an object: nothing to dispatch.
-            _log.warning("Rejected a Slack request whose body could not be parsed")
-            return web.Response(status=400, text=messages.SLACK_BAD_REQUEST)
-        if not _well_formed(bolt_request.body):
-            _log.warning("Rejected a Slack %s payload missing the fields bolt needs", bolt_request.body.get("type"))
-            return web.Response(status=400, text=messages.SLACK_BAD_REQUEST)
+            raw = await request.read()  # bounded by the app's client_max_size even without a length
+        except web.HTTPRequestEntityTooLarge:
+            raw = b"x" * (MAX_BODY_BYTES + 1)
+        if len(raw) > MAX_BODY_BYTES:
+            _log.info("Refused a Slack request larger than %d bytes", MAX_BODY_BYTES)
+            return web.Response(status=413, text=messages.SLACK_TOO_LARGE)
+        unsigned = check_signature(request.headers, raw, secret=secret, now=now())
+        if unsigned is not None:
+            _log.info("Refused an unsigned Slack request: %s", unsigned)
+            return web.Response(status=401, text=messages.SLACK_UNSIGNED)
+        if raw.startswith(b"ssl_check=1"):  # Slack checking the certificate when a command URL is saved
+            return web.Response(status=200)
+        try:
+            inbound = parse_inbound(raw)
+        except Refused as refused:
+            _log.info("Refused a signed Slack request: %s", refused.reason)
+            return web.Response(status=refused.status, text=messages.SLACK_BAD_REQUEST)
+        if not handled(inbound):
+            # bolt would answer 404 too, but only after logging the whole payload at WARNING.
+            _log.info("Refused a Slack %s that no Ackgate listener handles", getattr(inbound, "type", "command"))
+            return web.Response(status=404, text=messages.SLACK_NOT_HANDLED)
+        body = bolt_body(inbound)
+        bolt_request = AsyncBoltRequest(
+            body="", headers={name: request.headers[name] for name in _BOLT_HEADERS if name in request.headers}
+        )
+        bolt_request.raw_body = raw.decode("utf-8")  # what the signature covers, for bolt's own check
+        bolt_request.body = body
+        bolt_request.context = build_async_context(AsyncBoltContext(), body)
         try:
             bolt_response = await bolt_app.async_dispatch(bolt_request)
         except Exception:
-            # bolt's own matching failed; Slack (and whoever sent this) gets no traceback.
-            _log.exception("bolt could not dispatch a Slack request")
+            # A defect of ours (the payload was validated): Slack, or whoever sent it, gets no traceback.
+            _log.exception("bolt could not dispatch a Slack %s request", body.get("type", "command"))
             return web.Response(status=500, text=messages.GENERIC_FAILURE)
         return await to_aiohttp_response(bolt_response)
 
     web_app.router.add_post(path, slack_events)
+
+
+def handled(inbound: Inbound) -> bool:
+    """Whether one of the listeners of :func:`build_bolt_app` takes this request."""
+    if isinstance(inbound, SlashCommand):
+        return inbound.command == messages.COMMAND
+    if isinstance(inbound, BlockActions):
+        return inbound.actions[0].action_id.startswith(ACTION_PREFIX)
+    return inbound.view.callback_id in (FORM_CALLBACK_ID, KEY_FORM_CALLBACK_ID)
 
 
 _USER_MENTION = re.compile(r"<@([UW][A-Z0-9]+)(?:\|[^>]*)?>")
@@ -344,44 +467,6 @@ def whole_sentences(text: str, limit: int = 150) -> str:
             break
         kept = longer
     return kept or text[: limit - 1].rsplit(" ", 1)[0] + "…"
-
-
-async def _raise(exc: Exception) -> Card:
-    raise exc
-
-
-def _well_formed(body: Body) -> bool:
-    """Whether an interaction payload has the parts bolt indexes without checking: it builds
-    every listener argument (``actions[0]``, ``view.callback_id``) for every request, so one
-    empty list would otherwise crash the dispatch."""
-    kind = body.get("type")
-    if kind == "block_actions":
-        actions = body.get("actions")
-        return (
-            isinstance(actions, list)
-            and bool(actions)
-            and all(isinstance(a, dict) and isinstance(a.get("action_id"), str) for a in actions)
-        )
-    if kind in ("view_submission", "view_closed"):
-        view = body.get("view")
-        return isinstance(view, dict) and isinstance(view.get("callback_id"), str)
-    return True
-
-
-async def _bolt_request(request: web.Request) -> AsyncBoltRequest:
-    bolt_request = await to_bolt_request(request)
-    raw = bolt_request.raw_body
-    if raw.startswith("{"):
-        return bolt_request
-    # bolt takes any form body containing the substring "payload" for an interactivity
-    # payload, so "/access prod-db 1h payload errors" would arrive empty. A slash command has
-    # no payload field: read it as the plain form it is. (The raw body, which the signature
-    # covers, is left untouched.)
-    form = dict(parse_qsl(raw, keep_blank_values=True))
-    if "payload" not in form and form != bolt_request.body:
-        bolt_request.body = form
-        bolt_request.context = build_async_context(AsyncBoltContext(), form)
-    return bolt_request
 
 
 class _DropTokenSkipped(logging.Filter):

@@ -8,6 +8,7 @@ listeners in :mod:`handlers.slack` share).
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from types import MappingProxyType
@@ -17,12 +18,16 @@ import aiohttp
 from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.web.async_slack_response import AsyncSlackResponse
+from slack_sdk.webhook.async_client import AsyncWebhookClient
 
 from bot import messages
 from bot.domain import MessageRef, Principal
 from bot.errors import ChatError, IdentityError
 from bot.views import Card
 from handlers.slack_blocks import render_card
+from handlers.slack_retry import ATTEMPT_TIMEOUT_SECONDS, retry_handlers
+
+_log = logging.getLogger(__name__)
 
 PLATFORM = "slack"
 
@@ -57,6 +62,29 @@ async def call_slack(method: str, call: Awaitable[AsyncSlackResponse]) -> AsyncS
         raise ChatError(messages.slack_refused(method, _error_code(exc))) from exc
     except (SlackClientError, aiohttp.ClientError, TimeoutError) as exc:
         raise ChatError(messages.slack_unreachable(method)) from exc
+
+
+def web_client(*, token: str, base_url: str) -> AsyncWebClient:
+    """The Web API client Ackgate uses: bounded retries on 429, 5xx and refused connections
+    (:mod:`handlers.slack_retry`)."""
+    return AsyncWebClient(
+        token=token, base_url=base_url, timeout=ATTEMPT_TIMEOUT_SECONDS, retry_handlers=retry_handlers()
+    )
+
+
+async def post_response(url: str, message: Mapping[str, Any]) -> bool:
+    """Post ``message`` to a ``response_url`` with the same bounded retries; True when Slack took it.
+    The URL is a capability for 30 minutes, so it never reaches a log line."""
+    client = AsyncWebhookClient(url=url, timeout=ATTEMPT_TIMEOUT_SECONDS, retry_handlers=retry_handlers())
+    try:
+        sent = await client.send_dict(dict(message))
+    except (SlackClientError, aiohttp.ClientError, TimeoutError):
+        _log.warning("Could not post an answer to Slack's response_url (connection failed)")
+        return False
+    if sent.status_code != 200:
+        _log.warning("Slack's response_url answered HTTP %s", sent.status_code)
+        return False
+    return True
 
 
 def _error_code(exc: SlackApiError) -> str:

@@ -15,6 +15,7 @@ from typing import Generic, Protocol, TypeVar
 
 from bot.ports import (
     AuditLog,
+    CommandInbox,
     GrantStore,
     MessageStore,
     MirrorStore,
@@ -62,6 +63,7 @@ class Roles(Generic[DbT]):
     transactions: Callable[[DbT], TransactionStore]
     mirrors: Callable[[DbT], MirrorStore]
     seen: Callable[[DbT], PrunableSeen]
+    commands: Callable[[DbT], CommandInbox]
 
 
 class RoleStore(abc.ABC, Generic[DbT]):
@@ -78,6 +80,7 @@ class RoleStore(abc.ABC, Generic[DbT]):
         self.mirrors = roles.mirrors(db)
         self._seen = roles.seen(db)
         self.seen: SeenStore = self._seen
+        self.commands = roles.commands(db)
 
     async def open(self, *, migrate_up_to: int | None = None) -> None:
         """Connect and apply pending migrations: all of them, or only up to ``migrate_up_to``

@@ -26,6 +26,7 @@ from bot.domain import (
     GrantStatus,
     IncidentMirror,
     MessageRef,
+    ReceivedCommand,
     RequestStatus,
 )
 from bot.errors import ConfigError, StorageError
@@ -429,6 +430,71 @@ class _Seen(Role[_Pool]):
             return int(await conn.fetchval(sql, utc(before)))
 
 
+def _command(row: Row) -> ReceivedCommand:
+    return ReceivedCommand(
+        key=row["key"],
+        kind=row["kind"],
+        user_id=row["user_id"],
+        channel_id=row["channel_id"],
+        text=row["text"],
+        response_url=row["response_url"],
+        received_at=_load_time(row["received_at"]),
+        lease_until=_load_time(row["lease_until"]),
+        attempts=int(row["attempts"]),
+        answered_at=None if row["answered_at"] is None else _load_time(row["answered_at"]),
+    )
+
+
+class _Commands(Role[_Pool]):
+    """Acknowledged chat commands, as rows of ``slack_commands``."""
+
+    async def record(self, command: ReceivedCommand) -> bool:
+        # ON CONFLICT DO NOTHING: a concurrent insert of the same key waits for the first to commit,
+        # then inserts nothing, so exactly one of two replicas gets the row back.
+        sql = (
+            "INSERT INTO slack_commands (key, kind, user_id, channel_id, text, response_url, received_at, lease_until)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (key) DO NOTHING RETURNING key"
+        )
+        async with self._db.connection("record a chat command") as conn:
+            row = await conn.fetchrow(
+                sql,
+                command.key,
+                command.kind,
+                command.user_id,
+                command.channel_id,
+                command.text,
+                command.response_url,
+                utc(command.received_at),
+                utc(command.lease_until),
+            )
+        return row is not None
+
+    async def answered(self, key: str, *, at: datetime) -> bool:
+        sql = "UPDATE slack_commands SET answered_at = $1 WHERE key = $2 AND answered_at IS NULL RETURNING key"
+        async with self._db.connection("mark a chat command answered") as conn:
+            return await conn.fetchrow(sql, utc(at), key) is not None
+
+    async def claim_unanswered(
+        self, now: datetime, *, lease_until: datetime, received_after: datetime, max_attempts: int, limit: int = 20
+    ) -> list[ReceivedCommand]:
+        # SKIP LOCKED: a rival replica's pass skips the rows this one is taking; the outer WHERE
+        # re-checks the lease after any wait, so a row is never taken twice for one lease.
+        sql = (
+            "UPDATE slack_commands SET lease_until = $1, attempts = attempts + 1 WHERE key IN ("
+            " SELECT key FROM slack_commands WHERE answered_at IS NULL AND lease_until <= $2"
+            " AND received_at > $3 AND attempts < $4 ORDER BY lease_until, key LIMIT $5 FOR UPDATE SKIP LOCKED)"
+            " AND answered_at IS NULL AND lease_until <= $2 RETURNING *"
+        )
+        async with self._db.connection("take over unanswered chat commands") as conn:
+            rows = await conn.fetch(sql, utc(lease_until), utc(now), utc(received_after), max_attempts, limit)
+        return sorted((_command(r) for r in rows), key=lambda c: (c.received_at, c.key))
+
+    async def prune(self, before: datetime) -> int:
+        sql = "WITH gone AS (DELETE FROM slack_commands WHERE received_at < $1 RETURNING 1) SELECT count(*) FROM gone"
+        async with self._db.connection("forget old chat commands") as conn:
+            return int(await conn.fetchval(sql, utc(before)))
+
+
 _ROLES = Roles(
     requests=_Requests,
     grants=_Grants,
@@ -438,6 +504,7 @@ _ROLES = Roles(
     transactions=_Transactions,
     mirrors=_Mirrors,
     seen=_Seen,
+    commands=_Commands,
 )
 
 

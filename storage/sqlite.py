@@ -25,6 +25,7 @@ from bot.domain import (
     GrantStatus,
     IncidentMirror,
     MessageRef,
+    ReceivedCommand,
     RequestStatus,
 )
 from bot.errors import StorageError
@@ -483,6 +484,68 @@ class _Seen(Role[_Db]):
             return len(await _rows(conn, "DELETE FROM webhook_seen WHERE at < ? RETURNING key", [iso(before)]))
 
 
+def _command(row: sqlite3.Row) -> ReceivedCommand:
+    return ReceivedCommand(
+        key=row["key"],
+        kind=row["kind"],
+        user_id=row["user_id"],
+        channel_id=row["channel_id"],
+        text=row["text"],
+        response_url=row["response_url"],
+        received_at=from_iso(row["received_at"]),
+        lease_until=from_iso(row["lease_until"]),
+        attempts=int(row["attempts"]),
+        answered_at=None if row["answered_at"] is None else from_iso(row["answered_at"]),
+    )
+
+
+class _Commands(Role[_Db]):
+    """Acknowledged chat commands, as rows of ``slack_commands``."""
+
+    async def record(self, command: ReceivedCommand) -> bool:
+        sql = (
+            "INSERT INTO slack_commands (key, kind, user_id, channel_id, text, response_url, received_at, lease_until)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO NOTHING RETURNING key"
+        )
+        values = (
+            command.key,
+            command.kind,
+            command.user_id,
+            command.channel_id,
+            command.text,
+            command.response_url,
+            iso(command.received_at),
+            iso(command.lease_until),
+        )
+        async with self._db.writing("record a chat command") as conn:
+            return await _row(conn, sql, values) is not None
+
+    async def answered(self, key: str, *, at: datetime) -> bool:
+        sql = "UPDATE slack_commands SET answered_at = ? WHERE key = ? AND answered_at IS NULL RETURNING key"
+        async with self._db.writing("mark a chat command answered") as conn:
+            return await _row(conn, sql, (iso(at), key)) is not None
+
+    async def claim_unanswered(
+        self, now: datetime, *, lease_until: datetime, received_after: datetime, max_attempts: int, limit: int = 20
+    ) -> list[ReceivedCommand]:
+        # BEGIN IMMEDIATE serialises writers, so the WHERE is re-read by whoever comes second.
+        sql = (
+            "UPDATE slack_commands SET lease_until = ?, attempts = attempts + 1 WHERE key IN ("
+            " SELECT key FROM slack_commands WHERE answered_at IS NULL AND lease_until <= ?"
+            " AND received_at > ? AND attempts < ? ORDER BY lease_until, key LIMIT ?) RETURNING *"
+        )
+        params = (iso(lease_until), iso(now), iso(received_after), max_attempts, limit)
+        async with self._db.writing("take over unanswered chat commands") as conn:
+            rows = await _rows(conn, sql, params)
+        return sorted((_command(r) for r in rows), key=lambda c: (c.received_at, c.key))
+
+    async def prune(self, before: datetime) -> int:
+        async with self._db.writing("forget old chat commands") as conn:
+            return len(
+                await _rows(conn, "DELETE FROM slack_commands WHERE received_at < ? RETURNING key", [iso(before)])
+            )
+
+
 _ROLES = Roles(
     requests=_Requests,
     grants=_Grants,
@@ -492,6 +555,7 @@ _ROLES = Roles(
     transactions=_Transactions,
     mirrors=_Mirrors,
     seen=_Seen,
+    commands=_Commands,
 )
 
 

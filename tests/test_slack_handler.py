@@ -24,6 +24,7 @@ from bot import messages
 from bot.commands import Command, ListMine, RequestAccess, Revoke
 from bot.domain import Principal
 from bot.errors import NotAuthorized, PagerDutyUnavailable, StorageError
+from bot.ports import Store
 from bot.simulators.slack import SlackSimulator
 from bot.simulators.slack_requests import (
     block_actions_body,
@@ -36,7 +37,10 @@ from bot.simulators.slack_requests import (
 from bot.views import Action, Card, Choice, Fact, RequestForm
 from handlers.slack import AccessUseCases, build_bolt_app, mount_slack
 from handlers.slack_notifier import WEB_API_SCOPES, SlackIdentity, SlackNotifier
+from tests.fakes import storage_fixtures
 from tests.fakes.block_kit import assert_within_limits
+
+memory_store = storage_fixtures.memory_store
 
 SECRET = "test-signing-secret-for-ackgate"
 ALICE, BOB, NOEMAIL = "U0ALICE", "U0BOB", "U0NOEMAIL"
@@ -129,7 +133,7 @@ class Rig:
         """Type ``/access <text>``; returns the HTTP status, the ack body and the response_url token."""
         token = f"cmd{next(self.counter)}"
         body = slash_command_body(
-            text=text, user_id=user, response_url=self.slack.response_url(token), trigger_id=trigger_id or "t"
+            text=text, user_id=user, response_url=self.slack.response_url(token), trigger_id=trigger_id or None
         )
         status, answer = await self.post(body)
         return status, answer, token
@@ -149,7 +153,7 @@ class Rig:
 
 
 @pytest.fixture
-async def rig() -> AsyncIterator[Rig]:
+async def rig(memory_store: Store) -> AsyncIterator[Rig]:
     async with SlackSimulator() as slack:
         slack.add_user(ALICE, "Alice@Example.com", "Alice Liddell")
         slack.add_user(BOB, "bob@example.com", "Bob")
@@ -161,10 +165,11 @@ async def rig() -> AsyncIterator[Rig]:
             client=client,
             service=_typed(service),
             identity=SlackIdentity(client),
+            inbox=memory_store.commands,
             notifier=SlackNotifier(client),
         )
         web_app = web.Application()
-        mount_slack(web_app, bolt_app=bolt_app)
+        mount_slack(web_app, bolt_app=bolt_app, signing_secret=SecretStr(SECRET))
         async with TestServer(web_app, host="127.0.0.1") as server, aiohttp.ClientSession() as session:
             rig = Rig(slack, service, str(server.make_url("/slack/events")), session)
             yield rig

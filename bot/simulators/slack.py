@@ -104,6 +104,7 @@ class SlackSimulator(LoopbackServer):
         self.responses: dict[str, list[Json]] = {}
         self._triggers: dict[str, str] = {}  # trigger id -> "fresh" | "used" | "expired"
         self._faults: dict[str, list[SlackError]] = {}
+        self._response_faults: list[int] = []  # statuses the next response_url posts answer
         self._holds: dict[str, asyncio.Event] = {}
         self._changed = asyncio.Condition()
         self._seq = 0
@@ -175,6 +176,10 @@ class SlackSimulator(LoopbackServer):
         """The next call to ``method`` is refused with ``error`` (status 429 for ``ratelimited``)."""
         self._faults.setdefault(method, []).append(SlackError(error, status=status))
 
+    def fail_next_responses(self, status: int, *, times: int = 1) -> None:
+        """The next ``times`` response_url posts are answered ``status`` (and not recorded)."""
+        self._response_faults.extend([status] * times)
+
     def hold(self, method: str) -> asyncio.Event:
         """Calls to ``method`` wait until the returned event is set."""
         return self._holds.setdefault(method, asyncio.Event())
@@ -227,6 +232,8 @@ class SlackSimulator(LoopbackServer):
         return response
 
     async def _response_url(self, request: web.Request) -> web.Response:
+        if self._response_faults:
+            return web.Response(status=self._response_faults.pop(0), text="internal_error")
         try:
             posted = await request.json()
         except ValueError:

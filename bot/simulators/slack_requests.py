@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import secrets
 import time
 from typing import Any
 from urllib.parse import urlencode
@@ -36,12 +37,17 @@ def signed_headers(body: str, *, secret: str, timestamp: int | None = None) -> d
     }
 
 
+def new_trigger_id() -> str:
+    """A trigger id of Slack's shape; Slack issues a new one for every command and interaction."""
+    return f"{secrets.randbelow(10**11)}.{secrets.randbelow(10**9)}.{secrets.token_hex(16)}"
+
+
 def slash_command_body(
     *,
     text: str,
     user_id: str,
     response_url: str,
-    trigger_id: str = "13345224609.738474920.8088930838d88f008e0",
+    trigger_id: str | None = None,
     command: str = "/access",
     channel_id: str = CHANNEL_ID,
 ) -> str:
@@ -57,7 +63,7 @@ def slash_command_body(
             "command": command,
             "text": text,
             "response_url": response_url,
-            "trigger_id": trigger_id,
+            "trigger_id": trigger_id or new_trigger_id(),
             "api_app_id": "A0ACKGATE",
             "is_enterprise_install": "false",
         }
@@ -92,7 +98,7 @@ def block_actions_payload(
         "api_app_id": "A0ACKGATE",
         "token": "deprecated-verification-token",
         "container": {"type": "message", "message_ts": message_ts, "channel_id": channel_id, "is_ephemeral": False},
-        "trigger_id": "13345224609.738474920.8088930838d88f008e0",
+        "trigger_id": new_trigger_id(),
         "team": {"id": TEAM_ID, "domain": "ackgate"},
         "enterprise": None,
         "is_enterprise_install": False,
@@ -121,7 +127,12 @@ def form_state(*, resource: str | None, duration: str, reason: str = "") -> dict
 
 
 def view_submission_body(
-    *, user_id: str, values: dict[str, Any], callback_id: str = "ackgate.request", view_id: str = "V0000001"
+    *,
+    user_id: str,
+    values: dict[str, Any],
+    callback_id: str = "ackgate.request",
+    view_id: str = "V0000001",
+    trigger_id: str | None = None,
 ) -> str:
     return _payload_body(
         {
@@ -130,7 +141,7 @@ def view_submission_body(
             "user": {"id": user_id, "username": user_id.lower(), "name": user_id.lower(), "team_id": TEAM_ID},
             "api_app_id": "A0ACKGATE",
             "token": "deprecated-verification-token",
-            "trigger_id": "13345224609.738474920.8088930838d88f008e0",
+            "trigger_id": trigger_id or new_trigger_id(),
             "view": {
                 "id": view_id,
                 "team_id": TEAM_ID,

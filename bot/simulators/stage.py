@@ -128,7 +128,7 @@ class Stage(AsyncService):
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        settings = Settings(
+        values: dict[str, Any] = dict(
             slack_bot_token=SecretStr(self.slack.token),
             slack_signing_secret=SecretStr(SIGNING_SECRET),
             slack_api_url=self.slack.base_url,
@@ -144,8 +144,9 @@ class Stage(AsyncService):
             pagerduty_from_email=BOT_EMAIL,
             secret_key=SecretStr(SECRET_KEY),
             mirror_channel=MIRROR_CHANNEL,
-            **self._extra,  # type: ignore[arg-type]
         )
+        values.update(self._extra)  # e.g. another database_url: replicas on one PostgreSQL
+        settings = Settings(**values)
         app = build_app(settings, clock=self.clock, provisioners=self._provisioners, run_scheduler=self._run_scheduler)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()

@@ -1,0 +1,19 @@
+-- Issue 6: slash commands and form submissions acknowledged to Slack, one row per invocation.
+-- The primary key (Slack's trigger_id) makes a retry or a replay of the same request count once;
+-- the state and lease let a recovery pass answer what a crash left unanswered.
+
+CREATE TABLE slack_commands (
+    key           text PRIMARY KEY,
+    kind          text NOT NULL,
+    user_id       text NOT NULL,
+    channel_id    text NOT NULL DEFAULT '',
+    text          text NOT NULL DEFAULT '',
+    response_url  text NOT NULL DEFAULT '',
+    received_at   timestamptz NOT NULL,
+    lease_until   timestamptz NOT NULL,
+    attempts      integer NOT NULL DEFAULT 0,
+    answered_at   timestamptz
+);
+-- The recovery pass reads unanswered rows whose lease lapsed; pruning reads by age.
+CREATE INDEX slack_commands_unanswered ON slack_commands (lease_until) WHERE answered_at IS NULL;
+CREATE INDEX slack_commands_by_received ON slack_commands (received_at);

@@ -1,0 +1,117 @@
+"""The command inbox's contract (``slack_commands``), on SQLite and PostgreSQL: insert-if-absent
+is atomic even across processes, and a take-over of an unanswered command happens once per lease."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+from datetime import timedelta
+
+from bot.domain import ReceivedCommand
+from bot.ports import Store
+from tests.fakes import storage_fixtures
+from tests.fakes.storage_fixtures import T0, opened
+
+backend = storage_fixtures.backend
+database_url = storage_fixtures.database_url
+store = storage_fixtures.store
+
+LEASE = timedelta(seconds=60)
+LONG_AGO = T0 - timedelta(days=1)
+
+
+def command(key: str = "command:1234.5678.abcd", **changes: object) -> ReceivedCommand:
+    made = ReceivedCommand(
+        key=key,
+        kind="command",
+        user_id="U0ALICE",
+        channel_id="C0APPROVALS",
+        text="prod-db 1h replication lag",
+        response_url="https://hooks.slack.com/commands/T0/1/abc",
+        received_at=T0,
+        lease_until=T0 + LEASE,
+    )
+    return replace(made, **changes)  # type: ignore[arg-type]
+
+
+async def claim(store: Store, after: timedelta, *, max_attempts: int = 3) -> list[ReceivedCommand]:
+    """A recovery pass ``after`` past T0."""
+    at = T0 + after
+    return await store.commands.claim_unanswered(
+        at, lease_until=at + LEASE, received_after=LONG_AGO, max_attempts=max_attempts
+    )
+
+
+async def test_the_first_record_of_a_key_wins_and_every_later_one_is_refused(store: Store) -> None:
+    assert await store.commands.record(command()) is True
+    assert await store.commands.record(command()) is False
+    assert await store.commands.record(command(text="something else entirely")) is False
+    assert await store.commands.record(command("command:other")) is True
+
+
+async def test_concurrent_records_of_one_key_let_exactly_one_through(store: Store) -> None:
+    results = await asyncio.gather(*(store.commands.record(command()) for _ in range(12)))
+    assert results.count(True) == 1
+
+
+async def test_two_stores_on_one_database_racing_on_a_key_let_exactly_one_through(database_url: str) -> None:
+    """Replicas: separate pools (or connections) on one database, inserting the same key at once."""
+    async with opened(database_url) as one, opened(database_url) as two:
+        for round_ in range(10):
+            key = f"command:race-{round_}"
+            results = await asyncio.gather(*(s.commands.record(command(key)) for s in (one, two, one, two, one, two)))
+            assert results.count(True) == 1, results
+
+
+async def test_an_answered_command_is_never_taken_over(store: Store) -> None:
+    await store.commands.record(command())
+    assert await store.commands.answered(command().key, at=T0 + timedelta(seconds=2)) is True
+    assert await store.commands.answered(command().key, at=T0 + timedelta(seconds=3)) is False
+    assert await claim(store, timedelta(hours=1)) == []
+
+
+async def test_an_unanswered_command_is_taken_over_only_after_its_lease_lapsed(store: Store) -> None:
+    await store.commands.record(command())
+    assert await claim(store, timedelta(seconds=59)) == []
+    [taken] = await claim(store, timedelta(seconds=60))
+    assert taken.key == command().key
+    assert taken.attempts == 1
+    assert taken.text == "prod-db 1h replication lag"
+    assert taken.response_url == command().response_url
+    assert taken.received_at == T0
+    assert taken.lease_until == T0 + timedelta(seconds=60) + LEASE
+    # the new lease holds it against the next pass until it lapses in turn
+    assert await claim(store, timedelta(seconds=61)) == []
+    [again] = await claim(store, timedelta(seconds=120))
+    assert again.attempts == 2
+
+
+async def test_a_command_is_given_up_after_its_attempts(store: Store) -> None:
+    await store.commands.record(command())
+    for minute in (1, 3, 5):
+        assert len(await claim(store, timedelta(minutes=minute), max_attempts=3)) == 1
+    assert await claim(store, timedelta(minutes=7), max_attempts=3) == []
+
+
+async def test_commands_received_before_the_window_are_not_taken_over(store: Store) -> None:
+    await store.commands.record(command())
+    at = T0 + timedelta(hours=2)
+    taken = await store.commands.claim_unanswered(at, lease_until=at + LEASE, received_after=T0, max_attempts=3)
+    assert taken == []
+
+
+async def test_concurrent_passes_take_each_command_over_once(database_url: str) -> None:
+    async with opened(database_url) as one, opened(database_url) as two:
+        for n in range(15):
+            await one.commands.record(command(f"command:k{n}"))
+        results = await asyncio.gather(*(claim(s, timedelta(minutes=5)) for s in (one, two, one, two)))
+        keys = [c.key for batch in results for c in batch]
+        assert sorted(keys) == sorted(f"command:k{n}" for n in range(15))
+
+
+async def test_pruning_drops_only_commands_received_before_the_cutoff(store: Store) -> None:
+    await store.commands.record(command("command:old", received_at=T0 - timedelta(days=4)))
+    await store.commands.record(command("command:new"))
+    assert await store.commands.prune(T0 - timedelta(days=3)) == 1
+    assert await store.commands.record(command("command:old")) is True  # forgotten, so new again
+    assert await store.commands.record(command("command:new")) is False
