@@ -41,6 +41,7 @@ from bot.provisioners import build_provisioners
 from bot.reactions import Reactions, registry
 from bot.router import CommandRouter
 from bot.secrets import SecretBox
+from bot.webhook_inbox import Inbox
 from bot.webhooks import WebhookEvent
 from handlers.ops import HealthCheck, mount_ops
 from handlers.pagerduty_webhooks import mount_pagerduty_webhooks
@@ -50,17 +51,6 @@ from handlers.web import mount_auth_pages
 from storage import PrunesSeen, open_store
 
 TEST_MESSAGE = "A test from /access admin test: checking that authentication requests reach you."
-
-
-class _SeenAt:
-    """The webhook endpoint's dedup port on the store's, stamping each key with the time."""
-
-    def __init__(self, store: Store, clock: Clock) -> None:
-        self._store = store
-        self._clock = clock
-
-    async def first_time(self, key: str) -> bool:
-        return await self._store.seen.first_time(key, at=self._clock.now())
 
 
 class WebhookHealth:
@@ -95,6 +85,7 @@ class WebhookHealth:
 
 
 SEEN_KEPT = timedelta(hours=72)  # PagerDuty redelivers a webhook for up to 48 hours
+INBOX_RECOVERY_SECONDS = 10.0  # how often the webhook inbox is checked for crashed or failed events
 
 
 def _pruner(store: PrunesSeen, clock: Clock) -> Callable[[], Awaitable[int]]:
@@ -265,11 +256,20 @@ def build_app(
         )
     )
     webhook_health = WebhookHealth(org, clock, metrics)
+    inbox = Inbox(
+        store.inbox,
+        on_event=webhook_health.delivered(mirror.on_event),
+        clock=clock,
+        on_parked=metrics.webhook_events_parked.inc,
+    )
+    # At start-up (the scheduler's first pass) and every few seconds after: events a crash or a
+    # failure left in the inbox. Done events are kept as long as PagerDuty may redeliver them.
+    scheduler.jobs.append(every(INBOX_RECOVERY_SECONDS, clock, inbox.recover))
+    scheduler.jobs.append(every(3600, clock, lambda: inbox.prune(kept=SEEN_KEPT)))
     mount_pagerduty_webhooks(
         app,
         secrets=settings.pagerduty_webhook_secrets,
-        on_event=webhook_health.delivered(mirror.on_event),
-        seen=_SeenAt(store, clock),
+        inbox=inbox,
         count_signature_failure=webhook_health.signature_failed,
         count_event=lambda kind: metrics.webhook_events.labels(event_type=kind).inc(),
     )

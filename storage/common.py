@@ -15,6 +15,7 @@ from typing import Generic, Protocol, TypeVar
 
 from bot.ports import (
     AuditLog,
+    ChatOutbox,
     GrantStore,
     MessageStore,
     MirrorStore,
@@ -22,6 +23,7 @@ from bot.ports import (
     SeenStore,
     SettingsStore,
     TransactionStore,
+    WebhookInbox,
 )
 from storage import migrations
 
@@ -62,6 +64,8 @@ class Roles(Generic[DbT]):
     transactions: Callable[[DbT], TransactionStore]
     mirrors: Callable[[DbT], MirrorStore]
     seen: Callable[[DbT], PrunableSeen]
+    inbox: Callable[[DbT], WebhookInbox]
+    outbox: Callable[[DbT], ChatOutbox]
 
 
 class RoleStore(abc.ABC, Generic[DbT]):
@@ -78,6 +82,8 @@ class RoleStore(abc.ABC, Generic[DbT]):
         self.mirrors = roles.mirrors(db)
         self._seen = roles.seen(db)
         self.seen: SeenStore = self._seen
+        self.inbox = roles.inbox(db)
+        self.outbox = roles.outbox(db)
 
     async def open(self, *, migrate_up_to: int | None = None) -> None:
         """Connect and apply pending migrations: all of them, or only up to ``migrate_up_to``
