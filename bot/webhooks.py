@@ -161,7 +161,16 @@ def parse_event(body: bytes | str) -> WebhookEvent:
 
 
 def _text(value: object, *, limit: int = MAX_TEXT_LENGTH) -> str | None:
-    return value[:limit] if isinstance(value, str) and value else None
+    """A non-empty string cut to ``limit``; None for anything else, or for text with a lone
+    surrogate (JSON can escape one, but no database or chat platform can store it)."""
+    if not isinstance(value, str) or not value:
+        return None
+    cut = value[:limit]
+    try:
+        cut.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    return cut
 
 
 def _id(value: object) -> str | None:
