@@ -32,6 +32,7 @@ from bot.incident_notes import IncidentNotes, notes_registry
 from bot.metrics import PrometheusMetrics
 from bot.mirror import MirrorService
 from bot.org_settings import OrgSettings
+from bot.outbox import OutboxNotifier, OutboxWorker
 from bot.pagerduty import PagerDutyClient
 from bot.pagerduty_events import EventsClient
 from bot.policy import Policy
@@ -228,6 +229,17 @@ def build_app(
         notifiers["slack"] = SlackNotifier(slack_client)
         if settings.admin_usergroup:
             group_check = SlackAdminGroup(slack_client, settings.admin_usergroup)
+    # What a platform would not take (after its client's own retries) is queued and sent later.
+    direct = dict(notifiers)
+    for platform, notifier in direct.items():
+        notifiers[platform] = OutboxNotifier(
+            notifier, outbox=store.outbox, clock=clock, platform=platform, on_queued=metrics.chat_messages_queued.inc
+        )
+    outbox_worker = OutboxWorker(
+        store.outbox, notifiers=direct, clock=clock, on_expired=metrics.chat_messages_expired.inc
+    )
+    scheduler.jobs.append(outbox_worker.run_once)
+    scheduler.jobs.append(every(3600, clock, lambda: outbox_worker.prune(kept=SEEN_KEPT)))
     admin = AdminService(
         org=org,
         bus=bus,
