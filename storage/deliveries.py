@@ -90,10 +90,10 @@ def delivery_sql(mark: Mark) -> DeliverySql:
             f" WHERE incident_mirror_claims.lease_until <= {p[2]} RETURNING incident_id"
         ),
         release_post=f"DELETE FROM incident_mirror_claims WHERE incident_id = {p[1]} AND claim = {p[2]}",
-        # p1 id, p2 platform, p3 kind, p4 recipient, p5 card, p6 at
+        # p1 id, p2 platform, p3 kind, p4 recipient, p5 card, p6 due at, p7 created at
         outbox_add=(
             "INSERT INTO chat_outbox (id, platform, kind, recipient, card, created_at, next_attempt_at)"
-            f" VALUES ({p[1]}, {p[2]}, {p[3]}, {p[4]}, {p[5]}, {p[6]}, {p[6]}) ON CONFLICT (id) DO UPDATE SET"
+            f" VALUES ({p[1]}, {p[2]}, {p[3]}, {p[4]}, {p[5]}, {p[7]}, {p[6]}) ON CONFLICT (id) DO UPDATE SET"
             " card = EXCLUDED.card, state = 'pending', attempts = 0, claim = NULL, lease_until = NULL,"
             " next_attempt_at = EXCLUDED.next_attempt_at, created_at = EXCLUDED.created_at, finished_at = NULL,"
             " last_error = ''"

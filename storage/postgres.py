@@ -500,7 +500,9 @@ class _Outbox(Role[_Pool]):
     async def add(self, delivery: OutboxDelivery, *, at: datetime) -> None:
         d = delivery
         async with self._db.connection(f"queue chat message {d.id}") as conn:
-            await conn.execute(_DELIVERIES.outbox_add, d.id, d.platform, d.kind, d.recipient, d.card, utc(at))
+            await conn.execute(
+                _DELIVERIES.outbox_add, d.id, d.platform, d.kind, d.recipient, d.card, utc(at), utc(d.created_at)
+            )
 
     async def get(self, delivery_id: str) -> OutboxDelivery | None:
         return await self._one(f"read chat message {delivery_id}", _DELIVERIES.outbox_get, delivery_id)

@@ -553,7 +553,8 @@ class _Outbox(Role[_Db]):
     async def add(self, delivery: OutboxDelivery, *, at: datetime) -> None:
         d = delivery
         async with self._db.writing(f"queue chat message {d.id}") as conn:
-            await conn.execute(_DELIVERIES.outbox_add, (d.id, d.platform, d.kind, d.recipient, d.card, iso(at)))
+            params = (d.id, d.platform, d.kind, d.recipient, d.card, iso(at), iso(d.created_at))
+            await conn.execute(_DELIVERIES.outbox_add, params)
 
     async def get(self, delivery_id: str) -> OutboxDelivery | None:
         async with self._db.reading(f"read chat message {delivery_id}") as conn:
