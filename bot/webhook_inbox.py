@@ -11,6 +11,7 @@ logged once, counted, and shown in the admin status.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
@@ -93,6 +94,10 @@ class Inbox:
             return False
         try:
             await self.on_event(event)
+        except asyncio.CancelledError:
+            # Stopped mid-way (shutdown): hand the event back at once rather than after the lease.
+            await self._settle(self.store.retry(event_id, token=token, at=self.clock.now(), error="interrupted"))
+            raise
         except Exception as exc:
             await self._failed(delivery, token, exc)
             return False

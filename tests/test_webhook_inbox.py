@@ -17,6 +17,7 @@ import pytest
 
 from bot.clock import FakeClock
 from bot.mirror import subject
+from bot.simulators.stage import Stage
 from bot.webhook_inbox import Inbox
 from bot.webhooks import WebhookEvent
 from tests.fakes import storage_fixtures
@@ -108,30 +109,44 @@ async def test_a_delivery_stored_but_never_processed_is_processed_by_recovery_af
         assert (await replica.post(body))[1] == '{"status": "duplicate"}'  # PagerDuty's redelivery too
 
 
-async def test_processing_cancelled_mid_way_is_recovered_once_its_lease_lapses(database_url: str) -> None:
+async def test_an_event_held_by_a_replica_that_died_is_recovered_once_its_lease_lapses(database_url: str) -> None:
+    """A SIGKILL mid-processing leaves the claim in place; another replica takes it after the lease."""
+    async with replicas(database_url, count=2) as world:
+        a, b = world.members
+        body = webhook_body("incident.triggered", incident_id="PKILL01", at=world.clock.now(), event_id="01KILLED")
+        now = world.clock.now()
+        assert await a.store.inbox.add("01KILLED", event_type="incident.triggered", body=body.decode(), at=now)
+        # Replica a claimed it and was killed before finishing.
+        assert await a.store.inbox.claim("01KILLED", token="dead", now=now, until=now + a.inbox.lease) is not None
+        assert await b.inbox.recover() == 0  # still leased to the dead replica
+        world.clock.advance(a.inbox.lease + timedelta(seconds=1))
+        assert await b.inbox.recover() == 1
+        assert world.processed == {"01KILLED": 1}
+        assert len(world.chat.inbox("C-INCIDENTS")) == 1
+
+
+async def test_processing_cancelled_at_shutdown_hands_the_event_back_at_once(database_url: str) -> None:
     async with replicas(database_url, count=2) as world:
         a, b = world.members
         gate = asyncio.Event()
         started = asyncio.Event()
         inner = a.inbox.on_event
 
-        async def stuck(event: WebhookEvent) -> None:
+        async def slow(event: WebhookEvent) -> None:
             started.set()
             await gate.wait()
             await inner(event)
 
-        a.inbox.on_event = stuck
-        body = webhook_body("incident.triggered", incident_id="PKILL01", at=world.clock.now(), event_id="01KILLED")
+        a.inbox.on_event = slow
+        body = webhook_body("incident.triggered", incident_id="PSTOP01", at=world.clock.now(), event_id="01STOPPED")
         assert (await a.post(body))[0] == 202
         await asyncio.wait_for(started.wait(), timeout=5)
         for task in a.tasks:
-            task.cancel()  # the replica is killed while processing
+            task.cancel()  # the replica stops while processing
         await asyncio.gather(*a.tasks, return_exceptions=True)
         a.tasks.clear()
-        assert await b.inbox.recover() == 0  # still leased to the dead replica
-        world.clock.advance(a.inbox.lease + timedelta(seconds=1))
-        assert await b.inbox.recover() == 1
-        assert world.processed == {"01KILLED": 1}
+        assert await b.inbox.recover() == 1  # no need to wait for the lease
+        assert world.processed == {"01STOPPED": 1}
         assert len(world.chat.inbox("C-INCIDENTS")) == 1
 
 
@@ -215,3 +230,23 @@ async def test_a_hostile_signed_body_gets_a_quick_400_one_log_line_and_no_echo(
     lines = [r for r in caplog.records if r.name.startswith("ackgate")]
     assert len(lines) == 1
     assert len(lines[0].getMessage()) < 500 and lines[0].exc_info is None
+
+
+async def test_the_running_app_recovers_a_stored_event_on_its_scheduler(stage: Stage) -> None:
+    """The composition root puts the inbox's recovery on the expiry scheduler (start-up and every 10 s)."""
+    store = stage.parts.store
+    body = webhook_body("incident.triggered", incident_id="PAPP001", at=stage.clock.now(), event_id="01INAPP")
+    assert await store.inbox.add("01INAPP", event_type="incident.triggered", body=body.decode(), at=stage.clock.now())
+
+    async def processed() -> bool:
+        return await store.inbox.due(stage.clock.now() + timedelta(days=1)) == []
+
+    for _ in range(500):
+        await stage.pass_time(11)
+        if await processed():
+            break
+        await asyncio.sleep(0.01)
+    assert await processed()
+    assert (await stage.parts.org.webhook_status()).last_event_at is not None  # it went through the app's handler
+    assert await stage.webhook(body) == 202  # and PagerDuty's redelivery is a duplicate
+    assert await store.inbox.due(stage.clock.now() + timedelta(days=1)) == []
