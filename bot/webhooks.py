@@ -183,12 +183,15 @@ def _timestamp(value: object) -> datetime:
     try:
         ok = isinstance(value, str) and len(value) <= MAX_TIMESTAMP_LENGTH
         parsed = datetime.fromisoformat(value) if ok and isinstance(value, str) else None
-    except ValueError:
+        # PagerDuty sends Z; a naive stamp would be ambiguous, and UTC is its documented default.
+        # Converted here so a stamp that cannot be expressed in UTC (year 1, -23:59) is refused now.
+        if parsed is not None:
+            parsed = parsed.astimezone(UTC) if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+    except (ValueError, OverflowError):
         parsed = None
     if parsed is None:
         raise MalformedWebhook("The webhook event has no ISO 8601 `occurred_at`; is this a PagerDuty V3 webhook?")
-    # PagerDuty sends Z; a naive stamp would be ambiguous, and UTC is its documented default.
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+    return parsed
 
 
 def _number(value: object) -> int | None:
