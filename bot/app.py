@@ -18,6 +18,7 @@ from aiohttp import web
 from pydantic import SecretStr
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bot import messages
 from bot.access import AccessService
 from bot.admin import PAGERDUTY_REST, SLACK, AdminService
 from bot.auth import AuthService
@@ -26,7 +27,7 @@ from bot.bus import MessageBus, merge
 from bot.clock import Clock, SystemClock
 from bot.commands import RequestAuth
 from bot.config import Settings
-from bot.errors import AckgateError, ConfigError
+from bot.errors import AckgateError, ConfigError, StorageError
 from bot.expiry import ExpiryScheduler, every
 from bot.incident_notes import IncidentNotes, notes_registry
 from bot.metrics import PrometheusMetrics
@@ -122,6 +123,24 @@ def _probe(pagerduty: PagerDutyDirectory, slack: AsyncWebClient | None) -> Calla
         return out
 
     return probe
+
+
+def _with_deliveries(
+    probe: Callable[[], Awaitable[dict[str, str]]], store: Store
+) -> Callable[[], Awaitable[dict[str, str]]]:
+    """``probe`` plus a line on parked webhook events and queued chat messages."""
+
+    async def probed() -> dict[str, str]:
+        out = await probe()
+        try:
+            out[messages.DELIVERIES] = messages.deliveries_status(
+                parked_webhooks=await store.inbox.count_parked(), queued_messages=await store.outbox.count_pending()
+            )
+        except StorageError as exc:
+            out[messages.DELIVERIES] = f"Error: {exc.message}"
+        return out
+
+    return probed
 
 
 @dataclass
@@ -247,7 +266,7 @@ def build_app(
         admins=frozenset(settings.admins),
         is_group_admin=group_check,
         auth_test=lambda actor: auth.request(actor, RequestAuth(target=actor.email, message=TEST_MESSAGE)),
-        health=_probe(pagerduty, slack_client),
+        health=_with_deliveries(_probe(pagerduty, slack_client), store),
     )
     router = CommandRouter(service, auth=auth.request, admin=admin.execute, set_key=admin.set_key)
     if slack_client is not None and settings.slack_signing_secret is not None:

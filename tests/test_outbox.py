@@ -15,7 +15,7 @@ from bot.clock import FakeClock
 from bot.domain import MessageRef
 from bot.errors import ChatError
 from bot.outbox import OutboxNotifier, OutboxWorker, card_from_json, card_to_json, is_placeholder
-from bot.ports import Store
+from bot.ports import OutboxDelivery, Store
 from bot.simulators.stage import Stage
 from bot.views import Action, Card, Fact, Link, Tone
 from storage import open_store
@@ -236,3 +236,21 @@ async def test_two_replicas_workers_send_each_queued_message_once(database_url: 
 def test_placeholders_are_recognised() -> None:
     assert is_placeholder(MessageRef("slack", "C1", "outbox:o-1"))
     assert not is_placeholder(MessageRef("slack", "C1", "1700000000.000100"))
+
+
+async def test_admin_status_shows_parked_webhook_events_and_waiting_chat_messages(issue3_stage: Stage) -> None:
+    stage = issue3_stage
+    carol = stage.person("carol")  # the stage's admin
+    status = await stage.command(carol, "admin status")
+    assert "no PagerDuty webhook event parked; no chat message waiting" in status.text
+    store, now = stage.parts.store, stage.clock.now()
+    await store.outbox.add(
+        OutboxDelivery("o-1", "slack", "channel", "C-1", card_to_json(CARD), created_at=now, state="pending"),
+        at=now + timedelta(hours=1),
+    )
+    await store.inbox.add("01PARKED", event_type="incident.triggered", body="{}", at=now)
+    await store.inbox.claim("01PARKED", token="t", now=now, until=now + timedelta(minutes=1))
+    await store.inbox.park("01PARKED", token="t", at=now, error="boom")
+    status = await stage.command(carol, "admin status")
+    assert "1 PagerDuty webhook event(s) failed repeatedly and are parked" in status.text
+    assert "1 chat message(s) waiting to be sent again" in status.text
