@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sqlite3
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -22,6 +23,7 @@ from bot.webhook_inbox import Inbox
 from bot.webhooks import WebhookEvent
 from tests.fakes import storage_fixtures
 from tests.fakes.incident_world import webhook_body
+from tests.fakes.issue3_stage import database_file
 from tests.fakes.webhook_replicas import Replicas, replicas
 
 backend = storage_fixtures.backend
@@ -250,3 +252,20 @@ async def test_the_running_app_recovers_a_stored_event_on_its_scheduler(stage: S
     assert (await stage.parts.org.webhook_status()).last_event_at is not None  # it went through the app's handler
     assert await stage.webhook(body) == 202  # and PagerDuty's redelivery is a duplicate
     assert await store.inbox.due(stage.clock.now() + timedelta(days=1)) == []
+    assert not await store.inbox.add("01INAPP", event_type="incident.triggered", body="{}", at=stage.clock.now())
+
+    # 72 hours on, the hourly prune job has forgotten it (PagerDuty stops redelivering after 48).
+    assert inbox_rows(stage) == 1
+    await stage.pass_time(timedelta(hours=73).total_seconds())
+    for _ in range(500):
+        if inbox_rows(stage) == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert inbox_rows(stage) == 0
+    assert await store.inbox.add("01INAPP", event_type="incident.triggered", body="{}", at=stage.clock.now())
+
+
+def inbox_rows(stage: Stage) -> int:
+    # Read-only, beside the app's own connection: what is committed is what the app stored.
+    with sqlite3.connect(f"file:{database_file(stage)}?mode=ro", uri=True) as conn:
+        return int(conn.execute("SELECT count(*) FROM webhook_inbox").fetchone()[0])
