@@ -19,6 +19,7 @@ from aiohttp import web
 from pydantic import SecretStr
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bot import messages
 from bot.access import AccessService
 from bot.admin import PAGERDUTY_REST, SLACK, AdminService
 from bot.auth import AuthService
@@ -27,13 +28,14 @@ from bot.bus import MessageBus, merge
 from bot.clock import Clock, SystemClock
 from bot.commands import RequestAuth
 from bot.config import Settings
-from bot.errors import AckgateError, ConfigError
+from bot.errors import AckgateError, ConfigError, StorageError
 from bot.expiry import ExpiryScheduler, every
 from bot.incident_notes import IncidentNotes, notes_registry
 from bot.inflight import InFlight
 from bot.metrics import PrometheusMetrics
 from bot.mirror import MirrorService
 from bot.org_settings import OrgSettings
+from bot.outbox import OutboxNotifier, OutboxWorker
 from bot.pagerduty import PagerDutyClient
 from bot.pagerduty_events import EventsClient
 from bot.policy import Policy
@@ -43,6 +45,7 @@ from bot.provisioners import build_provisioners
 from bot.reactions import Reactions, registry
 from bot.router import CommandRouter
 from bot.secrets import SecretBox
+from bot.webhook_inbox import Inbox
 from bot.webhooks import WebhookEvent
 from handlers.auth_signin import build_signin
 from handlers.guard import install as install_guard
@@ -61,7 +64,7 @@ TEST_MESSAGE = "A test from /access admin test: checking that authentication req
 
 
 class _SeenAt:
-    """The webhook endpoint's dedup port on the store's, stamping each key with the time."""
+    """The sign-in's single-use port on the store's ``seen`` keys, stamping each key with the time."""
 
     def __init__(self, store: Store, clock: Clock) -> None:
         self._store = store
@@ -103,6 +106,7 @@ class WebhookHealth:
 
 
 SEEN_KEPT = timedelta(hours=72)  # PagerDuty redelivers a webhook for up to 48 hours
+INBOX_RECOVERY_SECONDS = 10.0  # how often the webhook inbox is checked for crashed or failed events
 
 
 def _pruner(store: PrunesSeen, clock: Clock) -> Callable[[], Awaitable[int]]:
@@ -147,6 +151,24 @@ def _probes(pagerduty: PagerDutyDirectory, slack: AsyncWebClient | None) -> dict
         client = slack
         probes["slack"] = lambda: call_slack("auth.test", client.auth_test())
     return probes
+
+
+def _with_deliveries(
+    probe: Callable[[], Awaitable[dict[str, str]]], store: Store
+) -> Callable[[], Awaitable[dict[str, str]]]:
+    """``probe`` plus a line on parked webhook events and queued chat messages."""
+
+    async def probed() -> dict[str, str]:
+        out = await probe()
+        try:
+            out[messages.DELIVERIES] = messages.deliveries_status(
+                parked_webhooks=await store.inbox.count_parked(), queued_messages=await store.outbox.count_pending()
+            )
+        except StorageError as exc:
+            out[messages.DELIVERIES] = f"Error: {exc.message}"
+        return out
+
+    return probed
 
 
 @dataclass
@@ -270,6 +292,17 @@ def build_app(
         notifiers["slack"] = SlackNotifier(slack_client)
         if settings.admin_usergroup:
             group_check = SlackAdminGroup(slack_client, settings.admin_usergroup)
+    # What a platform would not take (after its client's own retries) is queued and sent later.
+    direct = dict(notifiers)
+    for platform, notifier in direct.items():
+        notifiers[platform] = OutboxNotifier(
+            notifier, outbox=store.outbox, clock=clock, platform=platform, on_queued=metrics.chat_messages_queued.inc
+        )
+    outbox_worker = OutboxWorker(
+        store.outbox, notifiers=direct, clock=clock, on_expired=metrics.chat_messages_expired.inc
+    )
+    scheduler.jobs.append(outbox_worker.run_once)
+    scheduler.jobs.append(every(3600, clock, lambda: outbox_worker.prune(kept=SEEN_KEPT)))
     admin = AdminService(
         org=org,
         bus=bus,
@@ -277,7 +310,7 @@ def build_app(
         admins=frozenset(settings.admins),
         is_group_admin=group_check,
         auth_test=lambda actor: auth.request(actor, RequestAuth(target=actor.email, message=TEST_MESSAGE)),
-        health=_probe(pagerduty, slack_client),
+        health=_with_deliveries(_probe(pagerduty, slack_client), store),
     )
     router = CommandRouter(service, auth=auth.request, admin=admin.execute, set_key=admin.set_key)
     if slack_client is not None and settings.slack_signing_secret is not None:
@@ -311,11 +344,20 @@ def build_app(
         )
     )
     webhook_health = WebhookHealth(org, clock, metrics)
+    inbox = Inbox(
+        store.inbox,
+        on_event=webhook_health.delivered(mirror.on_event),
+        clock=clock,
+        on_parked=metrics.webhook_events_parked.inc,
+    )
+    # At start-up (the scheduler's first pass) and every few seconds after: events a crash or a
+    # failure left in the inbox. Done events are kept as long as PagerDuty may redeliver them.
+    scheduler.jobs.append(every(INBOX_RECOVERY_SECONDS, clock, inbox.recover))
+    scheduler.jobs.append(every(3600, clock, lambda: inbox.prune(kept=SEEN_KEPT)))
     mount_pagerduty_webhooks(
         app,
         secrets=settings.pagerduty_webhook_secrets,
-        on_event=webhook_health.delivered(mirror.on_event),
-        seen=_SeenAt(store, clock),
+        inbox=inbox,
         count_signature_failure=webhook_health.signature_failed,
         count_event=lambda kind: metrics.webhook_events.labels(event_type=kind).inc(),
     )

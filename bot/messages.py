@@ -668,3 +668,23 @@ def auth_pagerduty_slow(seconds: float) -> str:
 
 
 SLACK_NOT_HANDLED = "Ackgate does not handle that Slack command or interaction, so nothing was done."
+
+
+# --- delivery queues (webhook inbox, chat outbox) in /access admin status ----------------------
+
+DELIVERIES = "Deliveries"
+
+
+def deliveries_status(*, parked_webhooks: int, queued_messages: int) -> str:
+    """The admin status line for events given up on and chat messages still waiting."""
+    webhooks = (
+        "no PagerDuty webhook event parked"
+        if not parked_webhooks
+        else f"{parked_webhooks} PagerDuty webhook event(s) failed repeatedly and are parked (the log says why)"
+    )
+    chat = (
+        "no chat message waiting"
+        if not queued_messages
+        else f"{queued_messages} chat message(s) waiting to be sent again (Slack refused or was unreachable)"
+    )
+    return f"{webhooks}; {chat}"

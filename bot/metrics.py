@@ -45,6 +45,21 @@ class PrometheusMetrics(Metrics):
             ["dependency"],
             registry=self.registry,
         )
+        self.webhook_events_parked = Counter(
+            "ackgate_webhook_events_parked",
+            "PagerDuty webhook events given up after repeated processing failures",
+            registry=self.registry,
+        )
+        self.chat_messages_queued = Counter(
+            "ackgate_chat_messages_queued",
+            "Chat messages kept in the outbox after a failed send",
+            registry=self.registry,
+        )
+        self.chat_messages_expired = Counter(
+            "ackgate_chat_messages_expired",
+            "Queued chat messages given up after the outbox's maximum age",
+            registry=self.registry,
+        )
 
     def outcome(self, outcome: str) -> None:
         self.requests.labels(outcome=outcome).inc()

@@ -1,9 +1,10 @@
 """Mirroring PagerDuty incidents into a chat channel, and ending grants when their incident resolves.
 
-One message per incident, posted the first time and updated in place after. Webhook delivery is
-at-least-once and unordered, so every event goes through :func:`bot.webhooks.advances` and the
-store's compare-and-set (:meth:`bot.ports.MirrorStore.put_if_newer`): a late or repeated event never
-moves an incident backwards and never touches chat twice.
+One message per incident, posted the first time (by the one replica holding the incident's claim)
+and updated in place after. Webhook delivery is at-least-once and unordered, so every event goes
+through :func:`bot.webhooks.advances` and the store's compare-and-set
+(:meth:`bot.ports.MirrorStore.put_if_newer`): a late or repeated event never moves an incident
+backwards and never touches chat twice.
 
 Grants issued under an incident whose flow says ``revoke_on_resolve`` end when the incident
 resolves: at once through the webhook, or through :meth:`MirrorService.check_incidents` where no
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -48,6 +50,9 @@ _TONE: Final[Mapping[str, Tone]] = {
     "acknowledged": Tone.WARNING,
     "resolved": Tone.SUCCESS,
 }
+
+# How long a replica may take to post an incident's first message before another may try.
+POST_CLAIM_LEASE: Final = timedelta(seconds=60)
 
 # Every ACTIVE grant expires within its flow's max_duration, so a cutoff this far ahead lists them all.
 _ALL_ACTIVE: Final = timedelta(days=3650)
@@ -105,7 +110,8 @@ class MirrorService:
         self.channel = channel
         self.platform = platform
         self.services = frozenset(services)
-        # Two deliveries for one incident must not both find "no message yet" and post twice.
+        # Serialises one replica's events per incident; across replicas the stored claim
+        # (:meth:`bot.ports.MirrorStore.claim_post`) is what keeps the first post single.
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
     def _lock(self, incident_id: str) -> asyncio.Lock:
@@ -183,23 +189,58 @@ class MirrorService:
         if notifier is None:
             log.warning("no %s notifier: incident %s is not mirrored", self.platform, incident_id)
             return
-        mirror = await self.store.mirrors.get(incident_id)
-        if mirror is None:
-            return
-        transaction = None
-        if mirror.transaction_id is not None:
-            transaction = await self.store.transactions.get(mirror.transaction_id)
-        card = mirror_card(mirror, transaction)
         try:
             refs = await self.store.messages.refs(subject(incident_id))
             if not refs:
-                ref = await notifier.send_to_channel(self.channel, card)
-                await self.store.messages.add(subject(incident_id), ref)
+                await self._post_first(incident_id, notifier, self.channel)
+                return
+            card = await self._card(incident_id)
+            if card is None:
+                return
             for ref in refs:
                 await notifier.update(ref, card)
         except ChatError as exc:
             # The stored state is right; the next event or transaction change redraws it.
             log.warning("could not mirror incident %s into %s: %s", incident_id, self.channel, exc.message)
+
+    async def _card(self, incident_id: str) -> Card | None:
+        mirror = await self.store.mirrors.get(incident_id)
+        if mirror is None:
+            return None
+        transaction = None
+        if mirror.transaction_id is not None:
+            transaction = await self.store.transactions.get(mirror.transaction_id)
+        return mirror_card(mirror, transaction)
+
+    async def _post_first(self, incident_id: str, notifier: ChatNotifier, channel: str) -> None:
+        """Post the first message, if this replica wins the incident's claim (one message per incident).
+
+        A replica that loses the claim does nothing more: it has stored its state already, and the
+        claimant draws the newest stored state once its message exists. The claim is released
+        only after the message's ref is stored, so a later claimant finds the ref and updates.
+        """
+        token = secrets.token_hex(8)
+        now = self.clock.now()
+        if not await self.store.mirrors.claim_post(incident_id, token=token, now=now, until=now + POST_CLAIM_LEASE):
+            log.debug("incident %s: another replica is posting its message", incident_id)
+            return
+        try:
+            refs = await self.store.messages.refs(subject(incident_id))
+            card = await self._card(incident_id)
+            if card is None:
+                return
+            if refs:  # posted by a claimant that finished between our first look and our claim
+                for ref in refs:
+                    await notifier.update(ref, card)
+                return
+            ref = await notifier.send_to_channel(channel, card)
+            await self.store.messages.add(subject(incident_id), ref)
+        finally:
+            await self.store.mirrors.release_post(incident_id, token=token)
+        # A rival may have stored a newer state while we posted, and found no message to update.
+        latest = await self._card(incident_id)
+        if latest is not None and latest != card:
+            await notifier.update(ref, latest)
 
     # --- grants bound to their incident ----------------------------------------------------
 

@@ -10,6 +10,7 @@ Storage failures raise :class:`bot.errors.StorageError` and change nothing.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
@@ -205,12 +206,146 @@ class MirrorStore(Protocol):
 
     async def by_transaction(self, transaction_id: str) -> IncidentMirror | None: ...
 
+    async def claim_post(self, incident_id: str, *, token: str, now: datetime, until: datetime) -> bool:
+        """Claim the right to post the incident's first message: atomic, True for one caller until
+        ``until`` (or :meth:`release_post`); a claim whose lease ended by ``now`` can be taken over."""
+        ...
+
+    async def release_post(self, incident_id: str, *, token: str) -> None:
+        """Drop the claim, if ``token`` holds it."""
+        ...
+
 
 class SeenStore(Protocol):
     """Keys of deliveries already processed (webhook ids, event ids)."""
 
     async def first_time(self, key: str, *, at: datetime) -> bool:
         """Atomically record ``key``; True only the first time it is ever recorded."""
+        ...
+
+
+@dataclass(frozen=True)
+class InboxDelivery:
+    """One PagerDuty webhook delivery kept in the inbox (see :class:`WebhookInbox`)."""
+
+    event_id: str
+    event_type: str
+    body: str  # the verified body, as received (UTF-8 JSON), parsed again when processed
+    received_at: datetime
+    state: str  # "pending" | "done" | "parked"
+    attempts: int  # claims so far, this one included
+    claim: str | None = None  # the token of the current (or last) claim
+
+
+class WebhookInbox(Protocol):
+    """Webhook deliveries stored before they are answered, processed once from here.
+
+    A claim is a compare-and-set with a lease: only a pending, due delivery that nobody holds (or
+    whose holder's lease lapsed, e.g. it crashed) can be claimed, and only the holder of a claim's
+    token can finish, retry or park it.
+    """
+
+    async def add(self, event_id: str, *, event_type: str, body: str, at: datetime) -> bool:
+        """Store a delivery unless its event id is already stored: one atomic insert-if-absent.
+        True only for the one caller that stored it. Raises ``StorageError`` (nothing stored)."""
+        ...
+
+    async def claim(self, event_id: str, *, token: str, now: datetime, until: datetime) -> InboxDelivery | None:
+        """Take a pending delivery due at ``now`` that is unclaimed or whose lease ended by ``now``;
+        hold it until ``until`` under ``token`` and count the attempt. None when another holds it,
+        it is done or parked, or its retry is not due yet."""
+        ...
+
+    async def finish(self, event_id: str, *, token: str, at: datetime) -> bool:
+        """Mark the delivery done, if ``token`` still holds it. Returns whether it did."""
+        ...
+
+    async def retry(self, event_id: str, *, token: str, at: datetime, error: str) -> bool:
+        """Release the claim and make the delivery due again at ``at``, if ``token`` holds it."""
+        ...
+
+    async def park(self, event_id: str, *, token: str, at: datetime, error: str) -> bool:
+        """Give up on the delivery (state ``parked``), if ``token`` holds it."""
+        ...
+
+    async def due(self, now: datetime, *, limit: int = 100) -> list[InboxDelivery]:
+        """Pending deliveries claimable at ``now`` (retry due, no live lease), oldest first."""
+        ...
+
+    async def count_parked(self) -> int: ...
+
+    async def prune(self, before: datetime) -> int:
+        """Delete the deliveries done before ``before``; return how many went. Pending and parked stay."""
+        ...
+
+
+@dataclass(frozen=True)
+class OutboxDelivery:
+    """A chat message kept until the platform takes it (see :class:`ChatOutbox`).
+
+    ``kind`` is ``user`` (``recipient`` is a Principal as JSON), ``channel`` (a channel id) or
+    ``update`` (a MessageRef as JSON); ``card`` is the neutral card as JSON.
+    """
+
+    id: str
+    platform: str
+    kind: str
+    recipient: str
+    card: str
+    created_at: datetime
+    state: str  # "pending" | "done" | "expired"
+    attempts: int = 0
+    claim: str | None = None
+    ref: MessageRef | None = None  # where the message landed, once delivered
+
+
+class ChatOutbox(Protocol):
+    """Chat messages the platform did not take, retried by a worker until delivered or too old.
+
+    Claims are compare-and-set with a lease, so several replicas' workers send each message once.
+    """
+
+    async def add(self, delivery: OutboxDelivery, *, at: datetime) -> None:
+        """Store a pending delivery due at ``at``. An ``update`` whose id is stored already replaces
+        that row's card and makes it pending and due again (only the newest card matters)."""
+        ...
+
+    async def get(self, delivery_id: str) -> OutboxDelivery | None: ...
+
+    async def revise(self, delivery_id: str, *, card: str) -> OutboxDelivery | None:
+        """Replace the card of a pending delivery; return the delivery as stored afterwards
+        (its ``state`` and ``ref`` tell a caller whether it was sent meanwhile), None if unknown."""
+        ...
+
+    async def drop_pending(self, delivery_id: str) -> bool:
+        """Forget a pending, unclaimed delivery (a newer update got through directly)."""
+        ...
+
+    async def claim(self, delivery_id: str, *, token: str, now: datetime, until: datetime) -> OutboxDelivery | None:
+        """As :meth:`WebhookInbox.claim`."""
+        ...
+
+    async def delivered(
+        self, delivery_id: str, *, token: str, at: datetime, ref: MessageRef | None, placeholder: MessageRef | None
+    ) -> bool:
+        """Mark done if ``token`` holds it, storing ``ref``; in the same transaction every message
+        ref equal to ``placeholder`` (recorded by whoever queued the message) becomes ``ref``."""
+        ...
+
+    async def retry(self, delivery_id: str, *, token: str, at: datetime, error: str) -> bool: ...
+
+    async def expire(self, delivery_id: str, *, token: str, at: datetime, error: str) -> bool:
+        """Give up (state ``expired``), if ``token`` holds it."""
+        ...
+
+    async def due(self, now: datetime, *, limit: int = 100) -> list[OutboxDelivery]:
+        """Pending deliveries claimable at ``now``, oldest first."""
+        ...
+
+    async def count_pending(self) -> int: ...
+
+    async def prune(self, before: datetime) -> int:
+        """Delete the deliveries finished (done or expired) before ``before``."""
         ...
 
 
@@ -226,6 +361,8 @@ class Store(Protocol):
     mirrors: MirrorStore
     seen: SeenStore
     commands: CommandInbox
+    inbox: WebhookInbox
+    outbox: ChatOutbox
 
     async def open(self) -> None:
         """Connect and apply pending migrations (idempotent; safe with several replicas)."""

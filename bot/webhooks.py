@@ -1,5 +1,6 @@
-"""PagerDuty V3 webhooks, without any web framework: signature checks, lenient parsing, ordering
-and de-duplication. ``handlers/pagerduty_webhooks.py`` puts these behind an HTTP endpoint.
+"""PagerDuty V3 webhooks, without any web framework: signature checks, bounded and lenient
+parsing, and ordering (de-duplication is the inbox's, :mod:`bot.webhook_inbox`).
+``handlers/pagerduty_webhooks.py`` puts these behind an HTTP endpoint.
 
 References: FACTS.md §7 (payload and delivery), §8 (``X-PagerDuty-Signature``), §9.9-§9.10
 (several signatures in one header, payloads that vary between accounts and years).
@@ -9,14 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 from bot.errors import UsageError
+from bot.json_limits import MalformedJson, loads_bounded
 
 SIGNATURE_HEADER: Final = "X-PagerDuty-Signature"
 WEBHOOK_ID_HEADER: Final = "X-Webhook-Id"
@@ -47,6 +47,14 @@ STATUS_ORDER: Final[Mapping[str, int]] = {"triggered": 0, "acknowledged": 1, "re
 BACKWARD_EVENT_TYPES: Final = frozenset({"incident.reopened", "incident.unacknowledged"})
 
 _V1: Final = "v1="
+
+# Bounds on what a signed body may carry. PagerDuty's ids are 7 to 26 characters and its event
+# types a few words; anything far longer is not PagerDuty, and would only bloat logs and rows.
+MAX_ID_LENGTH: Final = 128
+MAX_EVENT_TYPE_LENGTH: Final = 100
+MAX_TIMESTAMP_LENGTH: Final = 64
+MAX_TEXT_LENGTH: Final = 2048  # titles, summaries, URLs: longer values are cut, not refused
+_MAX_INCIDENT_NUMBER: Final = 2**31 - 1
 
 
 class MalformedWebhook(UsageError):
@@ -113,16 +121,19 @@ class WebhookEvent:
     data: Mapping[str, Any] = field(default_factory=dict, hash=False, compare=False, repr=False)
 
 
-def parse_event(body: bytes) -> WebhookEvent:
+def parse_event(body: bytes | str) -> WebhookEvent:
     """Parse a V3 body leniently (FACTS §9.10: fields come and go, ids are 7 or 14 characters).
 
-    Raises :class:`MalformedWebhook` for non-JSON, a missing ``event`` object, or a missing
-    ``id``, ``event_type`` or ISO 8601 ``occurred_at`` (ordering depends on it).
+    Raises :class:`MalformedWebhook` for non-JSON (or JSON nested absurdly deep, or with absurd
+    numbers: :func:`bot.json_limits.loads_bounded`), a missing ``event`` object, or a missing or
+    over-long ``id``, ``event_type`` or ISO 8601 ``occurred_at`` (ordering depends on it).
     """
     try:
-        payload = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MalformedWebhook("The webhook body is not UTF-8 JSON; send the PagerDuty V3 payload unchanged.") from exc
+        payload = loads_bounded(body)
+    except MalformedJson as exc:
+        raise MalformedWebhook(
+            f"The webhook body is not acceptable JSON ({exc}); send the PagerDuty V3 payload unchanged."
+        ) from exc
     event = payload.get("event") if isinstance(payload, dict) else None
     if not isinstance(event, dict):
         raise MalformedWebhook("The webhook body has no `event` object; is this a PagerDuty V3 webhook?")
@@ -130,6 +141,8 @@ def parse_event(body: bytes) -> WebhookEvent:
     event_type = _text(event.get("event_type"))
     if event_id is None or event_type is None:
         raise MalformedWebhook("The webhook event has no `id` or `event_type`; is this a PagerDuty V3 webhook?")
+    if len(event_id) > MAX_ID_LENGTH or len(event_type) > MAX_EVENT_TYPE_LENGTH:
+        raise MalformedWebhook("The webhook event's `id` or `event_type` is too long to be PagerDuty's.")
     data = event.get("data")
     data = data if isinstance(data, dict) else {}
     agent = event.get("agent")
@@ -137,9 +150,9 @@ def parse_event(body: bytes) -> WebhookEvent:
     return WebhookEvent(
         id=event_id,
         event_type=event_type,
-        resource_type=_text(event.get("resource_type")) or event_type.split(".", 1)[0],
+        resource_type=_text(event.get("resource_type"), limit=MAX_EVENT_TYPE_LENGTH) or event_type.split(".", 1)[0],
         occurred_at=_timestamp(event.get("occurred_at")),
-        agent_id=_text(agent.get("id")),
+        agent_id=_id(agent.get("id")),
         agent_summary=_text(agent.get("summary")),
         agent_email=_text(agent.get("email")),
         incident=_incident(data),
@@ -147,42 +160,65 @@ def parse_event(body: bytes) -> WebhookEvent:
     )
 
 
-def _text(value: object) -> str | None:
-    return value if isinstance(value, str) and value else None
+def _text(value: object, *, limit: int = MAX_TEXT_LENGTH) -> str | None:
+    """A non-empty string cut to ``limit``; None for anything else, or for text with a lone
+    surrogate (JSON can escape one, but no database or chat platform can store it)."""
+    if not isinstance(value, str) or not value:
+        return None
+    cut = value[:limit]
+    try:
+        cut.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    return cut
+
+
+def _id(value: object) -> str | None:
+    """An id of PagerDuty's size; a longer one is treated as absent (it names nothing we know)."""
+    text = _text(value)
+    return text if text is not None and len(text) <= MAX_ID_LENGTH else None
 
 
 def _timestamp(value: object) -> datetime:
     try:
-        parsed = datetime.fromisoformat(value) if isinstance(value, str) else None
-    except ValueError:
+        ok = isinstance(value, str) and len(value) <= MAX_TIMESTAMP_LENGTH
+        parsed = datetime.fromisoformat(value) if ok and isinstance(value, str) else None
+        # PagerDuty sends Z; a naive stamp would be ambiguous, and UTC is its documented default.
+        # Converted here so a stamp that cannot be expressed in UTC (year 1, -23:59) is refused now.
+        if parsed is not None:
+            parsed = parsed.astimezone(UTC) if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+    except (ValueError, OverflowError):
         parsed = None
     if parsed is None:
         raise MalformedWebhook("The webhook event has no ISO 8601 `occurred_at`; is this a PagerDuty V3 webhook?")
-    # PagerDuty sends Z; a naive stamp would be ambiguous, and UTC is its documented default.
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+    return parsed
+
+
+def _number(value: object) -> int | None:
+    ok = isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _MAX_INCIDENT_NUMBER
+    return value if ok and isinstance(value, int) else None
 
 
 def _incident(data: Mapping[str, Any]) -> WebhookIncident | None:
     if data.get("type") == "incident":
-        incident_id = _text(data.get("id"))
+        incident_id = _id(data.get("id"))
         if incident_id is None:
             return None
         service = data.get("service")
         service = service if isinstance(service, dict) else {}
-        number = data.get("number")
         return WebhookIncident(
             id=incident_id,
-            number=number if isinstance(number, int) and not isinstance(number, bool) else None,
+            number=_number(data.get("number")),
             title=_text(data.get("title")),
-            status=_text(data.get("status")),
+            status=_text(data.get("status"), limit=MAX_EVENT_TYPE_LENGTH),
             html_url=_text(data.get("html_url")),
-            incident_key=_text(data.get("incident_key")),
-            service_id=_text(service.get("id")),
+            incident_key=_text(data.get("incident_key"), limit=255),
+            service_id=_id(service.get("id")),
             service_summary=_text(service.get("summary")),
-            urgency=_text(data.get("urgency")),
+            urgency=_text(data.get("urgency"), limit=MAX_EVENT_TYPE_LENGTH),
         )
     ref = data.get("incident")
-    if isinstance(ref, dict) and (ref_id := _text(ref.get("id"))) is not None:
+    if isinstance(ref, dict) and (ref_id := _id(ref.get("id"))) is not None:
         return WebhookIncident(id=ref_id, title=_text(ref.get("summary")), html_url=_text(ref.get("html_url")))
     return None
 
@@ -206,39 +242,3 @@ def advances(current_status: str | None, current_at: datetime | None, event: Web
     if new_rank >= current_rank:
         return True
     return event.event_type in BACKWARD_EVENT_TYPES and (current_at is None or event.occurred_at > current_at)
-
-
-class SeenStore(Protocol):
-    async def first_time(self, key: str) -> bool:
-        """Atomically record ``key``; True only for the first caller ever to record it.
-
-        Raises ``StorageError`` when the store cannot answer (the caller then asks for a retry).
-        """
-        ...
-
-
-class InMemorySeenStore:
-    """A bounded, per-process :class:`SeenStore`: remembers the ``max_keys`` most recently seen keys.
-
-    Atomic because nothing awaits between the look-up and the insert. PagerDuty retries for up to
-    48 hours, so a replica restart or eviction can let a very late redelivery through; a database
-    backed store closes that gap.
-    """
-
-    def __init__(self, *, max_keys: int = 10_000) -> None:
-        if max_keys < 1:
-            raise ValueError("max_keys must be at least 1")
-        self._max = max_keys
-        self._keys: OrderedDict[str, None] = OrderedDict()
-
-    async def first_time(self, key: str) -> bool:
-        if key in self._keys:
-            self._keys.move_to_end(key)
-            return False
-        self._keys[key] = None
-        if len(self._keys) > self._max:
-            self._keys.popitem(last=False)
-        return True
-
-    def __len__(self) -> int:
-        return len(self._keys)

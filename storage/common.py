@@ -15,6 +15,7 @@ from typing import Generic, Protocol, TypeVar
 
 from bot.ports import (
     AuditLog,
+    ChatOutbox,
     CommandInbox,
     GrantStore,
     MessageStore,
@@ -23,6 +24,7 @@ from bot.ports import (
     SeenStore,
     SettingsStore,
     TransactionStore,
+    WebhookInbox,
 )
 from storage import migrations
 
@@ -64,6 +66,8 @@ class Roles(Generic[DbT]):
     mirrors: Callable[[DbT], MirrorStore]
     seen: Callable[[DbT], PrunableSeen]
     commands: Callable[[DbT], CommandInbox]
+    inbox: Callable[[DbT], WebhookInbox]
+    outbox: Callable[[DbT], ChatOutbox]
 
 
 class RoleStore(abc.ABC, Generic[DbT]):
@@ -81,6 +85,8 @@ class RoleStore(abc.ABC, Generic[DbT]):
         self._seen = roles.seen(db)
         self.seen: SeenStore = self._seen
         self.commands = roles.commands(db)
+        self.inbox = roles.inbox(db)
+        self.outbox = roles.outbox(db)
 
     async def open(self, *, migrate_up_to: int | None = None) -> None:
         """Connect and apply pending migrations: all of them, or only up to ``migrate_up_to``

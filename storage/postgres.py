@@ -30,6 +30,7 @@ from bot.domain import (
     RequestStatus,
 )
 from bot.errors import ConfigError, StorageError
+from bot.ports import InboxDelivery, OutboxDelivery
 from storage.codec import (
     Codec,
     Row,
@@ -44,6 +45,7 @@ from storage.codec import (
     utc,
 )
 from storage.common import Role, Roles, RoleStore, pending
+from storage.deliveries import delivery_sql, inbox_delivery, outbox_delivery
 
 # Any bigint works; every Ackgate replica must use the same one. These are the bytes "ackgate!".
 MIGRATION_LOCK = int.from_bytes(b"ackgate!", "big")
@@ -60,6 +62,7 @@ _CODEC = Codec(dump_time=utc, load_time=_load_time)
 _ACTIVE = GrantStatus.ACTIVE.value
 _REVOKING = GrantStatus.REVOKING.value
 _WRITES = row_writes(lambda n: f"${n}")
+_DELIVERIES = delivery_sql(lambda n: f"${n}")
 _LINK_HASH_UNIQUE = "auth_transactions_token_hash_key"  # PostgreSQL's name for the UNIQUE column
 _INSERT_APPROVAL = (
     "INSERT INTO approvals (request_id, approver_email, at) VALUES ($1, $2, $3)"
@@ -415,6 +418,16 @@ class _Mirrors(Role[_Pool]):
             row = await conn.fetchrow(BY_TRANSACTION_SQL, transaction_id)
         return None if row is None else _CODEC.mirror(row)
 
+    async def claim_post(self, incident_id: str, *, token: str, now: datetime, until: datetime) -> bool:
+        # One upsert: a rival insert waits on the key, then finds a live lease and takes nothing.
+        async with self._db.connection(f"claim the first message of incident {incident_id}") as conn:
+            row = await conn.fetchrow(_DELIVERIES.claim_post, incident_id, utc(now), token, utc(until))
+        return row is not None
+
+    async def release_post(self, incident_id: str, *, token: str) -> None:
+        async with self._db.connection(f"release the first message of incident {incident_id}") as conn:
+            await conn.execute(_DELIVERIES.release_post, incident_id, token)
+
 
 class _Seen(Role[_Pool]):
     """Deliveries already processed, as rows of ``webhook_seen``."""
@@ -495,6 +508,121 @@ class _Commands(Role[_Pool]):
             return int(await conn.fetchval(sql, utc(before)))
 
 
+class _Inbox(Role[_Pool]):
+    """Webhook deliveries, as rows of ``webhook_inbox``."""
+
+    async def _changed(self, doing: str, sql: str, *params: object) -> bool:
+        async with self._db.connection(doing) as conn:
+            return await conn.fetchrow(sql, *params) is not None
+
+    async def add(self, event_id: str, *, event_type: str, body: str, at: datetime) -> bool:
+        sql = _DELIVERIES.inbox_add
+        return await self._changed("store a webhook delivery", sql, event_id, event_type, body, utc(at))
+
+    async def claim(self, event_id: str, *, token: str, now: datetime, until: datetime) -> InboxDelivery | None:
+        async with self._db.connection(f"claim webhook event {event_id}") as conn:
+            row = await conn.fetchrow(_DELIVERIES.inbox_claim, event_id, utc(now), token, utc(until))
+        return None if row is None else inbox_delivery(row, _load_time)
+
+    async def finish(self, event_id: str, *, token: str, at: datetime) -> bool:
+        return await self._changed(
+            f"finish webhook event {event_id}", _DELIVERIES.inbox_finish, event_id, token, utc(at)
+        )
+
+    async def retry(self, event_id: str, *, token: str, at: datetime, error: str) -> bool:
+        sql = _DELIVERIES.inbox_retry
+        return await self._changed(f"reschedule webhook event {event_id}", sql, event_id, token, utc(at), error)
+
+    async def park(self, event_id: str, *, token: str, at: datetime, error: str) -> bool:
+        sql = _DELIVERIES.inbox_park
+        return await self._changed(f"park webhook event {event_id}", sql, event_id, token, utc(at), error)
+
+    async def due(self, now: datetime, *, limit: int = 100) -> list[InboxDelivery]:
+        async with self._db.connection("list webhook deliveries to process") as conn:
+            rows = await conn.fetch(_DELIVERIES.inbox_due, limit, utc(now))
+        return [inbox_delivery(row, _load_time) for row in rows]
+
+    async def count_parked(self) -> int:
+        async with self._db.connection("count parked webhook deliveries") as conn:
+            return int(await conn.fetchval(_DELIVERIES.inbox_count_parked))
+
+    async def prune(self, before: datetime) -> int:
+        async with self._db.connection("forget processed webhook deliveries") as conn:
+            return len(await conn.fetch(_DELIVERIES.inbox_prune, utc(before)))
+
+
+class _Outbox(Role[_Pool]):
+    """Chat messages waiting for the platform, as rows of ``chat_outbox``."""
+
+    async def _changed(self, doing: str, sql: str, *params: object) -> bool:
+        async with self._db.connection(doing) as conn:
+            return await conn.fetchrow(sql, *params) is not None
+
+    async def _one(self, doing: str, sql: str, *params: object) -> OutboxDelivery | None:
+        async with self._db.connection(doing) as conn:
+            row = await conn.fetchrow(sql, *params)
+        return None if row is None else outbox_delivery(row, _load_time)
+
+    async def add(self, delivery: OutboxDelivery, *, at: datetime) -> None:
+        d = delivery
+        async with self._db.connection(f"queue chat message {d.id}") as conn:
+            await conn.execute(
+                _DELIVERIES.outbox_add, d.id, d.platform, d.kind, d.recipient, d.card, utc(at), utc(d.created_at)
+            )
+
+    async def get(self, delivery_id: str) -> OutboxDelivery | None:
+        return await self._one(f"read chat message {delivery_id}", _DELIVERIES.outbox_get, delivery_id)
+
+    async def revise(self, delivery_id: str, *, card: str) -> OutboxDelivery | None:
+        revised = await self._one(f"revise chat message {delivery_id}", _DELIVERIES.outbox_revise, delivery_id, card)
+        return revised if revised is not None else await self.get(delivery_id)
+
+    async def drop_pending(self, delivery_id: str) -> bool:
+        return await self._changed(f"drop chat message {delivery_id}", _DELIVERIES.outbox_drop, delivery_id)
+
+    async def claim(self, delivery_id: str, *, token: str, now: datetime, until: datetime) -> OutboxDelivery | None:
+        sql = _DELIVERIES.outbox_claim
+        return await self._one(f"claim chat message {delivery_id}", sql, delivery_id, utc(now), token, utc(until))
+
+    async def delivered(
+        self, delivery_id: str, *, token: str, at: datetime, ref: MessageRef | None, placeholder: MessageRef | None
+    ) -> bool:
+        channel, message_id = (ref.channel, ref.message_id) if ref is not None else (None, None)
+        async with self._db.connection(f"record chat message {delivery_id} as sent", transaction=True) as conn:
+            done = await conn.fetchrow(_DELIVERIES.outbox_delivered, delivery_id, token, utc(at), channel, message_id)
+            if done is not None and ref is not None and placeholder is not None:
+                await conn.execute(
+                    _DELIVERIES.outbox_swap_refs,
+                    ref.channel,
+                    ref.message_id,
+                    placeholder.platform,
+                    placeholder.channel,
+                    placeholder.message_id,
+                )
+        return done is not None
+
+    async def retry(self, delivery_id: str, *, token: str, at: datetime, error: str) -> bool:
+        sql = _DELIVERIES.outbox_retry
+        return await self._changed(f"reschedule chat message {delivery_id}", sql, delivery_id, token, utc(at), error)
+
+    async def expire(self, delivery_id: str, *, token: str, at: datetime, error: str) -> bool:
+        sql = _DELIVERIES.outbox_expire
+        return await self._changed(f"give up chat message {delivery_id}", sql, delivery_id, token, utc(at), error)
+
+    async def due(self, now: datetime, *, limit: int = 100) -> list[OutboxDelivery]:
+        async with self._db.connection("list chat messages to send") as conn:
+            rows = await conn.fetch(_DELIVERIES.outbox_due, limit, utc(now))
+        return [outbox_delivery(row, _load_time) for row in rows]
+
+    async def count_pending(self) -> int:
+        async with self._db.connection("count queued chat messages") as conn:
+            return int(await conn.fetchval(_DELIVERIES.outbox_count_pending))
+
+    async def prune(self, before: datetime) -> int:
+        async with self._db.connection("forget sent chat messages") as conn:
+            return len(await conn.fetch(_DELIVERIES.outbox_prune, utc(before)))
+
+
 _ROLES = Roles(
     requests=_Requests,
     grants=_Grants,
@@ -505,6 +633,8 @@ _ROLES = Roles(
     mirrors=_Mirrors,
     seen=_Seen,
     commands=_Commands,
+    inbox=_Inbox,
+    outbox=_Outbox,
 )
 
 

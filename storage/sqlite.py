@@ -29,6 +29,7 @@ from bot.domain import (
     RequestStatus,
 )
 from bot.errors import StorageError
+from bot.ports import InboxDelivery, OutboxDelivery
 from storage.codec import (
     Codec,
     dump_json,
@@ -43,6 +44,7 @@ from storage.codec import (
     transaction_taken,
 )
 from storage.common import Role, Roles, RoleStore, pending
+from storage.deliveries import delivery_sql, inbox_delivery, outbox_delivery
 
 BUSY_TIMEOUT_MS = 5000
 WAL_RETRY_SECONDS = 0.05
@@ -67,6 +69,7 @@ _CODEC = Codec(dump_time=iso, load_time=from_iso)
 _ACTIVE = GrantStatus.ACTIVE.value
 _REVOKING = GrantStatus.REVOKING.value
 _WRITES = row_writes(lambda _: "?")
+_DELIVERIES = delivery_sql(lambda n: f"?{n}")  # numbered: these statements reuse a parameter
 _INSERT_APPROVAL = (
     "INSERT INTO approvals (request_id, approver_email, at) VALUES (?, ?, ?)"
     " ON CONFLICT (request_id, approver_email) DO NOTHING"
@@ -470,6 +473,15 @@ class _Mirrors(Role[_Db]):
             row = await _row(conn, BY_TRANSACTION_SQL, [transaction_id])
         return None if row is None else _CODEC.mirror(row)
 
+    async def claim_post(self, incident_id: str, *, token: str, now: datetime, until: datetime) -> bool:
+        async with self._db.writing(f"claim the first message of incident {incident_id}") as conn:
+            row = await _row(conn, _DELIVERIES.claim_post, (incident_id, iso(now), token, iso(until)))
+        return row is not None
+
+    async def release_post(self, incident_id: str, *, token: str) -> None:
+        async with self._db.writing(f"release the first message of incident {incident_id}") as conn:
+            await conn.execute(_DELIVERIES.release_post, (incident_id, token))
+
 
 class _Seen(Role[_Db]):
     """Deliveries already processed, as rows of ``webhook_seen``."""
@@ -546,6 +558,119 @@ class _Commands(Role[_Db]):
             )
 
 
+class _Inbox(Role[_Db]):
+    """Webhook deliveries, as rows of ``webhook_inbox``."""
+
+    async def _changed(self, doing: str, sql: str, params: Sequence[object]) -> bool:
+        async with self._db.writing(doing) as conn:
+            return await _row(conn, sql, params) is not None
+
+    async def add(self, event_id: str, *, event_type: str, body: str, at: datetime) -> bool:
+        params = (event_id, event_type, body, iso(at))
+        return await self._changed("store a webhook delivery", _DELIVERIES.inbox_add, params)
+
+    async def claim(self, event_id: str, *, token: str, now: datetime, until: datetime) -> InboxDelivery | None:
+        async with self._db.writing(f"claim webhook event {event_id}") as conn:
+            row = await _row(conn, _DELIVERIES.inbox_claim, (event_id, iso(now), token, iso(until)))
+        return None if row is None else inbox_delivery(row, from_iso)
+
+    async def finish(self, event_id: str, *, token: str, at: datetime) -> bool:
+        params = (event_id, token, iso(at))
+        return await self._changed(f"finish webhook event {event_id}", _DELIVERIES.inbox_finish, params)
+
+    async def retry(self, event_id: str, *, token: str, at: datetime, error: str) -> bool:
+        params = (event_id, token, iso(at), error)
+        return await self._changed(f"reschedule webhook event {event_id}", _DELIVERIES.inbox_retry, params)
+
+    async def park(self, event_id: str, *, token: str, at: datetime, error: str) -> bool:
+        params = (event_id, token, iso(at), error)
+        return await self._changed(f"park webhook event {event_id}", _DELIVERIES.inbox_park, params)
+
+    async def due(self, now: datetime, *, limit: int = 100) -> list[InboxDelivery]:
+        async with self._db.reading("list webhook deliveries to process") as conn:
+            rows = await _rows(conn, _DELIVERIES.inbox_due, (limit, iso(now)))
+        return [inbox_delivery(row, from_iso) for row in rows]
+
+    async def count_parked(self) -> int:
+        async with self._db.reading("count parked webhook deliveries") as conn:
+            row = await _row(conn, _DELIVERIES.inbox_count_parked)
+        return 0 if row is None else int(row["n"])
+
+    async def prune(self, before: datetime) -> int:
+        async with self._db.writing("forget processed webhook deliveries") as conn:
+            return len(await _rows(conn, _DELIVERIES.inbox_prune, [iso(before)]))
+
+
+class _Outbox(Role[_Db]):
+    """Chat messages waiting for the platform, as rows of ``chat_outbox``."""
+
+    async def _changed(self, doing: str, sql: str, params: Sequence[object]) -> bool:
+        async with self._db.writing(doing) as conn:
+            return await _row(conn, sql, params) is not None
+
+    async def _one(self, doing: str, sql: str, params: Sequence[object]) -> OutboxDelivery | None:
+        async with self._db.writing(doing) as conn:
+            row = await _row(conn, sql, params)
+        return None if row is None else outbox_delivery(row, from_iso)
+
+    async def add(self, delivery: OutboxDelivery, *, at: datetime) -> None:
+        d = delivery
+        async with self._db.writing(f"queue chat message {d.id}") as conn:
+            params = (d.id, d.platform, d.kind, d.recipient, d.card, iso(at), iso(d.created_at))
+            await conn.execute(_DELIVERIES.outbox_add, params)
+
+    async def get(self, delivery_id: str) -> OutboxDelivery | None:
+        async with self._db.reading(f"read chat message {delivery_id}") as conn:
+            row = await _row(conn, _DELIVERIES.outbox_get, [delivery_id])
+        return None if row is None else outbox_delivery(row, from_iso)
+
+    async def revise(self, delivery_id: str, *, card: str) -> OutboxDelivery | None:
+        sql = _DELIVERIES.outbox_revise
+        revised = await self._one(f"revise chat message {delivery_id}", sql, (delivery_id, card))
+        return revised if revised is not None else await self.get(delivery_id)
+
+    async def drop_pending(self, delivery_id: str) -> bool:
+        return await self._changed(f"drop chat message {delivery_id}", _DELIVERIES.outbox_drop, [delivery_id])
+
+    async def claim(self, delivery_id: str, *, token: str, now: datetime, until: datetime) -> OutboxDelivery | None:
+        params = (delivery_id, iso(now), token, iso(until))
+        return await self._one(f"claim chat message {delivery_id}", _DELIVERIES.outbox_claim, params)
+
+    async def delivered(
+        self, delivery_id: str, *, token: str, at: datetime, ref: MessageRef | None, placeholder: MessageRef | None
+    ) -> bool:
+        channel, message_id = (ref.channel, ref.message_id) if ref is not None else (None, None)
+        params = (delivery_id, token, iso(at), channel, message_id)
+        async with self._db.writing(f"record chat message {delivery_id} as sent") as conn:
+            done = await _row(conn, _DELIVERIES.outbox_delivered, params)
+            if done is not None and ref is not None and placeholder is not None:
+                swap = (ref.channel, ref.message_id, placeholder.platform, placeholder.channel, placeholder.message_id)
+                await conn.execute(_DELIVERIES.outbox_swap_refs, swap)
+        return done is not None
+
+    async def retry(self, delivery_id: str, *, token: str, at: datetime, error: str) -> bool:
+        params = (delivery_id, token, iso(at), error)
+        return await self._changed(f"reschedule chat message {delivery_id}", _DELIVERIES.outbox_retry, params)
+
+    async def expire(self, delivery_id: str, *, token: str, at: datetime, error: str) -> bool:
+        params = (delivery_id, token, iso(at), error)
+        return await self._changed(f"give up chat message {delivery_id}", _DELIVERIES.outbox_expire, params)
+
+    async def due(self, now: datetime, *, limit: int = 100) -> list[OutboxDelivery]:
+        async with self._db.reading("list chat messages to send") as conn:
+            rows = await _rows(conn, _DELIVERIES.outbox_due, (limit, iso(now)))
+        return [outbox_delivery(row, from_iso) for row in rows]
+
+    async def count_pending(self) -> int:
+        async with self._db.reading("count queued chat messages") as conn:
+            row = await _row(conn, _DELIVERIES.outbox_count_pending)
+        return 0 if row is None else int(row["n"])
+
+    async def prune(self, before: datetime) -> int:
+        async with self._db.writing("forget sent chat messages") as conn:
+            return len(await _rows(conn, _DELIVERIES.outbox_prune, [iso(before)]))
+
+
 _ROLES = Roles(
     requests=_Requests,
     grants=_Grants,
@@ -556,6 +681,8 @@ _ROLES = Roles(
     mirrors=_Mirrors,
     seen=_Seen,
     commands=_Commands,
+    inbox=_Inbox,
+    outbox=_Outbox,
 )
 
 

@@ -14,7 +14,8 @@ from pydantic import SecretStr
 from bot.domain import AuthStatus
 from bot.mirror import MirrorService, subject
 from bot.views import Card
-from bot.webhooks import InMemorySeenStore, parse_event
+from bot.webhook_inbox import Inbox
+from bot.webhooks import parse_event
 from handlers.pagerduty_webhooks import mount_pagerduty_webhooks
 from tests.fakes import incident_world
 from tests.fakes.incident_world import CHANNEL, WATCHED_SERVICE, IncidentWorld, webhook_body
@@ -238,9 +239,8 @@ async def test_signed_webhooks_through_the_real_endpoint_update_one_message(iw: 
     secret = "whsec-mirror-tests-0123456789"
     spawned: list[Coroutine[Any, Any, None]] = []
     app = web.Application()
-    mount_pagerduty_webhooks(
-        app, secrets=[SecretStr(secret)], on_event=iw.mirror.on_event, seen=InMemorySeenStore(), spawn=spawned.append
-    )
+    inbox = Inbox(iw.store.inbox, on_event=iw.mirror.on_event, clock=iw.clock)
+    mount_pagerduty_webhooks(app, secrets=[SecretStr(secret)], inbox=inbox, spawn=spawned.append)
     await iw.add_transaction(KEY, target=bob)
     t0 = iw.clock.now()
     bodies = [

@@ -1,13 +1,14 @@
-"""``POST /webhooks/pagerduty`` over real HTTP on loopback: status codes, async hand-off, de-duplication."""
+"""``POST /webhooks/pagerduty`` over real HTTP on loopback: status codes, async hand-off through the
+inbox (an in-memory SQLite store here; tests/test_webhook_inbox.py races it on both backends)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -15,9 +16,12 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
 
-from bot.errors import StorageError
-from bot.webhooks import InMemorySeenStore, SeenStore, WebhookEvent, advances
+from bot.clock import FakeClock
+from bot.ports import Store, WebhookInbox
+from bot.webhook_inbox import Inbox
+from bot.webhooks import WebhookEvent, advances
 from handlers.pagerduty_webhooks import mount_pagerduty_webhooks
+from storage import open_store
 from tests.pagerduty_webhook_reference import SIGNATURE_VECTORS, example_bodies, sign, vector_body
 
 PATH = "/webhooks/pagerduty"
@@ -29,6 +33,8 @@ EXAMPLES = example_bodies()
 class Receiver:
     """What the endpoint handed on: delivered events, spawned-but-not-yet-run work, metric calls."""
 
+    store: Store
+    clock: FakeClock = field(default_factory=FakeClock)
     delivered: list[WebhookEvent] = field(default_factory=list)
     pending: list[Coroutine[Any, Any, None]] = field(default_factory=list)
     signature_failures: int = 0
@@ -70,18 +76,18 @@ async def start(
     receiver: Receiver,
     *,
     secrets: Sequence[str] = (SECRET,),
-    seen: SeenStore | None = None,
+    inbox_store: WebhookInbox | None = None,
     on_event: Callable[[WebhookEvent], Awaitable[None]] | None = None,
     own_spawn: bool = False,
     max_body: int = 256 * 1024,
     shutdown_grace: float = 5.0,
 ) -> TestClient[web.Request, web.Application]:
     app = web.Application()
+    inbox = Inbox(inbox_store or receiver.store.inbox, on_event=on_event or receiver.on_event, clock=receiver.clock)
     mount_pagerduty_webhooks(
         app,
         secrets=[SecretStr(s) for s in secrets],
-        on_event=on_event or receiver.on_event,
-        seen=seen or InMemorySeenStore(),
+        inbox=inbox,
         count_signature_failure=receiver.count_signature_failure,
         count_event=receiver.counted.append,
         path=PATH,
@@ -95,11 +101,14 @@ async def start(
 
 
 @pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    receiver = Receiver()
+async def receiver() -> AsyncIterator[Receiver]:
+    store = open_store("sqlite:///:memory:")
+    await store.open()
+    receiver = Receiver(store)
     yield receiver
     for coro in receiver.pending:  # work a test chose not to run must not warn "never awaited"
         coro.close()
+    await store.close()
 
 
 @pytest.fixture
@@ -300,9 +309,11 @@ async def test_202_is_sent_before_on_event_finishes(receiver: Receiver) -> None:
 async def test_processing_still_running_at_shutdown_is_cancelled_after_the_grace(receiver: Receiver) -> None:
     """The default spawner tracks its tasks: shutdown waits the grace period, then cancels, never leaves them dangling."""
     never = asyncio.Event()
+    started = asyncio.Event()
     outcome: list[str] = []
 
     async def stuck_on_event(event: WebhookEvent) -> None:
+        started.set()
         try:
             await never.wait()
         except asyncio.CancelledError:
@@ -318,35 +329,46 @@ async def test_processing_still_running_at_shutdown_is_cancelled_after_the_grace
     client = await start(receiver, on_event=stuck_on_event, own_spawn=True, shutdown_grace=0)
     try:
         assert await asyncio.wait_for(post(), timeout=5) == 202  # bounded: a regression fails, not hangs
+        await asyncio.wait_for(started.wait(), timeout=5)
     finally:
         await client.close()
     assert outcome == ["cancelled"]
+    # Cancelled mid-way, so not done: the inbox's recovery takes it up once the lease lapses.
+    [left] = await receiver.store.inbox.due(receiver.clock.now() + timedelta(hours=1))
+    assert left.event_type == "incident.triggered"
 
 
-async def test_failing_on_event_is_logged_and_the_server_keeps_serving(
+async def test_failing_on_event_is_logged_retried_later_and_the_server_keeps_serving(
     receiver: Receiver, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """A processing failure is one WARNING line (no traceback); the inbox retries the event after a backoff."""
     calls: list[str] = []
 
     async def on_event(event: WebhookEvent) -> None:
         calls.append(event.event_type)
-        if event.event_type == "incident.triggered":
+        if event.event_type == "incident.triggered" and calls.count("incident.triggered") == 1:
             raise RuntimeError("chat is down")
 
+    inbox = Inbox(receiver.store.inbox, on_event=on_event, clock=receiver.clock)
     client = await start(receiver, on_event=on_event)
     endpoint = Endpoint(client, receiver)
     try:
-        with caplog.at_level(logging.ERROR, logger="ackgate.webhooks"):
+        with caplog.at_level(logging.INFO, logger="ackgate.webhooks"):
             assert (await endpoint.post(TRIGGERED))[0] == 202
             await receiver.run_pending()  # the wrapped work swallows and logs; awaiting it does not raise
             assert (await endpoint.post(RESOLVED))[0] == 202
             await receiver.run_pending()
+            assert await inbox.recover() == 0  # the retry is not due yet
+            receiver.clock.advance(timedelta(seconds=6))
+            assert await inbox.recover() == 1
     finally:
         await client.close()
-    assert calls == ["incident.triggered", "incident.resolved"]
-    [record] = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert calls == ["incident.triggered", "incident.resolved", "incident.triggered"]
+    [record] = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert "01FKZSRAPTMF55RE69G8BQHGC6" in record.getMessage()
-    assert record.exc_info is not None
+    assert "chat is down" in record.getMessage()
+    assert record.exc_info is None
+    assert await receiver.store.inbox.due(receiver.clock.now() + timedelta(days=1)) == []
 
 
 async def test_rotated_secrets_both_accepted(receiver: Receiver) -> None:
@@ -399,12 +421,10 @@ async def test_distinct_events_are_all_processed(endpoint: Endpoint, receiver: R
     assert [e.event_type for e in receiver.delivered] == ["incident.triggered", "incident.resolved"]
 
 
-async def test_dedup_store_failure_is_503_so_pagerduty_retries(receiver: Receiver) -> None:
-    class BrokenStore:
-        async def first_time(self, key: str) -> bool:
-            raise StorageError("The database is unreachable.")
-
-    client = await start(receiver, seen=BrokenStore())
+async def test_inbox_store_failure_is_503_so_pagerduty_retries(receiver: Receiver) -> None:
+    """When the delivery cannot be stored, PagerDuty is asked to retry (503) and nothing is processed."""
+    unopened = open_store("sqlite:///:memory:")  # never opened: every call raises StorageError
+    client = await start(receiver, inbox_store=unopened.inbox)
     try:
         status, _ = await Endpoint(client, receiver).post(TRIGGERED, webhook_id="wh-1")
     finally:

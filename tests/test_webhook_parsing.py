@@ -1,8 +1,7 @@
-"""Parsing V3 webhook bodies leniently, ordering incident updates, and the in-memory de-dup store."""
+"""Parsing V3 webhook bodies leniently, and ordering incident updates (de-duplication is the inbox's: tests/test_webhook_inbox.py)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from datetime import UTC, datetime, timedelta
 
@@ -12,7 +11,6 @@ import pytest
 from bot.errors import UsageError
 from bot.webhooks import (
     STATUS_ORDER,
-    InMemorySeenStore,
     MalformedWebhook,
     WebhookEvent,
     WebhookIncident,
@@ -217,35 +215,3 @@ def test_first_event_for_an_unknown_incident_advances() -> None:
 def test_event_without_a_status_never_advances() -> None:
     assert not advances("triggered", T0, incident_event("incident.annotated", None, T0 + timedelta(minutes=1)))
     assert not advances(None, None, incident_event("incident.annotated", None, T0))
-
-
-# --- de-duplication --------------------------------------------------------------------------
-
-
-async def test_seen_store_answers_true_only_the_first_time() -> None:
-    seen = InMemorySeenStore()
-    assert await seen.first_time("a")
-    assert not await seen.first_time("a")
-    assert await seen.first_time("b")
-
-
-async def test_seen_store_concurrent_callers_get_exactly_one_first() -> None:
-    seen = InMemorySeenStore()
-    answers = await asyncio.gather(*(seen.first_time("same") for _ in range(20)))
-    assert answers.count(True) == 1
-
-
-async def test_seen_store_forgets_the_least_recently_seen_key_past_its_bound() -> None:
-    seen = InMemorySeenStore(max_keys=2)
-    await seen.first_time("a")
-    await seen.first_time("b")
-    assert not await seen.first_time("a")  # touches a, so b is now the oldest
-    await seen.first_time("c")
-    assert len(seen) == 2
-    assert not await seen.first_time("a")
-    assert await seen.first_time("b")
-
-
-def test_seen_store_needs_room_for_one_key() -> None:
-    with pytest.raises(ValueError, match="max_keys"):
-        InMemorySeenStore(max_keys=0)
