@@ -607,3 +607,8 @@ TEAMS_UNTRUSTED_SERVICE_URL = (
     "Ackgate did not send this Teams message: its service address did not come from Teams. "
     "Ask the person to message the Ackgate bot once, then try again."
 )
+TEAMS_CARD_ACTION_INVALID = (
+    "That button's data is not valid, so nothing was done. Use the buttons on the latest Ackgate card, "
+    f"or type {COMMAND} list."
+)
+TEAMS_KEY_FORM_SAVE = "Save"
