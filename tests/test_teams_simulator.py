@@ -170,7 +170,7 @@ async def test_injected_faults_answer_in_order_then_clear(sim: TeamsSimulator) -
         limited = await http.post(url, json={"type": "message"}, headers=headers)
         down = await http.post(url, json={"type": "message"}, headers=headers)
         ok = await http.post(url, json={"type": "message"}, headers=headers)
-        sim.delay_next(5)
+        sim.delay_next(2)
         with pytest.raises(httpx.ReadTimeout):
             await http.post(url, json={"type": "message"}, headers=headers, timeout=0.2)
     assert limited.status_code == 429 and limited.headers["Retry-After"] == "2"

@@ -27,6 +27,7 @@ reads no reference files and imports nothing from the tests.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import secrets
@@ -169,6 +170,7 @@ class TeamsSimulator(LoopbackServer):
         self._token_faults = Faults()
         self._seq = itertools.count(1)
         self._changed = asyncio.Condition()
+        self._stopping = asyncio.Event()
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -185,6 +187,19 @@ class TeamsSimulator(LoopbackServer):
         app.router.add_get(base + "/{cid}/members/{mid}", self._member)
         app.router.add_get(base + "/{cid}/pagedmembers", self._paged_members)
         return app
+
+    async def start(self) -> str:
+        self._stopping.clear()
+        return await super().start()
+
+    async def stop(self) -> None:
+        self._stopping.set()  # injected delays end now, so shutting down never waits for them
+        await super().stop()
+
+    async def _pause(self, seconds: float) -> None:
+        if seconds > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), seconds)
 
     @property
     def service_url(self) -> str:
@@ -203,7 +218,7 @@ class TeamsSimulator(LoopbackServer):
     # --- keys -------------------------------------------------------------------------------
 
     def add_key(self, kid: str, *, endorsements: tuple[str, ...] = (CHANNEL,), published: bool = True) -> SigningKey:
-        key = SigningKey(kid, rsa.generate_private_key(public_exponent=65537, key_size=2048), list(endorsements))
+        key = SigningKey(kid, _private_key(kid), list(endorsements))
         key.published = published
         self.keys.append(key)
         return key
@@ -304,7 +319,7 @@ class TeamsSimulator(LoopbackServer):
         self.token_requests += 1
         fault = self._token_faults.take()
         if fault is not None:
-            await asyncio.sleep(fault.delay)
+            await self._pause(fault.delay)
             if fault.status is not None:
                 return _oauth_error(fault.status, "temporarily_unavailable", headers=fault.headers)
         form = await request.post()
@@ -356,7 +371,7 @@ class TeamsSimulator(LoopbackServer):
         try:
             fault = self._connector_faults.take()
             if fault is not None:
-                await asyncio.sleep(fault.delay)
+                await self._pause(fault.delay)
                 if fault.status is not None:
                     return _error(
                         fault.status, _FAULT_CODES.get(fault.status, "ServiceError"), "Injected.", fault.headers
@@ -473,6 +488,17 @@ class TeamsSimulator(LoopbackServer):
             return 200, answer
 
         return await self._connector(request, "Conversations_GetConversationPagedMembers", page)
+
+
+_KEYS: dict[str, rsa.RSAPrivateKey] = {}
+
+
+def _private_key(kid: str) -> rsa.RSAPrivateKey:
+    """A 2048-bit test key, made once per process for each kid (generating one takes a while), so two
+    simulators share the key behind "k1"; a different kid always means a different key."""
+    if kid not in _KEYS:
+        _KEYS[kid] = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return _KEYS[kid]
 
 
 _FAULT_CODES = {403: "MessageWritesBlocked", 404: "NotFound", 412: "PreconditionFailed", 429: "TooManyRequests"}
