@@ -256,3 +256,68 @@ def test_the_service_url_policy_matches_hosts_and_trusts_only_what_it_was_told()
     assert policy.trusted("https://smba.trafficmanager.net/amer/")
     policy.remember("https://evil.example/")
     assert not policy.trusted("https://evil.example/")
+
+
+# --- our rules are at least as strict as botbuilder's own ------------------------------------------
+
+SDK_CASES = [
+    "forged signature",
+    "expired beyond tolerance",
+    "wrong audience",
+    "wrong issuer",
+    "key not endorsed for msteams",
+    "serviceurl claim mismatch",
+]
+
+
+@pytest.fixture
+async def sdk_auth(sim: TeamsSimulator, keys: OpenIdKeys, sdk_cache: None) -> AsyncIterator[Any]:
+    """botbuilder's parameterized channel validation, its key cache primed by OpenIdKeys (no blocking fetch)."""
+    from handlers import teams_adapter
+    from handlers.teams_connector import TokenSource
+
+    async with httpx.AsyncClient() as http:
+        tokens = TokenSource(
+            app_id=sim.app_id,
+            app_password=sim.app_password,
+            tenant_id=sim.tenant_id,
+            login_url=sim.login_url,
+            http=http,
+        )
+        adapter = teams_adapter.build_adapter(
+            app_id=sim.app_id, tenant_id=sim.tenant_id, tokens=tokens, openid_metadata_url=sim.openid_metadata_url
+        )
+        yield adapter.bot_framework_authentication
+
+
+async def _sdk_accepts(sdk_auth: Any, keys: OpenIdKeys, header: str, activity: dict[str, Any]) -> bool:
+    from botbuilder.schema import Activity
+
+    await keys.refresh()
+    keys.prime_sdk_cache()
+    try:
+        await sdk_auth.authenticate_request(Activity().deserialize(activity), header)
+    except AssertionError:  # the guard on requests.get: the SDK tried its blocking fetch
+        raise
+    except Exception:  # the SDK raises PermissionError, jwt errors, IndexError…: any refusal counts
+        return False
+    return True
+
+
+async def test_botbuilder_accepts_the_token_we_accept(
+    sim: TeamsSimulator, auth: TeamsAuthenticator, keys: OpenIdKeys, activity: dict[str, Any], sdk_auth: Any
+) -> None:
+    header = f"Bearer {sign(sim)}"
+    assert (await auth.authenticate(header, activity)).is_authenticated
+    assert await _sdk_accepts(sdk_auth, keys, header, activity)
+
+
+@pytest.mark.parametrize("case", SDK_CASES)
+async def test_botbuilder_refuses_what_we_refuse(
+    case: str, sim: TeamsSimulator, auth: TeamsAuthenticator, keys: OpenIdKeys, activity: dict[str, Any], sdk_auth: Any
+) -> None:
+    make, error = REFUSALS[case]
+    header = f"Bearer {make(sim)}"
+    with pytest.raises(error):
+        await auth.authenticate(header, activity)
+    assert not await _sdk_accepts(sdk_auth, keys, header, activity)
