@@ -69,7 +69,7 @@ def color_icon(size: int = 192) -> bytes:
             rgb = tuple(round(a * (1 - c) + w * c) for a, w in zip(ACCENT, WHITE, strict=True))
             row.append((*rgb, 255))
         rows.append(row)
-    return png(size, size, rows)  # type: ignore[arg-type]
+    return png(size, size, rows)
 
 
 def outline_icon(size: int = 32) -> bytes:
