@@ -688,3 +688,43 @@ def deliveries_status(*, parked_webhooks: int, queued_messages: int) -> str:
         else f"{queued_messages} chat message(s) waiting to be sent again (Slack refused or was unreachable)"
     )
     return f"{webhooks}; {chat}"
+
+
+# --- Microsoft Teams (Bot Connector) ---
+
+
+def teams_blocked(operation: str) -> str:
+    return (
+        f"Teams refused {operation}: the Ackgate app is blocked or not installed for that person or chat. "
+        "Ask them to add the Ackgate app in Teams, then try again."
+    )
+
+
+def teams_not_found(operation: str) -> str:
+    return f"Teams could not find the chat, message or person for {operation}. It may have been deleted."
+
+
+def teams_refused(operation: str, code: str) -> str:
+    return f"Teams refused {operation} ({code}). Check the Ackgate app's registration and installation, then try again."
+
+
+def teams_unreachable(operation: str) -> str:
+    return f"Ackgate could not reach Teams for {operation}. Try again in a minute."
+
+
+def teams_token_failed(detail: str) -> str:
+    return (
+        f"Ackgate could not sign in to the Bot Framework ({detail}). Check MICROSOFT_APP_ID, "
+        "MICROSOFT_APP_PASSWORD and MICROSOFT_APP_TENANT_ID against the Azure Bot registration."
+    )
+
+
+TEAMS_UNTRUSTED_SERVICE_URL = (
+    "Ackgate did not send this Teams message: its service address did not come from Teams. "
+    "Ask the person to message the Ackgate bot once, then try again."
+)
+TEAMS_CARD_ACTION_INVALID = (
+    "That button's data is not valid, so nothing was done. Use the buttons on the latest Ackgate card, "
+    f"or type {COMMAND} list."
+)
+TEAMS_KEY_FORM_SAVE = "Save"
