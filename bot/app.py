@@ -39,6 +39,7 @@ from bot.policy_file import load_policy
 from bot.ports import ChatNotifier, PagerDutyDirectory, Provisioner, Store
 from bot.provisioners import build_provisioners
 from bot.reactions import Reactions, registry
+from bot.reconciler import Reconciler, start_up
 from bot.router import CommandRouter
 from bot.secrets import SecretBox
 from bot.webhooks import WebhookEvent
@@ -226,7 +227,8 @@ def build_app(
         jobs.append(every(settings.incident_check_seconds, clock, mirror.check_incidents))
     if isinstance(store, PrunesSeen):
         jobs.append(every(3600, clock, _pruner(store, clock)))
-    scheduler = ExpiryScheduler(service, grants=store.grants, clock=clock, jobs=jobs)
+    reconciler = Reconciler(service, store=store, clock=clock)
+    scheduler = ExpiryScheduler(service, grants=store.grants, clock=clock, jobs=jobs, reconciler=reconciler)
     app = web.Application(client_max_size=1024 * 1024)
     slack_client: AsyncWebClient | None = None
     group_check = None
@@ -295,11 +297,17 @@ def build_app(
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         if owns_store:
             await store.open()
+        first_pass: asyncio.Task[int] | None = None
         if run_scheduler:
+            # Finish what a crash left behind before serving (briefly; the rest in the background).
+            first_pass = await start_up(reconciler)
             scheduler.start()
         try:
             yield
         finally:
+            if first_pass is not None:
+                first_pass.cancel()
+                await asyncio.gather(first_pass, return_exceptions=True)
             await scheduler.stop()
             await webhook_health.drain()
             await http.aclose()

@@ -572,3 +572,26 @@ def prefs_how_to_change() -> str:
 
 
 PREFS_BOTH_OFF = "With both off, requests still reach you by chat direct message, so you are never unreachable."
+
+
+# --- the grant lifecycle: failures, recovery, long lists -------------------------------------
+
+
+def provisioner_crashed(exc: Exception) -> str:
+    # Only the type: an unexpected error's text may carry anything, secrets included.
+    return f"The provisioner failed unexpectedly ({type(exc).__name__})."
+
+
+def approvers_label(emails: tuple[str, ...] | list[str]) -> str:
+    return ", ".join(emails)
+
+
+def approved_not_provisioned(who: str) -> str:
+    return f"Approved by {who}, but the access could not be provisioned"
+
+
+def more_grants(hidden: int) -> str:
+    return (
+        f"{hidden} more active grant(s) are not shown here. Each holder is told when a grant ends; "
+        f"end one early with {COMMAND} revoke <grant id>."
+    )

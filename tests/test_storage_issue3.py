@@ -399,7 +399,7 @@ async def test_a_database_at_version_1_upgrades_to_the_latest_keeping_its_data(d
         with pytest.raises(StorageError):  # the new tables do not exist yet
             await old.transactions.get("t-aaaa2222")
     async with opened(database_url) as upgraded:
-        assert await upgraded.schema_version() == LATEST == 2  # type: ignore[attr-defined]
+        assert await upgraded.schema_version() == LATEST >= 2  # type: ignore[attr-defined]
         assert await upgraded.requests.get("r-aaaa2222") == make_request()
         await upgraded.transactions.add(make_transaction())
         await upgraded.mirrors.put_if_newer(make_mirror())

@@ -23,6 +23,7 @@ from bot.policy import Policy
 from bot.ports import Store
 from bot.provisioners import NoopProvisioner
 from bot.reactions import Reactions, registry
+from bot.reconciler import Reconciler
 from bot.simulators.pagerduty import PagerDutySimulator
 from bot.views import Card
 from storage import open_store
@@ -149,7 +150,8 @@ async def world() -> AsyncIterator[World]:
             admins=frozenset({"carol@example.com"}),
             approval_timeout=timedelta(hours=1),
         )
-        scheduler = ExpiryScheduler(service, grants=store.grants, clock=clock)
+        reconciler = Reconciler(service, store=store, clock=clock)
+        scheduler = ExpiryScheduler(service, grants=store.grants, clock=clock, reconciler=reconciler)
         bus.use(registry(Reactions(notifiers={"slack": chat}, messages=store.messages, wake_scheduler=scheduler.wake)))
         try:
             yield World(service, scheduler, store, pd, client, chat, clock, noop, flaky)
