@@ -178,11 +178,14 @@ class AccessService(GrantLifecycle):
         shift_end = verdict.shift_end if flow.cap_at_shift_end else None
         approved = replace(request, status=RequestStatus.APPROVED, decided_by=SYSTEM, decided_at=now)
         new_grant = self._new_grant(approved, approved_by=(), shift_end=shift_end, now=now)
-        stored, grant = await self.bus.commit(
-            lambda audit: self.store.requests.add_with_grant(approved, new_grant, audit=audit),
-            lambda pair: [AccessRequested(now, pair[0]), RequestApproved(now, pair[0], SYSTEM)],
-        )
-        grant = await self._activate(grant, stored, cap=shift_end)
+        # Chat messages wait until the provisioner was called: the grant's claim is not held up by them.
+        async with self.bus.reacting_after() as later:
+            stored, grant = await self.bus.commit(
+                lambda audit: self.store.requests.add_with_grant(approved, new_grant, audit=audit),
+                lambda pair: [AccessRequested(now, pair[0]), RequestApproved(now, pair[0], SYSTEM)],
+                defer_to=later,
+            )
+            grant = await self._activate(grant, stored, cap=shift_end, later=later)
         if grant.status is GrantStatus.ACTIVE:
             return cards.granted_card(grant)
         return cards.failed_card(grant, grant.last_error)
@@ -288,16 +291,19 @@ class AccessService(GrantLifecycle):
             updated, made = outcome
             return [ApprovalRecorded(now, updated, email) if made is None else RequestApproved(now, updated, email)]
 
-        approved, grant = await self.bus.commit(
-            lambda audit: self.store.requests.approve(
-                request.id, approver_email=email, at=now, grant=grant_for, audit=audit
-            ),
-            approval_events,
-        )
+        async with self.bus.reacting_after() as later:
+            approved, grant = await self.bus.commit(
+                lambda audit: self.store.requests.approve(
+                    request.id, approver_email=email, at=now, grant=grant_for, audit=audit
+                ),
+                approval_events,
+                defer_to=later,
+            )
+            if grant is not None:
+                grant = await self._activate(grant, approved, cap=shift_end, later=later)
         if grant is None:
             left = approved.required_approvals - len(approved.approvals)
             return Card(title=messages.approval_recorded(left), tone=Tone.INFO)
-        grant = await self._activate(grant, approved, cap=shift_end)
         if grant.status is GrantStatus.ACTIVE:
             return Card(
                 title=messages.you_approved(approved.requester.email, approved.resource),

@@ -16,10 +16,12 @@ state change, which is already stored.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 from bot.domain import AuditEvent
+from bot.errors import AckgateError
 from bot.events import Event
 from bot.ports import AuditFor, AuditLog
 
@@ -42,12 +44,16 @@ class MessageBus:
         self,
         write: Callable[[AuditFor[T]], Awaitable[T]],
         events: Callable[[T], Sequence[Event]],
+        *,
+        defer_to: list[Event] | None = None,
     ) -> T:
         """Run a state change whose audit commits with it, then react to its events.
 
         ``write`` calls one storage method, passing it the ``audit`` function it is given;
         ``events`` builds the change's events from the method's result. Errors of ``write`` (a lost
         compare-and-set, a storage failure) propagate and nothing is audited or reacted to.
+        With ``defer_to`` (from :meth:`reacting_after`) the events are reacted to later instead, so
+        a claimed provisioner call is not held up by chat messages.
         """
         built: list[Event] = []
         audited = False
@@ -64,8 +70,21 @@ class MessageBus:
             log.error("a state change was stored without its audit rows; appending them now")
             for event in audit(result):
                 await self._audit.append(event)
-        await self.react(*built)
+        if defer_to is None:
+            await self.react(*built)
+        else:
+            defer_to.extend(built)
         return result
+
+    @asynccontextmanager
+    async def reacting_after(self) -> AsyncIterator[list[Event]]:
+        """A list to ``defer_to``: its events are reacted to, in order, when the block ends (also
+        when it fails, since what was committed stays committed)."""
+        later: list[Event] = []
+        try:
+            yield later
+        finally:
+            await self.react(*later)
 
     async def publish(self, *events: Event) -> None:
         """Audit and react to events that change no stored state."""
@@ -77,14 +96,13 @@ class MessageBus:
         """Run the side effects of events already audited."""
         for event in events:
             for reaction in self._registry.get(type(event), ()):
+                name = getattr(reaction, "__name__", repr(reaction))
                 try:
                     await reaction(event)
+                except AckgateError as exc:  # chat down, a message gone: expected, one line
+                    log.warning("side effect %s failed for %s: %s", name, type(event).__name__, exc.message)
                 except Exception:
-                    log.exception(
-                        "side effect %s failed for %s",
-                        getattr(reaction, "__name__", reaction),
-                        type(event).__name__,
-                    )
+                    log.exception("side effect %s failed for %s", name, type(event).__name__)
 
 
 def merge(*registries: Registry) -> dict[type[Event], list[Reaction]]:

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from bot.access import AccessService
 from bot.clock import Clock
+from bot.errors import AckgateError
 from bot.grants import isolated
 from bot.ports import GrantStore
 from bot.reconciler import Reconciler
@@ -74,6 +75,9 @@ class ExpiryScheduler:
                 delay = await self.seconds_until_next()
             except asyncio.CancelledError:
                 raise
+            except AckgateError as exc:  # the database briefly away: expected, no traceback
+                log.warning("expiry pass failed; retrying shortly: %s", exc.message)
+                delay = 1.0
             except Exception:
                 log.exception("expiry pass failed; retrying shortly")
                 delay = 1.0

@@ -36,6 +36,7 @@ from bot.events import (
     SYSTEM,
     AccessGranted,
     ActionRefused,
+    Event,
     GateEvaluated,
     GrantEnded,
     GrantExpired,
@@ -172,17 +173,25 @@ class GrantLifecycle:
         )
 
     async def _activate(
-        self, grant: Grant, request: AccessRequest, *, cap: datetime | None, recovered: bool = False
+        self,
+        grant: Grant,
+        request: AccessRequest,
+        *,
+        cap: datetime | None,
+        later: list[Event],
+        recovered: bool = False,
     ) -> Grant:
         """Call the provisioner for a PROVISIONING grant this caller has claimed: the grant goes
-        ACTIVE (its clock starts now, capped at ``cap``), or is rolled back when the call fails."""
+        ACTIVE (its clock starts now, capped at ``cap``), or is rolled back when the call fails.
+        Events go to ``later`` (:meth:`MessageBus.reacting_after`), so they are reacted to in order."""
         try:
             await self._provisioner(grant.resource).grant(grant)
         except ProvisioningError as exc:
-            return await self._roll_back(grant, request, exc.message, recovered=recovered)
+            return await self._roll_back(grant, request, exc.message, recovered=recovered, later=later)
         except Exception as exc:  # a provisioner's bug must not leave the grant half-done
             log.warning("provisioner grant of %s raised unexpectedly", grant.id, exc_info=True)
-            return await self._roll_back(grant, request, messages.provisioner_crashed(exc), recovered=recovered)
+            error = messages.provisioner_crashed(exc)
+            return await self._roll_back(grant, request, error, recovered=recovered, later=later)
         # The clock starts when access is real, not when it was asked for.
         activated = self.clock.now()
         length = timedelta(seconds=request.duration_seconds)
@@ -196,9 +205,12 @@ class GrantLifecycle:
                 audit=audit,
             ),
             lambda active: [AccessGranted(activated, active, request, recovered=recovered)],
+            defer_to=later,
         )
 
-    async def _roll_back(self, grant: Grant, request: AccessRequest, error: str, *, recovered: bool) -> Grant:
+    async def _roll_back(
+        self, grant: Grant, request: AccessRequest, error: str, *, recovered: bool, later: list[Event]
+    ) -> Grant:
         """Provisioning failed: mark the grant so (REVOKING, reason PROVISIONING_FAILED; FAILED once
         the revoke is confirmed) and revoke, since the provisioner may have done part of it."""
         now = self.clock.now()
@@ -215,8 +227,9 @@ class GrantLifecycle:
                 audit=audit,
             ),
             lambda g: [ProvisioningFailed(now, g, request, error, recovered=recovered)],
+            defer_to=later,
         )
-        return await self._finish_revoke(failing)
+        return await self._finish_revoke(failing, later=later)
 
     # --- recovery (the reconciler calls these) ---------------------------------------------
 
@@ -228,16 +241,18 @@ class GrantLifecycle:
         if request is None:
             raise NotFound(messages.unknown_request(grant.request_id))
         now = self.clock.now()
-        claimed = await self.bus.commit(
-            lambda audit: self.store.grants.claim_provisioning(
-                grant.id, now=now, lease_until=now + self.lease_for(grant.resource), audit=audit
-            ),
-            lambda g: [ProvisioningResumed(now, g)],
-        )
-        flow = self._flow(claimed.flow)
-        # The shift end is not stored; the expiry stored at creation was capped by it (and is earlier).
-        cap = claimed.expires_at if flow is None or flow.cap_at_shift_end else None
-        return await self._activate(claimed, request, cap=cap, recovered=True)
+        async with self.bus.reacting_after() as later:
+            claimed = await self.bus.commit(
+                lambda audit: self.store.grants.claim_provisioning(
+                    grant.id, now=now, lease_until=now + self.lease_for(grant.resource), audit=audit
+                ),
+                lambda g: [ProvisioningResumed(now, g)],
+                defer_to=later,
+            )
+            flow = self._flow(claimed.flow)
+            # The shift end is not stored; the expiry stored at creation was capped by it (and is earlier).
+            cap = claimed.expires_at if flow is None or flow.cap_at_shift_end else None
+            return await self._activate(claimed, request, cap=cap, recovered=True, later=later)
 
     async def provision_approved(self, request: AccessRequest) -> Grant:
         """Give an APPROVED request that has no grant its grant (``AlreadyDecided`` if another
@@ -248,11 +263,13 @@ class GrantLifecycle:
         grant = self._new_grant(
             request, approved_by=tuple(a.approver_email for a in request.approvals), shift_end=shift_end, now=now
         )
-        stored = await self.bus.commit(
-            lambda audit: self.store.grants.add_for_request(grant, audit=audit),
-            lambda g: [MissingGrantCreated(now, g, request)],
-        )
-        return await self._activate(stored, request, cap=shift_end, recovered=True)
+        async with self.bus.reacting_after() as later:
+            stored = await self.bus.commit(
+                lambda audit: self.store.grants.add_for_request(grant, audit=audit),
+                lambda g: [MissingGrantCreated(now, g, request)],
+                defer_to=later,
+            )
+            return await self._activate(stored, request, cap=shift_end, recovered=True, later=later)
 
     # --- grants: list, revoke, extend ------------------------------------------------------
 
@@ -322,31 +339,33 @@ class GrantLifecycle:
         Raises ``AlreadyDecided`` when another replica or click ended it first.
         """
         now = self.clock.now()
-        revoking = await self.bus.commit(
-            lambda audit: self.store.grants.transition(
-                grant.id,
-                expected=GrantStatus.ACTIVE,
-                new=GrantStatus.REVOKING,
-                at=now,
-                end_reason=reason,
-                ended_by=by,
-                next_attempt_at=now + self.lease_for(grant.resource),
-                audit=audit,
-            ),
-            lambda g: [GrantExpired(now, g) if reason is EndReason.EXPIRED else GrantRevoked(now, g, by)],
-        )
-        return await self._finish_revoke(revoking)
+        async with self.bus.reacting_after() as later:
+            revoking = await self.bus.commit(
+                lambda audit: self.store.grants.transition(
+                    grant.id,
+                    expected=GrantStatus.ACTIVE,
+                    new=GrantStatus.REVOKING,
+                    at=now,
+                    end_reason=reason,
+                    ended_by=by,
+                    next_attempt_at=now + self.lease_for(grant.resource),
+                    audit=audit,
+                ),
+                lambda g: [GrantExpired(now, g) if reason is EndReason.EXPIRED else GrantRevoked(now, g, by)],
+                defer_to=later,
+            )
+            return await self._finish_revoke(revoking, later=later)
 
-    async def _finish_revoke(self, grant: Grant) -> Grant:
+    async def _finish_revoke(self, grant: Grant, *, later: list[Event]) -> Grant:
         """One revoke attempt, by the holder of its claim: ENDED (FAILED for a rolled-back
         provisioning) when the provisioner confirms, else the next attempt is scheduled."""
         try:
             await self._provisioner(grant.resource).revoke(grant)
         except ProvisioningError as exc:
-            return await self._revoke_failed(grant, exc.message)
+            return await self._revoke_failed(grant, exc.message, later=later)
         except Exception as exc:  # a provisioner's bug is a failed attempt: retried, never dropped
             log.warning("provisioner revoke of %s raised unexpectedly", grant.id, exc_info=True)
-            return await self._revoke_failed(grant, messages.provisioner_crashed(exc))
+            return await self._revoke_failed(grant, messages.provisioner_crashed(exc), later=later)
         final = GrantStatus.FAILED if grant.end_reason is EndReason.PROVISIONING_FAILED else GrantStatus.ENDED
         now = self.clock.now()
         return await self.bus.commit(
@@ -354,9 +373,10 @@ class GrantLifecycle:
                 grant.id, expected=GrantStatus.REVOKING, new=final, at=now, audit=audit
             ),
             lambda ended: [GrantEnded(ended.ended_at or now, ended)],
+            defer_to=later,
         )
 
-    async def _revoke_failed(self, grant: Grant, error: str) -> Grant:
+    async def _revoke_failed(self, grant: Grant, error: str, *, later: list[Event]) -> Grant:
         backoff = min(timedelta(seconds=10 * 2 ** min(grant.revoke_attempts, 10)), REVOKE_BACKOFF_MAX)
         now = self.clock.now()
         retry_at = now + backoff
@@ -370,6 +390,7 @@ class GrantLifecycle:
         return await self.bus.commit(
             lambda audit: self.store.grants.schedule_revoke_retry(grant.id, at=retry_at, error=error, audit=audit),
             lambda pending: [RevokeFailed(now, pending, error, retry_at)],
+            defer_to=later,
         )
 
     # --- timed work (the expiry scheduler calls these) ------------------------------------
@@ -405,7 +426,8 @@ class GrantLifecycle:
         claimed = await self.store.grants.claim_revoke(
             grant.id, now=now, lease_until=now + self.lease_for(grant.resource)
         )
-        return await self._finish_revoke(claimed)
+        async with self.bus.reacting_after() as later:
+            return await self._finish_revoke(claimed, later=later)
 
 
 def capped(expires: datetime, cap: datetime | None) -> datetime:

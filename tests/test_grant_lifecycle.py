@@ -336,3 +336,42 @@ def test_the_lease_outlasts_the_slowest_call_a_webhook_provisioner_can_make() ->
     spec = ProvisionerSpec(type="webhook", url="https://p.example/ackgate", timeout_seconds=10, max_attempts=5)
     assert provisioner_lease(spec) == timedelta(seconds=10 * 5 + 30 * 4 + 30)
     assert provisioner_lease(None) == timedelta(seconds=30)
+
+
+async def test_a_storage_method_that_ignores_its_audit_is_caught_and_the_row_still_written(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def forgetful(audit: Any) -> str:
+        return "stored"  # a backend bug: the audit function is never called
+
+    result = await world.service.bus.commit(
+        forgetful, lambda _: [events.ActionRefused(world.clock.now(), alice.email, "x", "r-1", "why")]
+    )
+    assert result == "stored"
+    assert await world.audit_kinds() == ["action.refused"]
+    assert errors(caplog) == ["a state change was stored without its audit rows; appending them now"]
+
+
+async def test_chat_messages_wait_until_the_claimed_provisioner_call_is_made(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A slow chat platform cannot hold a provisioning claim past its lease: the approval cards
+    are updated after the provisioner was called."""
+    world.pd.add_user(alice.email, "Alice")
+    await world.type(alice, "prod-db 1h inspect a table")
+    [request] = await world.store.requests.list_for(alice.email)
+    order: list[str] = []
+    update, grant = world.chat.update, world.noop.grant
+
+    async def updating(ref: Any, card: Any) -> None:
+        order.append("card updated")
+        await update(ref, card)
+
+    async def granting(g: Grant) -> None:
+        order.append("provisioner called")
+        await grant(g)
+
+    monkeypatch.setattr(world.chat, "update", updating)
+    monkeypatch.setattr(world.noop, "grant", granting)
+    await world.click(dana, request.id)
+    assert order[0] == "provisioner called" and "card updated" in order
