@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -156,6 +157,12 @@ class Parts:
 PARTS = web.AppKey("ackgate_parts", Parts)
 
 
+def instance_id(settings: Settings) -> str:
+    """This process's name in the claims it takes: ``ACKGATE_INSTANCE_ID``, else host name and port,
+    the same after a restart (so it takes its dead claims back at once) and unique among live processes."""
+    return settings.instance_id or f"{socket.gethostname()}:{settings.port}"
+
+
 def build_app(
     settings: Settings,
     *,
@@ -194,6 +201,7 @@ def build_app(
         clock=clock,
         admins=frozenset(settings.admins),
         approval_timeout=timedelta(minutes=settings.approval_timeout_minutes),
+        instance=instance_id(settings),
     )
     notifiers: dict[str, ChatNotifier] = {}
     box = SecretBox(settings.secret_key) if settings.secret_key is not None else None

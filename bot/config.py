@@ -44,6 +44,8 @@ class Settings(BaseSettings):
     provisioner_secret: SecretStr | None = Field(default=None, validation_alias="ACKGATE_PROVISIONER_SECRET")
     approval_timeout_minutes: int = Field(default=60, ge=1, validation_alias="ACKGATE_APPROVAL_TIMEOUT_MINUTES")
     log_level: str = Field(default="INFO", validation_alias="ACKGATE_LOG_LEVEL")
+    # Names this process in the claims it takes; default host name and port (see README, Operations).
+    instance_id: str | None = Field(default=None, min_length=1, validation_alias="ACKGATE_INSTANCE_ID")
 
     # Authentication requests, incident mirroring and administration
     pagerduty_events_url: str = Field(default="https://events.pagerduty.com", validation_alias="PAGERDUTY_EVENTS_URL")

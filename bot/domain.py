@@ -161,8 +161,9 @@ class Grant:
     ended_at: datetime | None = None
     ended_by: str | None = None
     revoke_attempts: int = 0
-    next_attempt_at: datetime | None = None
+    next_attempt_at: datetime | None = None  # when the next attempt is due, or until when a claim on it lasts
     last_error: str = ""
+    claimed_by: str = ""  # the instance holding the claim that ``next_attempt_at`` bounds, if any
 
 
 @dataclass(frozen=True)

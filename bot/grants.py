@@ -105,6 +105,7 @@ class GrantLifecycle:
         admins: frozenset[str] = frozenset(),
         approval_timeout: timedelta = timedelta(hours=1),
         lease: timedelta | None = None,
+        instance: str = "",
     ) -> None:
         self.policy = policy
         self.store = store
@@ -115,6 +116,8 @@ class GrantLifecycle:
         self.admins = admins
         self.approval_timeout = approval_timeout
         self.lease = lease  # one lease for every provisioner (tests); None: :func:`provisioner_lease`
+        # Who this process is in the claims it takes: stable across its restarts, unique among live ones.
+        self.instance = instance
 
     def _resource(self, name: str) -> Resource:
         resource = self.policy.resource(name)
@@ -170,6 +173,7 @@ class GrantLifecycle:
             incident=request.incident,
             approved_by=approved_by,
             next_attempt_at=now + self.lease_for(request.resource),
+            claimed_by=self.instance,
         )
 
     async def _activate(
@@ -224,6 +228,7 @@ class GrantLifecycle:
                 ended_by=SYSTEM,
                 last_error=error,
                 next_attempt_at=now + self.lease_for(grant.resource),
+                claimed_by=self.instance,
                 audit=audit,
             ),
             lambda g: [ProvisioningFailed(now, g, request, error, recovered=recovered)],
@@ -244,7 +249,11 @@ class GrantLifecycle:
         async with self.bus.reacting_after() as later:
             claimed = await self.bus.commit(
                 lambda audit: self.store.grants.claim_provisioning(
-                    grant.id, now=now, lease_until=now + self.lease_for(grant.resource), audit=audit
+                    grant.id,
+                    now=now,
+                    lease_until=now + self.lease_for(grant.resource),
+                    owner=self.instance,
+                    audit=audit,
                 ),
                 lambda g: [ProvisioningResumed(now, g)],
                 defer_to=later,
@@ -349,6 +358,7 @@ class GrantLifecycle:
                     end_reason=reason,
                     ended_by=by,
                     next_attempt_at=now + self.lease_for(grant.resource),
+                    claimed_by=self.instance,
                     audit=audit,
                 ),
                 lambda g: [GrantExpired(now, g) if reason is EndReason.EXPIRED else GrantRevoked(now, g, by)],
@@ -424,7 +434,7 @@ class GrantLifecycle:
     async def _retry_revoke(self, grant: Grant) -> Grant:
         now = self.clock.now()
         claimed = await self.store.grants.claim_revoke(
-            grant.id, now=now, lease_until=now + self.lease_for(grant.resource)
+            grant.id, now=now, lease_until=now + self.lease_for(grant.resource), owner=self.instance
         )
         async with self.bus.reacting_after() as later:
             return await self._finish_revoke(claimed, later=later)

@@ -142,11 +142,12 @@ class GrantStore(Protocol):
         expires_at: datetime | None = None,
         last_error: str | None = None,
         next_attempt_at: datetime | None = None,
+        claimed_by: str | None = None,
         audit: AuditFor[Grant] | None = None,
     ) -> Grant:
         """Compare-and-set the status. Moving to REVOKING stores end_reason/ended_by and sets
         next_attempt_at to ``next_attempt_at`` (the lease of the caller's own first attempt, which it
-        thereby claims), or to ``at`` (due now) when not given; moving to ENDED stamps ended_at;
+        thereby claims, as ``claimed_by`` when given), or to ``at`` (due now) when not given; moving to ENDED stamps ended_at;
         ``expires_at``/``last_error`` update when given. Raises ``AlreadyDecided`` when the stored
         status differs, ``NotFound`` when absent.
         """
@@ -180,7 +181,8 @@ class GrantStore(Protocol):
         self, grant_id: str, *, at: datetime, error: str, audit: AuditFor[Grant] | None = None
     ) -> Grant:
         """Record a failed revoke attempt: increment revoke_attempts, set next_attempt_at and
-        last_error. Only for REVOKING grants (else ``AlreadyDecided``)."""
+        last_error, and drop the claim (a scheduled retry is nobody's). Only for REVOKING grants
+        (else ``AlreadyDecided``)."""
         ...
 
     async def active_for_incident(self, incident_id: str) -> list[Grant]:
@@ -197,19 +199,32 @@ class GrantStore(Protocol):
         ...
 
     async def claim_provisioning(
-        self, grant_id: str, *, now: datetime, lease_until: datetime, audit: AuditFor[Grant] | None = None
+        self,
+        grant_id: str,
+        *,
+        now: datetime,
+        lease_until: datetime,
+        owner: str = "",
+        audit: AuditFor[Grant] | None = None,
     ) -> Grant:
         """Claim the provisioning of a PROVISIONING grant whose lease (``next_attempt_at``) ran out
-        at ``now`` (or that has none): compare-and-set ``next_attempt_at`` to ``lease_until``. Only the
-        claimant calls the provisioner. Raises ``AlreadyDecided`` when the grant is no longer
-        provisioning or someone holds a live claim; ``NotFound`` when absent."""
+        at ``now`` (or that has none): compare-and-set ``next_attempt_at`` to ``lease_until`` and
+        ``claimed_by`` to ``owner``. Only the claimant calls the provisioner. Raises ``AlreadyDecided``
+        when the grant is no longer provisioning or someone holds a live claim; ``NotFound`` when absent."""
         ...
 
-    async def claim_revoke(self, grant_id: str, *, now: datetime, lease_until: datetime) -> Grant:
+    async def claim_revoke(self, grant_id: str, *, now: datetime, lease_until: datetime, owner: str = "") -> Grant:
         """Claim one revoke attempt of a REVOKING grant whose ``next_attempt_at <= now``:
-        compare-and-set ``next_attempt_at`` to ``lease_until``, so no other pass or replica takes the
-        same attempt while the provisioner is called. Raises ``AlreadyDecided`` when the grant is not
-        revoking or the attempt is not due (claimed by someone else); ``NotFound`` when absent."""
+        compare-and-set ``next_attempt_at`` to ``lease_until`` (and ``claimed_by`` to ``owner``), so no
+        other pass or replica takes the same attempt while the provisioner is called. Raises
+        ``AlreadyDecided`` when the grant is not revoking or the attempt is not due (claimed by someone
+        else); ``NotFound`` when absent."""
+        ...
+
+    async def release_claims(self, owner: str, *, now: datetime) -> list[Grant]:
+        """``owner`` restarted, so the live-looking claims it held (PROVISIONING or REVOKING grants
+        claimed by it, lease not yet run out) are dead: make them due at ``now``, unclaimed, and
+        return them. A no-op for the empty owner. Atomic."""
         ...
 
     async def provisioning_due(self, now: datetime, *, limit: int = 100) -> list[Grant]:

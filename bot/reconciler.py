@@ -8,7 +8,8 @@ It finds, in small pages:
 - APPROVED requests without a grant (left by an older version): the grant is created and provisioned.
 
 Each action commits with its audit rows. It runs once at start-up (bounded: the app waits for it
-only briefly, see :func:`start_up`) and then on every pass of the expiry scheduler. Safe on several
+only briefly, see :func:`start_up`), first taking back the claims this instance held before it
+restarted, and then on every pass of the expiry scheduler. Safe on several
 replicas: every take-over is a compare-and-set, and losing one is a normal outcome (DEBUG).
 """
 
@@ -34,6 +35,17 @@ class Reconciler:
         self.store = store
         self.clock = clock
         self.page = page
+
+    async def release_own_claims(self) -> int:
+        """This instance (re)started: the claims its previous run held died with it, so they are
+        taken over now rather than when their leases run out."""
+        if not self.lifecycle.instance:
+            return 0
+        released = await self.store.grants.release_claims(self.lifecycle.instance, now=self.clock.now())
+        if released:
+            ids = ", ".join(g.id for g in released)
+            log.info("took back %d claim(s) of this instance's previous run: %s", len(released), ids)
+        return len(released)
 
     async def run_once(self) -> int:
         """One bounded pass; returns how many grants it finished, rolled back or created."""
@@ -78,5 +90,6 @@ async def start_up(reconciler: Reconciler, *, wait: float = START_UP_WAIT_SECOND
 
 
 async def _first_pass(reconciler: Reconciler) -> int:
+    await isolated("releasing dead claims", reconciler.lifecycle.instance, reconciler.release_own_claims())
     repaired = await isolated("start-up reconciliation", "the store", reconciler.run_once())
     return repaired or 0

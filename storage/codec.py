@@ -83,6 +83,7 @@ GRANT_COLUMNS = (
     "revoke_attempts",
     "next_attempt_at",
     "last_error",
+    "claimed_by",
 )
 
 AUDIT_COLUMNS = ("at", "kind", "actor", "subject", "data")
@@ -281,6 +282,7 @@ class Codec:
             g.revoke_attempts,
             self._maybe_time(g.next_attempt_at),
             g.last_error,
+            g.claimed_by,
         )
 
     def transition_values(
@@ -334,6 +336,7 @@ class Codec:
             revoke_attempts=int(row["revoke_attempts"]),
             next_attempt_at=self._load_maybe_time(row["next_attempt_at"]),
             last_error=row["last_error"],
+            claimed_by=row["claimed_by"],
         )
 
     # --- audit and messages -----------------------------------------------------------------

@@ -338,13 +338,15 @@ class _Grants(Role[_Pool]):
         expires_at: datetime | None = None,
         last_error: str | None = None,
         next_attempt_at: datetime | None = None,
+        claimed_by: str | None = None,
         audit: AuditFor[Grant] | None = None,
     ) -> Grant:
         sql = (
             "UPDATE grants SET status = $1, end_reason = COALESCE($2, end_reason),"
             " ended_by = COALESCE($3, ended_by), expires_at = COALESCE($4, expires_at),"
             " last_error = COALESCE($5, last_error), next_attempt_at = COALESCE($6, next_attempt_at),"
-            " ended_at = COALESCE($7, ended_at) WHERE id = $8 AND status = $9 RETURNING *"
+            " ended_at = COALESCE($7, ended_at), claimed_by = COALESCE($8, claimed_by)"
+            " WHERE id = $9 AND status = $10 RETURNING *"
         )
         values = _CODEC.transition_values(
             new,
@@ -355,7 +357,7 @@ class _Grants(Role[_Pool]):
             last_error=last_error,
             next_attempt_at=next_attempt_at,
         )
-        params = (*values, grant_id, expected.value)
+        params = (*values, claimed_by, grant_id, expected.value)
         return await self._cas(grant_id, f"move grant {grant_id} to {new.value}", sql, params, audit=audit)
 
     async def extend(
@@ -385,8 +387,8 @@ class _Grants(Role[_Pool]):
         self, grant_id: str, *, at: datetime, error: str, audit: AuditFor[Grant] | None = None
     ) -> Grant:
         sql = (
-            "UPDATE grants SET revoke_attempts = revoke_attempts + 1, next_attempt_at = $1, last_error = $2"
-            " WHERE id = $3 AND status = $4 RETURNING *"
+            "UPDATE grants SET revoke_attempts = revoke_attempts + 1, next_attempt_at = $1, last_error = $2,"
+            " claimed_by = '' WHERE id = $3 AND status = $4 RETURNING *"
         )
         params = (utc(at), error, grant_id, _REVOKING)
         return await self._cas(grant_id, f"schedule a revoke retry of grant {grant_id}", sql, params, audit=audit)
@@ -415,21 +417,36 @@ class _Grants(Role[_Pool]):
         return grant
 
     async def claim_provisioning(
-        self, grant_id: str, *, now: datetime, lease_until: datetime, audit: AuditFor[Grant] | None = None
+        self,
+        grant_id: str,
+        *,
+        now: datetime,
+        lease_until: datetime,
+        owner: str = "",
+        audit: AuditFor[Grant] | None = None,
     ) -> Grant:
         sql = (
-            "UPDATE grants SET next_attempt_at = $1 WHERE id = $2 AND status = 'provisioning'"
-            " AND (next_attempt_at IS NULL OR next_attempt_at <= $3) RETURNING *"
+            "UPDATE grants SET next_attempt_at = $1, claimed_by = $2 WHERE id = $3 AND status = 'provisioning'"
+            " AND (next_attempt_at IS NULL OR next_attempt_at <= $4) RETURNING *"
         )
-        params = (utc(lease_until), grant_id, utc(now))
+        params = (utc(lease_until), owner, grant_id, utc(now))
         return await self._cas(grant_id, f"claim the provisioning of grant {grant_id}", sql, params, audit=audit)
 
-    async def claim_revoke(self, grant_id: str, *, now: datetime, lease_until: datetime) -> Grant:
+    async def claim_revoke(self, grant_id: str, *, now: datetime, lease_until: datetime, owner: str = "") -> Grant:
         sql = (
-            "UPDATE grants SET next_attempt_at = $1 WHERE id = $2 AND status = $3 AND next_attempt_at <= $4 RETURNING *"
+            "UPDATE grants SET next_attempt_at = $1, claimed_by = $2 WHERE id = $3 AND status = $4"
+            " AND next_attempt_at <= $5 RETURNING *"
         )
-        params = (utc(lease_until), grant_id, _REVOKING, utc(now))
+        params = (utc(lease_until), owner, grant_id, _REVOKING, utc(now))
         return await self._cas(grant_id, f"claim a revoke attempt of grant {grant_id}", sql, params)
+
+    async def release_claims(self, owner: str, *, now: datetime) -> list[Grant]:
+        sql = (
+            "UPDATE grants SET next_attempt_at = $1, claimed_by = '' WHERE claimed_by = $2 AND claimed_by != ''"
+            " AND status IN ('provisioning', 'revoking') AND next_attempt_at > $1 RETURNING *"
+        )
+        async with self._db.connection(f"release the claims of {owner}", transaction=True) as conn:
+            return [_CODEC.grant(row) for row in await conn.fetch(sql, utc(now), owner)]
 
     async def provisioning_due(self, now: datetime, *, limit: int = 100) -> list[Grant]:
         return await self._select("list grants left provisioning", PROVISIONING_DUE_SQL, utc(now), limit)

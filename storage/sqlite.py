@@ -388,13 +388,15 @@ class _Grants(Role[_Db]):
         expires_at: datetime | None = None,
         last_error: str | None = None,
         next_attempt_at: datetime | None = None,
+        claimed_by: str | None = None,
         audit: AuditFor[Grant] | None = None,
     ) -> Grant:
         sql = (
             "UPDATE grants SET status = ?, end_reason = COALESCE(?, end_reason),"
             " ended_by = COALESCE(?, ended_by), expires_at = COALESCE(?, expires_at),"
             " last_error = COALESCE(?, last_error), next_attempt_at = COALESCE(?, next_attempt_at),"
-            " ended_at = COALESCE(?, ended_at) WHERE id = ? AND status = ? RETURNING *"
+            " ended_at = COALESCE(?, ended_at), claimed_by = COALESCE(?, claimed_by) WHERE id = ? AND status = ?"
+            " RETURNING *"
         )
         values = _CODEC.transition_values(
             new,
@@ -405,7 +407,7 @@ class _Grants(Role[_Db]):
             last_error=last_error,
             next_attempt_at=next_attempt_at,
         )
-        params = (*values, grant_id, expected.value)
+        params = (*values, claimed_by, grant_id, expected.value)
         return await self._cas(grant_id, f"move grant {grant_id} to {new.value}", sql, params, audit=audit)
 
     async def extend(
@@ -435,8 +437,8 @@ class _Grants(Role[_Db]):
         self, grant_id: str, *, at: datetime, error: str, audit: AuditFor[Grant] | None = None
     ) -> Grant:
         sql = (
-            "UPDATE grants SET revoke_attempts = revoke_attempts + 1, next_attempt_at = ?, last_error = ?"
-            " WHERE id = ? AND status = ? RETURNING *"
+            "UPDATE grants SET revoke_attempts = revoke_attempts + 1, next_attempt_at = ?, last_error = ?,"
+            " claimed_by = '' WHERE id = ? AND status = ? RETURNING *"
         )
         params = (iso(at), error, grant_id, _REVOKING)
         return await self._cas(grant_id, f"schedule a revoke retry of grant {grant_id}", sql, params, audit=audit)
@@ -464,19 +466,36 @@ class _Grants(Role[_Db]):
         return grant
 
     async def claim_provisioning(
-        self, grant_id: str, *, now: datetime, lease_until: datetime, audit: AuditFor[Grant] | None = None
+        self,
+        grant_id: str,
+        *,
+        now: datetime,
+        lease_until: datetime,
+        owner: str = "",
+        audit: AuditFor[Grant] | None = None,
     ) -> Grant:
         sql = (
-            "UPDATE grants SET next_attempt_at = ? WHERE id = ? AND status = 'provisioning'"
+            "UPDATE grants SET next_attempt_at = ?, claimed_by = ? WHERE id = ? AND status = 'provisioning'"
             " AND (next_attempt_at IS NULL OR next_attempt_at <= ?) RETURNING *"
         )
-        params = (iso(lease_until), grant_id, iso(now))
+        params = (iso(lease_until), owner, grant_id, iso(now))
         return await self._cas(grant_id, f"claim the provisioning of grant {grant_id}", sql, params, audit=audit)
 
-    async def claim_revoke(self, grant_id: str, *, now: datetime, lease_until: datetime) -> Grant:
-        sql = "UPDATE grants SET next_attempt_at = ? WHERE id = ? AND status = ? AND next_attempt_at <= ? RETURNING *"
-        params = (iso(lease_until), grant_id, _REVOKING, iso(now))
+    async def claim_revoke(self, grant_id: str, *, now: datetime, lease_until: datetime, owner: str = "") -> Grant:
+        sql = (
+            "UPDATE grants SET next_attempt_at = ?, claimed_by = ? WHERE id = ? AND status = ? AND next_attempt_at <= ?"
+            " RETURNING *"
+        )
+        params = (iso(lease_until), owner, grant_id, _REVOKING, iso(now))
         return await self._cas(grant_id, f"claim a revoke attempt of grant {grant_id}", sql, params)
+
+    async def release_claims(self, owner: str, *, now: datetime) -> list[Grant]:
+        sql = (
+            "UPDATE grants SET next_attempt_at = ?, claimed_by = '' WHERE claimed_by = ? AND claimed_by != ''"
+            " AND status IN ('provisioning', 'revoking') AND next_attempt_at > ? RETURNING *"
+        )
+        async with self._db.writing(f"release the claims of {owner}") as conn:
+            return [_CODEC.grant(row) for row in await _rows(conn, sql, (iso(now), owner, iso(now)))]
 
     async def provisioning_due(self, now: datetime, *, limit: int = 100) -> list[Grant]:
         return await self._select("list grants left provisioning", PROVISIONING_DUE_SQL, [iso(now), limit])

@@ -5,6 +5,7 @@ shows every live grant."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from bot.clock import FakeClock
-from bot.domain import Approval, GrantStatus, RequestStatus
+from bot.domain import Approval, EndReason, GrantStatus, RequestStatus
 from bot.provisioners import NoopProvisioner
 from bot.simulators.stage import Stage
 from tests.fakes.stage_fixtures import audit_kinds, grants_of, request_id_in
@@ -61,7 +62,7 @@ class Rig:
     noop: NoopProvisioner
     flaky: FlakyProvisioner
 
-    def stage(self) -> Stage:
+    def stage(self, **settings: object) -> Stage:
         policy = self.tmp_path / "policy.yaml"
         policy.write_text(POLICY, encoding="utf-8")
         return Stage(
@@ -69,6 +70,7 @@ class Rig:
             workdir=self.tmp_path,
             clock=self.clock,
             provisioners={"noop": self.noop, "flaky": self.flaky},
+            settings=settings,
         )
 
     @property
@@ -120,6 +122,61 @@ async def test_a_grant_a_crash_left_provisioning_is_finished_as_ackgate_starts(r
         kinds = await audit_kinds(stage)
         assert kinds.count("grant.provisioned") == 2
         assert {"grant.provisioning_resumed", "grant.created_by_reconciler"} <= set(kinds)
+
+
+async def test_a_restarted_instance_takes_back_the_claims_it_held_when_killed_at_once(rig: Rig) -> None:
+    """Killed in the middle of provisioner calls, then restarted: nothing waits for the leases."""
+    now = rig.clock.now()
+    live_lease = now + timedelta(minutes=3)
+    async with opened(rig.database_url) as before_the_kill:
+        request = make_request("r-mid-grant", status=RequestStatus.APPROVED, flow="db-auto", decided_at=now)
+        granting = make_grant(
+            "g-mid-grant",
+            request_id=request.id,
+            flow="db-auto",
+            status=GrantStatus.PROVISIONING,
+            next_attempt_at=live_lease,
+            claimed_by="replica-a",
+        )
+        await before_the_kill.requests.add_with_grant(request, granting)
+        revoking = make_grant(
+            "g-mid-revoke",
+            flow="db-auto",
+            status=GrantStatus.REVOKING,
+            end_reason=EndReason.EXPIRED,
+            expires_at=now,
+            next_attempt_at=live_lease,
+            claimed_by="replica-a",
+        )
+        await before_the_kill.grants.add(revoking)
+        others = make_grant(
+            "g-other-replica",
+            flow="db-auto",
+            status=GrantStatus.REVOKING,
+            end_reason=EndReason.EXPIRED,
+            expires_at=now,
+            next_attempt_at=live_lease,
+            claimed_by="replica-b",  # alive, busy with it
+        )
+        await before_the_kill.grants.add(others)
+
+    async with rig.stage(instance_id="replica-a") as stage:
+        # The grant is finished before serving; the revoke by the scheduler's first pass, at once.
+        assert (await stage.parts.store.grants.get("g-mid-grant")).status is GrantStatus.ACTIVE  # type: ignore[union-attr]
+        for _ in range(500):
+            if (await stage.parts.store.grants.get("g-mid-revoke")).status is GrantStatus.ENDED:  # type: ignore[union-attr]
+                break
+            await asyncio.sleep(0.01)
+        statuses = {g.id: g.status for g in await grants_of(stage, "alice@example.com")}
+        assert statuses == {
+            "g-mid-grant": GrantStatus.ACTIVE,
+            "g-mid-revoke": GrantStatus.ENDED,
+            "g-other-replica": GrantStatus.REVOKING,
+        }
+        assert sorted((c.action, c.grant.id) for c in rig.noop.calls) == [
+            ("grant", "g-mid-grant"),
+            ("revoke", "g-mid-revoke"),
+        ]
 
 
 async def test_the_final_card_of_a_two_person_approval_names_both_approvers(stage: Stage) -> None:

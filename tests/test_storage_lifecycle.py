@@ -14,6 +14,11 @@ import pytest
 from bot.domain import AccessRequest, Approval, AuditEvent, EndReason, Grant, GrantStatus, RequestStatus
 from bot.errors import AlreadyDecided, NotFound, StorageError
 from bot.ports import Store
+from storage import postgres as postgres_backend
+from storage import sqlite as sqlite_backend
+from storage.codec import GRANT_COLUMNS, insert
+from storage.postgres import PostgresStore
+from storage.sqlite import SqliteStore
 from tests.fakes import storage_fixtures
 from tests.fakes.storage_fixtures import BOB, CAROL, T0, make_grant, make_request, opened
 
@@ -344,14 +349,63 @@ async def test_racing_final_approvals_from_two_replicas_insert_one_grant(databas
 # --- upgrading from version 2 ------------------------------------------------------------------
 
 
+async def _add_v2_grant(old: Store, grant: Grant) -> None:
+    """Insert a grant the way version 2 could (without the columns 0003 added)."""
+    columns = GRANT_COLUMNS[: GRANT_COLUMNS.index("claimed_by")]
+    if isinstance(old, SqliteStore):
+        values = sqlite_backend._CODEC.grant_values(grant)[: len(columns)]
+        async with old._db.writing("save a version 2 grant") as conn:
+            await conn.execute(insert("grants", columns, mark=lambda _: "?"), values)
+    else:
+        assert isinstance(old, PostgresStore)
+        values = postgres_backend._CODEC.grant_values(grant)[: len(columns)]
+        async with old._db.connection("save a version 2 grant") as conn:
+            await conn.execute(insert("grants", columns, mark=lambda n: f"${n}"), *values)
+
+
 async def test_upgrading_links_old_grants_and_leaves_only_true_orphans_for_the_reconciler(database_url: str) -> None:
     async with opened(database_url, migrate_up_to=2) as old:
         await old.requests.add(approved("r-with-grant"))
-        await old.grants.add(make_grant("g-old", request_id="r-with-grant"))
+        await _add_v2_grant(old, make_grant("g-old", request_id="r-with-grant"))
         await old.requests.add(approved("r-orphan"))
-        await old.grants.add(make_grant("g-stuck", request_id="r-x", status=GrantStatus.PROVISIONING))
+        await _add_v2_grant(old, make_grant("g-stuck", request_id="r-x", status=GrantStatus.PROVISIONING))
     async with opened(database_url) as upgraded:
         assert (await upgraded.requests.get("r-with-grant")).grant_id == "g-old"  # type: ignore[union-attr]
         assert [r.id for r in await upgraded.requests.approved_without_grant()] == ["r-orphan"]
         stuck = await upgraded.grants.provisioning_due(T0)
         assert [(g.id, g.next_attempt_at) for g in stuck] == [("g-stuck", T0)]
+
+
+# --- who holds a claim ---------------------------------------------------------------------------
+
+
+async def test_claims_name_their_holder_and_a_restarted_holder_releases_only_its_own_live_ones(store: Store) -> None:
+    await store.grants.add(provisioning("g-mine-prov", claimed_by="replica-a"))
+    await store.grants.add(make_grant("g-mine-revoke"))
+    await store.grants.transition(
+        "g-mine-revoke",
+        expected=GrantStatus.ACTIVE,
+        new=GrantStatus.REVOKING,
+        at=T0,
+        next_attempt_at=T0 + LEASE,
+        claimed_by="replica-a",
+    )
+    await store.grants.add(provisioning("g-theirs", claimed_by="replica-b"))
+    await store.grants.add(make_grant("g-retry", status=GrantStatus.REVOKING, next_attempt_at=T0))
+    claimed = await store.grants.claim_revoke("g-retry", now=T0, lease_until=T0 + LEASE, owner="replica-a")
+    assert claimed.claimed_by == "replica-a"
+    retry = await store.grants.schedule_revoke_retry("g-retry", at=T0 + HOUR, error="503")
+    assert retry.claimed_by == ""  # a scheduled retry is nobody's claim
+    await store.grants.add(provisioning("g-nobody", claimed_by=""))
+    await store.grants.add(make_grant("g-active", claimed_by="replica-a", next_attempt_at=T0 + LEASE))
+
+    released = await store.grants.release_claims("replica-a", now=T0)
+
+    assert sorted(g.id for g in released) == ["g-mine-prov", "g-mine-revoke"]
+    assert all(g.next_attempt_at == T0 and g.claimed_by == "" for g in released)
+    assert sorted(g.id for g in await store.grants.provisioning_due(T0)) == ["g-mine-prov"]
+    assert [g.id for g in await store.grants.revokes_due(T0)] == ["g-mine-revoke"]
+    assert (await store.grants.get("g-theirs")).next_attempt_at == T0 + LEASE  # type: ignore[union-attr]
+    assert await store.grants.release_claims("", now=T0) == []
+    reclaimed = await store.grants.claim_provisioning("g-mine-prov", now=T0, lease_until=T0 + LEASE, owner="replica-a")
+    assert reclaimed.claimed_by == "replica-a"

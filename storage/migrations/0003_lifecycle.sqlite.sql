@@ -14,3 +14,8 @@ CREATE INDEX requests_approved_without_grant ON requests (created_at, id)
 
 -- A grant left provisioning by an older version has no lease: it is due for the reconciler now.
 UPDATE grants SET next_attempt_at = created_at WHERE status = 'provisioning' AND next_attempt_at IS NULL;
+
+-- Who holds a grant's claim: an instance that restarts releases its own dead claims at once instead
+-- of waiting for their leases to run out.
+ALTER TABLE grants ADD COLUMN claimed_by TEXT NOT NULL DEFAULT '';
+CREATE INDEX grants_by_claimant ON grants (claimed_by) WHERE status IN ('provisioning', 'revoking');
