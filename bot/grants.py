@@ -21,7 +21,7 @@ from typing import TypeVar
 from bot import cards, gates, messages
 from bot.bus import MessageBus
 from bot.clock import Clock
-from bot.domain import AccessRequest, EndReason, Grant, GrantStatus, Principal, new_id
+from bot.domain import AccessRequest, EndReason, Grant, GrantStatus, Principal, RequestStatus, new_id
 from bot.durations import parse_duration
 from bot.errors import (
     AckgateError,
@@ -242,9 +242,9 @@ class GrantLifecycle:
         """Finish a grant a crash left PROVISIONING: claim it (``AlreadyDecided`` if someone holds
         a live claim), then call the provisioner again (its idempotency key makes a repeat
         harmless): ACTIVE, or rolled back and revoked. The holder is told either way."""
-        request = await self.store.requests.get(grant.request_id)
-        if request is None:
-            raise NotFound(messages.unknown_request(grant.request_id))
+        # Its request says how long access lasts; a grant without one (never written by Ackgate)
+        # still gets finished, for as long as it was first given.
+        request = await self.store.requests.get(grant.request_id) or _stand_in_request(grant)
         now = self.clock.now()
         async with self.bus.reacting_after() as later:
             claimed = await self.bus.commit(
@@ -438,6 +438,20 @@ class GrantLifecycle:
         )
         async with self.bus.reacting_after() as later:
             return await self._finish_revoke(claimed, later=later)
+
+
+def _stand_in_request(grant: Grant) -> AccessRequest:
+    return AccessRequest(
+        id=grant.request_id,
+        requester=grant.holder,
+        resource=grant.resource,
+        duration_seconds=max(int((grant.expires_at - grant.created_at).total_seconds()), 0),
+        reason=grant.justification,
+        flow=grant.flow,
+        status=RequestStatus.APPROVED,
+        created_at=grant.created_at,
+        incident=grant.incident,
+    )
 
 
 def capped(expires: datetime, cap: datetime | None) -> datetime:

@@ -97,6 +97,15 @@ async def test_a_grant_left_provisioning_by_a_crash_is_finished_and_its_holder_t
     assert await world.audit_kinds() == ["grant.provisioning_resumed", "grant.provisioned"]
 
 
+async def test_a_left_grant_whose_request_is_missing_is_still_finished(world: World) -> None:
+    grant = left_provisioning(world, approved_request(world))
+    await world.store.grants.add(grant)  # no request row
+    await world.tick(timedelta(seconds=0))
+    finished = await world.store.grants.get(grant.id)
+    assert finished is not None and finished.status is GrantStatus.ACTIVE
+    assert finished.expires_at - world.clock.now() == grant.expires_at - grant.created_at
+
+
 async def test_a_provisioning_grant_whose_claim_is_live_is_left_to_its_claimant(world: World) -> None:
     grant = await crashed_while_provisioning(world, next_attempt_at=world.clock.now() + LEASE)
     await world.tick(timedelta(seconds=0))
