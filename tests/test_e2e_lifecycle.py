@@ -124,6 +124,28 @@ async def test_a_grant_a_crash_left_provisioning_is_finished_as_ackgate_starts(r
         assert {"grant.provisioning_resumed", "grant.created_by_reconciler"} <= set(kinds)
 
 
+async def test_a_running_ackgate_keeps_reconciling(stage: Stage, rig: Rig) -> None:
+    """A grant another replica left provisioning (it died, its lease ran out) is finished by this one."""
+    now = rig.clock.now()
+    request = make_request("r-elsewhere", status=RequestStatus.APPROVED, flow="db-auto", decided_at=now)
+    grant = make_grant(
+        "g-elsewhere",
+        request_id=request.id,
+        flow="db-auto",
+        status=GrantStatus.PROVISIONING,
+        next_attempt_at=now + timedelta(seconds=30),
+        claimed_by="replica-that-died",
+    )
+    await stage.parts.store.requests.add_with_grant(request, grant)
+    await stage.pass_time(31)
+    for _ in range(500):
+        if (await stage.parts.store.grants.get(grant.id)).status is GrantStatus.ACTIVE:  # type: ignore[union-attr]
+            break
+        await asyncio.sleep(0.01)
+    assert (await stage.parts.store.grants.get(grant.id)).status is GrantStatus.ACTIVE  # type: ignore[union-attr]
+    assert [(c.action, c.grant.id) for c in rig.noop.calls] == [("grant", grant.id)]
+
+
 async def test_a_restarted_instance_takes_back_the_claims_it_held_when_killed_at_once(rig: Rig) -> None:
     """Killed in the middle of provisioner calls, then restarted: nothing waits for the leases."""
     now = rig.clock.now()
