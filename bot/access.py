@@ -1,7 +1,9 @@
 """The access use cases: request, decide, revoke, extend, list, and the timed work of expiry.
 
-State is written (compare-and-set) before any side effect; side effects hang off the events
-published on the bus. PagerDuty errors propagate as the fail-closed errors of bot.errors.
+State is written (compare-and-set) with its audit rows in one transaction before any side effect;
+side effects hang off the events after the commit (:meth:`bot.bus.MessageBus.commit`). An approval
+and its grant are stored together, so an approved request always has its grant. PagerDuty errors
+propagate as the fail-closed errors of bot.errors.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from bot import cards, gates, messages
 from bot.commands import Command, Extend, Help, ListMine, OpenForm, RequestAccess, Revoke, check_reason
 from bot.domain import (
     AccessRequest,
+    Grant,
     GrantStatus,
     Principal,
     RequestStatus,
@@ -33,20 +36,19 @@ from bot.events import (
     AccessRequested,
     ApprovalRecorded,
     ApprovalRequested,
+    Event,
     GateEvaluated,
     RequestApproved,
     RequestDenied,
     RequestTimedOut,
 )
-from bot.grants import GrantLifecycle
+from bot.grants import GrantLifecycle, isolated
 from bot.policy import ApproversApproval, AutoApproval, Flow, OnCallApproval, Resource
 from bot.views import Card, Choice, RequestForm, Tone
 
 log = logging.getLogger("ackgate.access")
 
 MIN_DURATION = timedelta(minutes=1)
-REVOKE_BACKOFF_MAX = timedelta(minutes=10)
-EXPIRY_CONCURRENCY = 10
 
 
 class AccessService(GrantLifecycle):
@@ -165,18 +167,25 @@ class AccessService(GrantLifecycle):
             created_at=self.clock.now(),
             note="; ".join(f"{name}: {why}" for name, why in reasons.items()),
         )
-        await self.store.requests.add(request)
-        await self.bus.publish(AccessRefused(request.created_at, request, reasons))
+        await self.bus.commit(
+            lambda audit: self.store.requests.add(request, audit=audit),
+            lambda _: [AccessRefused(request.created_at, request, reasons)],
+        )
         raise GateRefused(messages.refused(resource.name, reasons), reasons=reasons)
 
     async def _auto_grant(self, request: AccessRequest, flow: Flow, verdict: gates.Verdict) -> Card:
         now = self.clock.now()
-        request = replace(request, status=RequestStatus.APPROVED, decided_by=SYSTEM, decided_at=now)
-        await self.store.requests.add(request)
-        await self.bus.publish(AccessRequested(now, request), RequestApproved(now, request, SYSTEM))
-        grant = await self._provision(
-            request, approved_by=(), shift_end=verdict.shift_end if flow.cap_at_shift_end else None
-        )
+        shift_end = verdict.shift_end if flow.cap_at_shift_end else None
+        approved = replace(request, status=RequestStatus.APPROVED, decided_by=SYSTEM, decided_at=now)
+        new_grant = self._new_grant(approved, approved_by=(), shift_end=shift_end, now=now)
+        # Chat messages wait until the provisioner was called: the grant's claim is not held up by them.
+        async with self.bus.reacting_after() as later:
+            stored, grant = await self.bus.commit(
+                lambda audit: self.store.requests.add_with_grant(approved, new_grant, audit=audit),
+                lambda pair: [AccessRequested(now, pair[0]), RequestApproved(now, pair[0], SYSTEM)],
+                defer_to=later,
+            )
+            grant = await self._activate(grant, stored, cap=shift_end, later=later)
         if grant.status is GrantStatus.ACTIVE:
             return cards.granted_card(grant)
         return cards.failed_card(grant, grant.last_error)
@@ -222,9 +231,9 @@ class AccessService(GrantLifecycle):
             required_approvals=approval.required,
             approval_channel=approval.channel,
         )
-        await self.store.requests.add(request)
-        await self.bus.publish(
-            AccessRequested(request.created_at, request), ApprovalRequested(request.created_at, request)
+        await self.bus.commit(
+            lambda audit: self.store.requests.add(request, audit=audit),
+            lambda _: [AccessRequested(request.created_at, request), ApprovalRequested(request.created_at, request)],
         )
         refs = await self.store.messages.refs(request.id)
         return cards.pending_card(request, reached=len(refs))
@@ -240,9 +249,17 @@ class AccessService(GrantLifecycle):
     async def _close_pending(
         self, request: AccessRequest, new: RequestStatus, *, by: str, at: datetime
     ) -> AccessRequest:
-        """Compare-and-set a PENDING request to ``new``, keeping its note; ``AlreadyDecided`` if it moved."""
-        return await self.store.requests.decide(
-            request.id, expected=RequestStatus.PENDING, new=new, by=by, at=at, note=request.note
+        """Compare-and-set a PENDING request to DENIED or TIMED_OUT, keeping its note, with its audit;
+        ``AlreadyDecided`` if it moved."""
+
+        def closed(r: AccessRequest) -> list[Event]:
+            return [RequestDenied(at, r, by) if new is RequestStatus.DENIED else RequestTimedOut(at, r)]
+
+        return await self.bus.commit(
+            lambda audit: self.store.requests.decide(
+                request.id, expected=RequestStatus.PENDING, new=new, by=by, at=at, note=request.note, audit=audit
+            ),
+            closed,
         )
 
     async def decide(self, request_id: str, *, actor: Principal, approve: bool) -> Card:
@@ -255,27 +272,38 @@ class AccessService(GrantLifecycle):
             raise await self._refuse_action(actor, action, request.id, NotAuthorized(messages.not_an_approver(request)))
         if request.status is not RequestStatus.PENDING:
             raise AlreadyDecided(messages.already_decided(request), status=request.status.value, by=request.decided_by)
-        now = self.clock.now()
         if not approve:
-            denied = await self._close_pending(request, RequestStatus.DENIED, by=email, at=now)
-            await self.bus.publish(RequestDenied(now, denied, email))
+            await self._close_pending(request, RequestStatus.DENIED, by=email, at=self.clock.now())
             return Card(
                 title=messages.you_denied(request.requester.email, request.resource),
                 tone=Tone.DANGER,
             )
-        updated = await self.store.requests.add_approval(request.id, approver_email=email, at=now)
-        if len(updated.approvals) < updated.required_approvals:
-            await self.bus.publish(ApprovalRecorded(now, updated, email))
-            left = updated.required_approvals - len(updated.approvals)
+        # Asked before the transaction, in case this approval is the last one needed.
+        shift_end = await self._shift_end(request, self._flow(request.flow))
+        now = self.clock.now()
+
+        def grant_for(r: AccessRequest) -> Grant:
+            return self._new_grant(
+                r, approved_by=tuple(a.approver_email for a in r.approvals), shift_end=shift_end, now=now
+            )
+
+        def approval_events(outcome: tuple[AccessRequest, Grant | None]) -> list[Event]:
+            updated, made = outcome
+            return [ApprovalRecorded(now, updated, email) if made is None else RequestApproved(now, updated, email)]
+
+        async with self.bus.reacting_after() as later:
+            approved, grant = await self.bus.commit(
+                lambda audit: self.store.requests.approve(
+                    request.id, approver_email=email, at=now, grant=grant_for, audit=audit
+                ),
+                approval_events,
+                defer_to=later,
+            )
+            if grant is not None:
+                grant = await self._activate(grant, approved, cap=shift_end, later=later)
+        if grant is None:
+            left = approved.required_approvals - len(approved.approvals)
             return Card(title=messages.approval_recorded(left), tone=Tone.INFO)
-        approved = await self._close_pending(request, RequestStatus.APPROVED, by=email, at=now)
-        await self.bus.publish(RequestApproved(now, approved, email))
-        flow = self._flow(approved.flow)
-        grant = await self._provision(
-            approved,
-            approved_by=tuple(a.approver_email for a in approved.approvals),
-            shift_end=await self._shift_end(approved, flow),
-        )
         if grant.status is GrantStatus.ACTIVE:
             return Card(
                 title=messages.you_approved(approved.requester.email, approved.resource),
@@ -283,23 +311,14 @@ class AccessService(GrantLifecycle):
             )
         return cards.failed_card(grant, grant.last_error)
 
-    async def _shift_end(self, request: AccessRequest, flow: Flow | None) -> datetime | None:
-        """For flows capped at the shift: when the requester's current on-call shift ends."""
-        if flow is None or not flow.cap_at_shift_end:
-            return None
-        verdict = await gates.evaluate(flow, gates.GateContext(self.pagerduty, request.requester))
-        return verdict.shift_end
-
     async def time_out_pending(self) -> int:
+        """Time out every request nobody decided in time; one failure never stops the others."""
         now = self.clock.now()
         count = 0
         for request in await self.store.requests.pending_created_before(now - self.approval_timeout):
-            try:
-                timed_out = await self._close_pending(request, RequestStatus.TIMED_OUT, by=SYSTEM, at=now)
-            except AlreadyDecided:
-                continue
-            await self.bus.publish(RequestTimedOut(now, timed_out))
-            count += 1
+            closing = self._close_pending(request, RequestStatus.TIMED_OUT, by=SYSTEM, at=now)
+            if await isolated("approval time-out", request.id, closing) is not None:
+                count += 1
         return count
 
 

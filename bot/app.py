@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -43,6 +44,7 @@ from bot.policy_file import load_policy
 from bot.ports import ChatNotifier, PagerDutyDirectory, Provisioner, Store
 from bot.provisioners import build_provisioners
 from bot.reactions import Reactions, registry
+from bot.reconciler import Reconciler, start_up
 from bot.router import CommandRouter
 from bot.secrets import SecretBox
 from bot.webhook_inbox import Inbox
@@ -209,6 +211,12 @@ def _tracked(inflight: InFlight) -> Callable[..., Awaitable[web.StreamResponse]]
     return track
 
 
+def instance_id(settings: Settings) -> str:
+    """This process's name in the claims it takes: ``ACKGATE_INSTANCE_ID``, else host name and port,
+    the same after a restart (so it takes its dead claims back at once) and unique among live processes."""
+    return settings.instance_id or f"{socket.gethostname()}:{settings.port}"
+
+
 def build_app(
     settings: Settings,
     *,
@@ -247,6 +255,7 @@ def build_app(
         clock=clock,
         admins=frozenset(settings.admins),
         approval_timeout=timedelta(minutes=settings.approval_timeout_minutes),
+        instance=instance_id(settings),
     )
     notifiers: dict[str, ChatNotifier] = {}
     box = SecretBox(settings.secret_key) if settings.secret_key is not None else None
@@ -280,7 +289,8 @@ def build_app(
         jobs.append(every(settings.incident_check_seconds, clock, mirror.check_incidents))
     if isinstance(store, PrunesSeen):
         jobs.append(every(3600, clock, _pruner(store, clock)))
-    scheduler = ExpiryScheduler(service, grants=store.grants, clock=clock, jobs=jobs)
+    reconciler = Reconciler(service, store=store, clock=clock)
+    scheduler = ExpiryScheduler(service, grants=store.grants, clock=clock, jobs=jobs, reconciler=reconciler)
     inflight = InFlight()
     app = web.Application(client_max_size=1024 * 1024, middlewares=[_tracked(inflight)])
     app[INFLIGHT] = inflight
@@ -392,11 +402,17 @@ def build_app(
         if owns_store:
             await store.open()
         inflight.install()
+        first_pass: asyncio.Task[int] | None = None
         if run_scheduler:
+            # Finish what a crash left behind before serving (briefly; the rest in the background).
+            first_pass = await start_up(reconciler)
             scheduler.start()
         try:
             yield
         finally:
+            if first_pass is not None:
+                first_pass.cancel()
+                await asyncio.gather(first_pass, return_exceptions=True)
             # Requests are answered by now (aiohttp waited for them). What they started still runs on
             # the store and the clients: finish it within the drain time, then the scheduler's pass,
             # and close the store last.

@@ -27,8 +27,16 @@ def _request_facts(r: AccessRequest) -> tuple[Fact, ...]:
     return tuple(facts)
 
 
-def approval_card(r: AccessRequest) -> Card:
-    """The message approvers see; buttons only while the request is pending."""
+def _approvers(r: AccessRequest) -> str | None:
+    """Everyone who approved (a two-person approval names both), else whoever decided."""
+    if r.approvals:
+        return messages.approvers_label([a.approver_email for a in r.approvals])
+    return r.decided_by
+
+
+def approval_card(r: AccessRequest, *, failed: Grant | None = None) -> Card:
+    """The message approvers see; buttons only while the request is pending. With ``failed`` (the
+    approved request's grant, whose provisioning failed) it says so instead of "Approved"."""
     approvals = f"{len(r.approvals)} of {r.required_approvals}"
     facts = (*_request_facts(r), Fact("Approvals", approvals))
     footnote = messages.approval_footnote(r.id)
@@ -42,8 +50,19 @@ def approval_card(r: AccessRequest) -> Card:
             ),
             footnote=footnote,
         )
+    if failed is not None:
+        decided = f" at {when(r.decided_at)}" if r.decided_at else ""
+        return Card(
+            title=messages.decided_title(
+                r.requester.email, r.resource, messages.approved_not_provisioned(_approvers(r) or ""), decided
+            ),
+            text=messages.failed_text(failed.last_error),
+            facts=(*facts, Fact("Grant", failed.id)),
+            footnote=footnote,
+            tone=Tone.DANGER,
+        )
     outcome = {
-        RequestStatus.APPROVED: (messages.approved_by(r.decided_by), Tone.SUCCESS),
+        RequestStatus.APPROVED: (messages.approved_by(_approvers(r)), Tone.SUCCESS),
         RequestStatus.DENIED: (messages.denied_by(r.decided_by), Tone.DANGER),
         RequestStatus.TIMED_OUT: (messages.TIMED_OUT, Tone.WARNING),
         RequestStatus.CANCELLED: (messages.CANCELLED, Tone.WARNING),
@@ -136,16 +155,23 @@ def revoking_card(g: Grant, *, done: bool) -> Card:
     )
 
 
+MAX_LISTED_GRANTS = 200  # well within what a chat message holds; beyond it the card says how many more
+MAX_LISTED_REQUESTS = 10
+
+
 def list_card(requests: list[AccessRequest], grants: list[Grant]) -> Card:
-    facts: list[Fact] = []
-    for g in grants:
-        if g.status in (GrantStatus.ACTIVE, GrantStatus.PROVISIONING):
-            facts.append(Fact(f"Grant {g.id}", f"{g.resource} until {when(g.expires_at)} ({g.status.value})"))
-    for r in requests[:10]:
+    """Every live grant (the ones that matter), then the most recent requests."""
+    live = [g for g in grants if g.status in (GrantStatus.ACTIVE, GrantStatus.PROVISIONING)]
+    facts = [
+        Fact(f"Grant {g.id}", f"{g.resource} until {when(g.expires_at)} ({g.status.value})")
+        for g in live[:MAX_LISTED_GRANTS]
+    ]
+    for r in requests[:MAX_LISTED_REQUESTS]:
         facts.append(Fact(f"Request {r.id}", f"{r.resource}: {r.status.value.replace('_', ' ')}"))
     if not facts:
         return Card(
             title=messages.NOTHING_TO_LIST,
             text=messages.NOTHING_TO_LIST_TEXT,
         )
-    return Card(title=messages.LIST_TITLE, facts=tuple(facts[:10]))
+    hidden = len(live) - MAX_LISTED_GRANTS
+    return Card(title=messages.LIST_TITLE, text=messages.more_grants(hidden) if hidden > 0 else "", facts=tuple(facts))

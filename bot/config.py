@@ -48,6 +48,8 @@ class Settings(BaseSettings):
     log_level: str = Field(default="INFO", validation_alias="ACKGATE_LOG_LEVEL")
     # How long a stop (SIGTERM) may take to finish in-flight work; under Kubernetes' default 30 s grace.
     drain_seconds: float = Field(default=20.0, ge=0, le=3600, validation_alias="ACKGATE_DRAIN_SECONDS")
+    # Names this process in the claims it takes; default host name and port (see README, Operations).
+    instance_id: str | None = Field(default=None, min_length=1, validation_alias="ACKGATE_INSTANCE_ID")
 
     # Authentication requests, incident mirroring and administration
     pagerduty_events_url: str = Field(default="https://events.pagerduty.com", validation_alias="PAGERDUTY_EVENTS_URL")

@@ -96,15 +96,16 @@ class RequestStatus(StrEnum):
 class GrantStatus(StrEnum):
     PROVISIONING = "provisioning"  # written before the provisioner is called
     ACTIVE = "active"
-    REVOKING = "revoking"  # revoke owed; retried until the provisioner confirms
+    REVOKING = "revoking"  # revoke owed (an end, or a failed provisioning's roll-back); retried until confirmed
     ENDED = "ended"
-    FAILED = "failed"  # provisioning kept failing
+    FAILED = "failed"  # provisioning kept failing (and its roll-back revoke was confirmed)
 
 
 class EndReason(StrEnum):
     EXPIRED = "expired"
     REVOKED = "revoked"
     INCIDENT_RESOLVED = "incident_resolved"
+    PROVISIONING_FAILED = "provisioning_failed"  # rolled back: the revoke undoes anything half-granted
 
 
 @dataclass(frozen=True)
@@ -160,8 +161,9 @@ class Grant:
     ended_at: datetime | None = None
     ended_by: str | None = None
     revoke_attempts: int = 0
-    next_attempt_at: datetime | None = None
+    next_attempt_at: datetime | None = None  # when the next attempt is due, or until when a claim on it lasts
     last_error: str = ""
+    claimed_by: str = ""  # the instance holding the claim that ``next_attempt_at`` bounds, if any
 
 
 @dataclass(frozen=True)

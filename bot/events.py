@@ -2,6 +2,7 @@
 metrics) hang off these through the one explicit map in :mod:`bot.reactions`.
 
 Every event knows how it is audited, so no path can forget the audit: publishing is auditing.
+A state change's events are audited in the change's own transaction (:meth:`bot.bus.MessageBus.commit`).
 """
 
 from __future__ import annotations
@@ -141,24 +142,56 @@ class RequestTimedOut(Event):
 
 @dataclass(frozen=True)
 class AccessGranted(Event):
+    """The provisioner confirmed the grant. ``recovered``: finished by the reconciler after a crash,
+    so no command's reply tells the holder."""
+
     grant: Grant
     request: AccessRequest
+    recovered: bool = False
 
     def audit(self) -> AuditEvent:
         data = {**_grant_data(self.grant), "approved_by": list(self.grant.approved_by)}
+        if self.recovered:
+            data["recovered"] = True
         return AuditEvent(self.at, "grant.provisioned", SYSTEM, self.grant.id, data)
 
 
 @dataclass(frozen=True)
 class ProvisioningFailed(Event):
+    """Provisioning failed; the grant is rolled back (a revoke undoes anything half-granted)."""
+
     grant: Grant
     request: AccessRequest
     error: str
+    recovered: bool = False
 
     def audit(self) -> AuditEvent:
-        return AuditEvent(
-            self.at, "grant.failed", SYSTEM, self.grant.id, {**_grant_data(self.grant), "error": self.error}
-        )
+        data: dict[str, object] = {**_grant_data(self.grant), "error": self.error}
+        if self.recovered:
+            data["recovered"] = True
+        return AuditEvent(self.at, "grant.failed", SYSTEM, self.grant.id, data)
+
+
+@dataclass(frozen=True)
+class ProvisioningResumed(Event):
+    """The reconciler took over a grant a crash left provisioning; the provisioner is asked again."""
+
+    grant: Grant
+
+    def audit(self) -> AuditEvent:
+        return AuditEvent(self.at, "grant.provisioning_resumed", SYSTEM, self.grant.id, _grant_data(self.grant))
+
+
+@dataclass(frozen=True)
+class MissingGrantCreated(Event):
+    """The reconciler found an approved request without its grant and created it."""
+
+    grant: Grant
+    request: AccessRequest
+
+    def audit(self) -> AuditEvent:
+        data = {**_grant_data(self.grant), "approved_by": list(self.grant.approved_by)}
+        return AuditEvent(self.at, "grant.created_by_reconciler", SYSTEM, self.grant.id, data)
 
 
 @dataclass(frozen=True)

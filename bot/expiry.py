@@ -2,8 +2,10 @@
 
 It sleeps until the earliest expiry (one indexed query), or until woken because a grant was
 made or extended, then ends what is due. Revokes the provisioner did not confirm are retried on
-the same loop, and pending approvals time out. On start it first catches up on everything that
-expired while Ackgate was down. Safe on several replicas: each transition is compare-and-set.
+the same loop, pending approvals time out, and the reconciler finishes what a crash left behind.
+On start it first catches up on everything that expired while Ackgate was down. Safe on several
+replicas: each transition is compare-and-set and each provisioner call is claimed first. One step's
+failure (the database briefly away) never stops the others, nor the next pass.
 """
 
 from __future__ import annotations
@@ -15,7 +17,10 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from bot.access import AccessService
 from bot.clock import Clock
+from bot.errors import AckgateError
+from bot.grants import isolated
 from bot.ports import GrantStore
+from bot.reconciler import Reconciler
 
 log = logging.getLogger("ackgate.expiry")
 
@@ -29,12 +34,14 @@ class ExpiryScheduler:
         clock: Clock,
         idle_seconds: float = 5.0,
         jobs: Sequence[Callable[[], Awaitable[int]]] = (),
+        reconciler: Reconciler | None = None,
     ) -> None:
         self.service = service
         self.grants = grants
         self.clock = clock
         self.idle_seconds = idle_seconds  # how often revoke retries and approval time-outs are looked at
         self.jobs = list(jobs)  # other timed work on the same loop, e.g. expiring authentication links
+        self.reconciler = reconciler
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -45,16 +52,15 @@ class ExpiryScheduler:
 
     async def run_once(self) -> None:
         """Do everything that is due now. Tests call this after moving the fake clock."""
-        expired = await self.service.expire_due()
-        retried = await self.service.retry_revokes()
-        timed_out = await self.service.time_out_pending()
+        expired = await isolated("expiry pass", "due grants", self.service.expire_due()) or 0
+        retried = await isolated("revoke retry pass", "due revokes", self.service.retry_revokes()) or 0
+        timed_out = await isolated("approval time-out pass", "pending requests", self.service.time_out_pending()) or 0
         if expired or retried or timed_out:
             log.info("expired %d grants, confirmed %d revokes, timed out %d requests", expired, retried, timed_out)
+        if self.reconciler is not None:
+            await isolated("reconciler pass", "the store", self.reconciler.run_once())
         for job in self.jobs:
-            try:
-                await job()
-            except Exception:
-                log.exception("timed job %s failed", getattr(job, "__qualname__", job))
+            await isolated("timed job", getattr(job, "__qualname__", repr(job)), job())
 
     async def seconds_until_next(self) -> float:
         nxt = await self.grants.next_expiry()
@@ -70,6 +76,9 @@ class ExpiryScheduler:
                 delay = await self.seconds_until_next()
             except asyncio.CancelledError:
                 raise
+            except AckgateError as exc:  # the database briefly away: expected, no traceback
+                log.warning("expiry pass failed; retrying shortly: %s", exc.message)
+                delay = 1.0
             except Exception:
                 log.exception("expiry pass failed; retrying shortly")
                 delay = 1.0

@@ -728,3 +728,26 @@ TEAMS_CARD_ACTION_INVALID = (
     f"or type {COMMAND} list."
 )
 TEAMS_KEY_FORM_SAVE = "Save"
+
+
+# --- the grant lifecycle: failures, recovery, long lists -------------------------------------
+
+
+def provisioner_crashed(exc: Exception) -> str:
+    # Only the type: an unexpected error's text may carry anything, secrets included.
+    return f"The provisioner failed unexpectedly ({type(exc).__name__})."
+
+
+def approvers_label(emails: tuple[str, ...] | list[str]) -> str:
+    return ", ".join(emails)
+
+
+def approved_not_provisioned(who: str) -> str:
+    return f"Approved by {who}, but the access could not be provisioned"
+
+
+def more_grants(hidden: int) -> str:
+    return (
+        f"{hidden} more active grant(s) are not shown here. Each holder is told when a grant ends; "
+        f"end one early with {COMMAND} revoke <grant id>."
+    )

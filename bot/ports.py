@@ -5,14 +5,19 @@ Every storage method is atomic on its own. Transitions are compare-and-set: they
 they expect and raise :class:`bot.errors.AlreadyDecided` when the stored state differs, so a
 double click, a retried delivery or two replicas racing resolve exactly once.
 Storage failures raise :class:`bot.errors.StorageError` and change nothing.
+
+Every method that changes a request or a grant takes ``audit``: a function of the method's result
+(the stored row, as it will be returned) giving the audit events to append **in the same
+transaction**. The state change and its audit rows commit together or not at all, so a crash never
+leaves a change without its audit line. The core passes it through :meth:`bot.bus.MessageBus.commit`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from bot.domain import (
     AccessRequest,
@@ -35,9 +40,13 @@ from bot.views import Card
 
 # --- storage ------------------------------------------------------------------------------
 
+ResultT = TypeVar("ResultT")
+AuditFor = Callable[[ResultT], Sequence[AuditEvent]]
+"""The audit events of a state change, built from its stored result inside its transaction."""
+
 
 class RequestStore(Protocol):
-    async def add(self, request: AccessRequest) -> None:
+    async def add(self, request: AccessRequest, *, audit: AuditFor[None] | None = None) -> None:
         """Insert a new request. Raises ``StorageError`` if the id exists."""
         ...
 
@@ -47,7 +56,9 @@ class RequestStore(Protocol):
         """The requester's most recent requests, newest first."""
         ...
 
-    async def add_approval(self, request_id: str, *, approver_email: str, at: datetime) -> AccessRequest:
+    async def add_approval(
+        self, request_id: str, *, approver_email: str, at: datetime, audit: AuditFor[AccessRequest] | None = None
+    ) -> AccessRequest:
         """Atomically record one approval on a PENDING request and return the updated request.
 
         A second approval by the same approver is not counted again (the request is returned
@@ -66,6 +77,7 @@ class RequestStore(Protocol):
         at: datetime,
         note: str = "",
         grant_id: str | None = None,
+        audit: AuditFor[AccessRequest] | None = None,
     ) -> AccessRequest:
         """Compare-and-set the status from ``expected`` to ``new``; set decided_by/at, note, grant id.
 
@@ -78,9 +90,39 @@ class RequestStore(Protocol):
         """PENDING requests created before ``cutoff`` (for approval time-outs)."""
         ...
 
+    async def add_with_grant(
+        self, request: AccessRequest, grant: Grant, *, audit: AuditFor[tuple[AccessRequest, Grant]] | None = None
+    ) -> tuple[AccessRequest, Grant]:
+        """Insert an already-approved request, with ``grant_id`` set to ``grant.id``, and its grant, in
+        one transaction (automatic access: never an approved request without its grant). Raises
+        ``StorageError`` if either id exists (then neither is stored)."""
+        ...
+
+    async def approve(
+        self,
+        request_id: str,
+        *,
+        approver_email: str,
+        at: datetime,
+        grant: Callable[[AccessRequest], Grant],
+        audit: AuditFor[tuple[AccessRequest, Grant | None]] | None = None,
+    ) -> tuple[AccessRequest, Grant | None]:
+        """Record one approval of a PENDING request, atomically. When the approvals reach the
+        required number, in the same transaction: the request moves to APPROVED (decided by this
+        approver, at ``at``, ``grant_id`` set) and ``grant(approved_request)`` is inserted; the grant is
+        returned. Otherwise the grant is None. An approver counts once however often they approve.
+        Raises ``AlreadyDecided`` (with ``status`` and ``by``) when the request is not pending
+        (so of two final approvals racing, one wins), ``NotFound`` when it does not exist.
+        """
+        ...
+
+    async def approved_without_grant(self, *, limit: int = 100) -> list[AccessRequest]:
+        """APPROVED requests with no grant at all (left by a crash of an older version), oldest first."""
+        ...
+
 
 class GrantStore(Protocol):
-    async def add(self, grant: Grant) -> None:
+    async def add(self, grant: Grant, *, audit: AuditFor[None] | None = None) -> None:
         """Insert a new grant (normally in PROVISIONING). Raises ``StorageError`` if the id exists."""
         ...
 
@@ -101,14 +143,26 @@ class GrantStore(Protocol):
         ended_by: str | None = None,
         expires_at: datetime | None = None,
         last_error: str | None = None,
+        next_attempt_at: datetime | None = None,
+        claimed_by: str | None = None,
+        audit: AuditFor[Grant] | None = None,
     ) -> Grant:
-        """Compare-and-set the status. Moving to REVOKING stores end_reason/ended_by and makes the
-        revoke due now; moving to ENDED stamps ended_at; ``expires_at``/``last_error`` update when
-        given. Raises ``AlreadyDecided`` when the stored status differs, ``NotFound`` when absent.
+        """Compare-and-set the status. Moving to REVOKING stores end_reason/ended_by and sets
+        next_attempt_at to ``next_attempt_at`` (the lease of the caller's own first attempt, which it
+        thereby claims, as ``claimed_by`` when given), or to ``at`` (due now) when not given; moving to ENDED stamps ended_at;
+        ``expires_at``/``last_error`` update when given. Raises ``AlreadyDecided`` when the stored
+        status differs, ``NotFound`` when absent.
         """
         ...
 
-    async def extend(self, grant_id: str, *, expected_expires_at: datetime, new_expires_at: datetime) -> Grant:
+    async def extend(
+        self,
+        grant_id: str,
+        *,
+        expected_expires_at: datetime,
+        new_expires_at: datetime,
+        audit: AuditFor[Grant] | None = None,
+    ) -> Grant:
         """Compare-and-set the expiry of an ACTIVE grant. Raises ``AlreadyDecided`` when the grant
         is not active or its expiry moved since it was read."""
         ...
@@ -125,9 +179,12 @@ class GrantStore(Protocol):
         """REVOKING grants whose ``next_attempt_at <= now``."""
         ...
 
-    async def schedule_revoke_retry(self, grant_id: str, *, at: datetime, error: str) -> Grant:
+    async def schedule_revoke_retry(
+        self, grant_id: str, *, at: datetime, error: str, audit: AuditFor[Grant] | None = None
+    ) -> Grant:
         """Record a failed revoke attempt: increment revoke_attempts, set next_attempt_at and
-        last_error. Only for REVOKING grants (else ``AlreadyDecided``)."""
+        last_error, and drop the claim (a scheduled retry is nobody's). Only for REVOKING grants
+        (else ``AlreadyDecided``)."""
         ...
 
     async def active_for_incident(self, incident_id: str) -> list[Grant]:
@@ -135,6 +192,47 @@ class GrantStore(Protocol):
         ...
 
     async def count_active(self) -> int: ...
+
+    async def add_for_request(self, grant: Grant, *, audit: AuditFor[Grant] | None = None) -> Grant:
+        """Insert ``grant`` for its request and set the request's ``grant_id``, in one transaction,
+        only while that request is APPROVED and has no grant (compare-and-set: of two replicas
+        repairing the same request, one wins). Raises ``AlreadyDecided`` when the request is not
+        approved or already has a grant, ``NotFound`` when it does not exist."""
+        ...
+
+    async def claim_provisioning(
+        self,
+        grant_id: str,
+        *,
+        now: datetime,
+        lease_until: datetime,
+        owner: str = "",
+        audit: AuditFor[Grant] | None = None,
+    ) -> Grant:
+        """Claim the provisioning of a PROVISIONING grant whose lease (``next_attempt_at``) ran out
+        at ``now`` (or that has none): compare-and-set ``next_attempt_at`` to ``lease_until`` and
+        ``claimed_by`` to ``owner``. Only the claimant calls the provisioner. Raises ``AlreadyDecided``
+        when the grant is no longer provisioning or someone holds a live claim; ``NotFound`` when absent."""
+        ...
+
+    async def claim_revoke(self, grant_id: str, *, now: datetime, lease_until: datetime, owner: str = "") -> Grant:
+        """Claim one revoke attempt of a REVOKING grant whose ``next_attempt_at <= now``:
+        compare-and-set ``next_attempt_at`` to ``lease_until`` (and ``claimed_by`` to ``owner``), so no
+        other pass or replica takes the same attempt while the provisioner is called. Raises
+        ``AlreadyDecided`` when the grant is not revoking or the attempt is not due (claimed by someone
+        else); ``NotFound`` when absent."""
+        ...
+
+    async def release_claims(self, owner: str, *, now: datetime) -> list[Grant]:
+        """``owner`` restarted, so the live-looking claims it held (PROVISIONING or REVOKING grants
+        claimed by it, lease not yet run out) are dead: make them due at ``now``, unclaimed, and
+        return them. A no-op for the empty owner. Atomic."""
+        ...
+
+    async def provisioning_due(self, now: datetime, *, limit: int = 100) -> list[Grant]:
+        """PROVISIONING grants with no live claim (``next_attempt_at`` is null or ``<= now``): the
+        ones a crash left behind. Oldest claim first."""
+        ...
 
 
 class AuditLog(Protocol):

@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 
 from bot import cards
 from bot.bus import Reaction
-from bot.domain import Principal
+from bot.domain import EndReason, Principal
 from bot.errors import ChatError
 from bot.events import (
     SYSTEM,
@@ -20,7 +20,9 @@ from bot.events import (
     Event,
     GrantEnded,
     GrantExtended,
+    MissingGrantCreated,
     ProvisioningFailed,
+    ProvisioningResumed,
     RequestApproved,
     RequestDenied,
     RequestTimedOut,
@@ -94,13 +96,16 @@ class Reactions:
                 log.exception("could not notify approver %s of %s", email, request.id)
 
     async def update_approval_messages(
-        self, event: ApprovalRecorded | RequestApproved | RequestDenied | RequestTimedOut
+        self, event: ApprovalRecorded | RequestApproved | RequestDenied | RequestTimedOut | ProvisioningFailed
     ) -> None:
+        """Redraw every approver's card: the count, the decision, or (after a failed provisioning)
+        that the approved access could not be given, so no card still says "Approved"."""
         request = event.request
         notifier = self._notifier(request.requester.platform)
         if notifier is None:
             return
-        card = cards.approval_card(request)
+        failed = event.grant if isinstance(event, ProvisioningFailed) else None
+        card = cards.approval_card(request, failed=failed)
         for ref in await self.messages.refs(request.id):
             try:
                 await notifier.update(ref, card)
@@ -113,13 +118,13 @@ class Reactions:
         await self._tell(event.request.requester, cards.decision_card(event.request))
 
     async def tell_holder_granted(self, event: AccessGranted) -> None:
-        # Automatic grants are answered in the command's own reply; approved ones arrive later.
-        if event.grant.approved_by:
+        # Automatic grants are answered in the command's own reply; approved and recovered ones arrive later.
+        if event.grant.approved_by or event.recovered:
             await self._tell(event.grant.holder, cards.granted_card(event.grant))
 
     async def tell_provisioning_failed(self, event: ProvisioningFailed) -> None:
         card = cards.failed_card(event.grant, event.error)
-        if event.grant.approved_by:
+        if event.grant.approved_by or event.recovered:
             await self._tell(event.grant.holder, card)
         notifier = self._notifier(event.request.requester.platform)
         if notifier is None:
@@ -130,6 +135,8 @@ class Reactions:
                 await notifier.send_to_user(approver, card)
 
     async def tell_holder_ended(self, event: GrantEnded) -> None:
+        if event.grant.end_reason is EndReason.PROVISIONING_FAILED:
+            return  # the roll-back of a failed provisioning: the holder was told it failed
         # Whoever revoked their own grant was answered already.
         if event.grant.ended_by in (SYSTEM, None) or event.grant.ended_by != event.grant.holder.email.lower():
             await self._tell(event.grant.holder, cards.ended_card(event.grant))
@@ -155,7 +162,8 @@ class Reactions:
 
 
 def registry(r: Reactions) -> dict[type[Event], list[Reaction]]:
-    """The one map from events to side effects (each event's audit is written before these)."""
+    """The one map from events to side effects (each event's audit is written before these, in the
+    state change's own transaction)."""
     return {
         ApprovalRequested: [r.post_approval_request, r.count("pending")],
         ApprovalRecorded: [r.update_approval_messages],
@@ -164,7 +172,9 @@ def registry(r: Reactions) -> dict[type[Event], list[Reaction]]:
         RequestTimedOut: [r.update_approval_messages, r.tell_requester_decision, r.count("timed_out")],
         AccessRefused: [r.count("refused")],
         AccessGranted: [r.tell_holder_granted, r.wake, r.count("granted")],
-        ProvisioningFailed: [r.tell_provisioning_failed, r.count("failed")],
+        ProvisioningFailed: [r.update_approval_messages, r.tell_provisioning_failed, r.count("failed")],
+        ProvisioningResumed: [],
+        MissingGrantCreated: [],
         GrantExtended: [r.wake],
         GrantEnded: [r.tell_holder_ended, r.record_lag],
         RevokeFailed: [r.record_revoke_failure],

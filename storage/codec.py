@@ -83,6 +83,7 @@ GRANT_COLUMNS = (
     "revoke_attempts",
     "next_attempt_at",
     "last_error",
+    "claimed_by",
 )
 
 AUDIT_COLUMNS = ("at", "kind", "actor", "subject", "data")
@@ -281,6 +282,7 @@ class Codec:
             g.revoke_attempts,
             self._maybe_time(g.next_attempt_at),
             g.last_error,
+            g.claimed_by,
         )
 
     def transition_values(
@@ -292,16 +294,20 @@ class Codec:
         ended_by: str | None,
         expires_at: datetime | None,
         last_error: str | None,
+        next_attempt_at: datetime | None = None,
     ) -> tuple[object, ...]:
         """What a grant transition sets, in the order status, end_reason, ended_by, expires_at,
-        last_error, next_attempt_at, ended_at; ``None`` keeps the stored value (``COALESCE``)."""
+        last_error, next_attempt_at, ended_at; ``None`` keeps the stored value (``COALESCE``).
+
+        Moving to REVOKING sets next_attempt_at: the caller's lease on its own first attempt when
+        given, else ``at`` (due now)."""
         return (
             new.value,
             None if end_reason is None else end_reason.value,
             ended_by,
             self._maybe_time(expires_at),
             last_error,
-            self.dump_time(at) if new is GrantStatus.REVOKING else None,  # the first revoke attempt is due now
+            self.dump_time(next_attempt_at or at) if new is GrantStatus.REVOKING else None,
             self.dump_time(at) if new is GrantStatus.ENDED else None,
         )
 
@@ -330,6 +336,7 @@ class Codec:
             revoke_attempts=int(row["revoke_attempts"]),
             next_attempt_at=self._load_maybe_time(row["next_attempt_at"]),
             last_error=row["last_error"],
+            claimed_by=row["claimed_by"],
         )
 
     # --- audit and messages -----------------------------------------------------------------
@@ -517,6 +524,13 @@ def request_conflict(request_id: str, row: Row | None) -> UserError:
     return AlreadyDecided(sentence, status=status.value, by=by)
 
 
+def request_has_grant(request_id: str, row: Row | None) -> UserError:
+    """The error for a grant that could not be added to its request; ``row`` holds status and decided_by."""
+    if row is None or row["status"] != RequestStatus.APPROVED.value:
+        return request_conflict(request_id, row)
+    return AlreadyDecided("This request already has its grant.", status=row["status"], by=row["decided_by"])
+
+
 def grant_conflict(grant_id: str, row: Row | None, *, checks_expiry: bool = False) -> UserError:
     """The error for a grant transition that changed no row; ``row`` holds status and ended_by.
 
@@ -570,3 +584,13 @@ def transaction_taken(transaction_id: str, *, token: bool) -> StorageError:
     """The error for a duplicate authentication request: its id, or (``token``) its link's hash."""
     taken = "its link token is already in use" if token else "that id is already taken"
     return StorageError(f"Could not save authentication request {transaction_id}: {taken}.")
+
+
+# --- audit rows written inside a state change's transaction --------------------------------------
+
+
+def audit_rows(
+    codec: Codec, audit: Callable[[Any], Sequence[AuditEvent]] | None, result: object
+) -> list[tuple[object, ...]]:
+    """The column values of the audit events ``audit`` builds from ``result`` (none without ``audit``)."""
+    return [] if audit is None else [codec.audit_values(e) for e in audit(result)]

@@ -8,8 +8,9 @@ replicas starting together apply them once.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -30,14 +31,16 @@ from bot.domain import (
     RequestStatus,
 )
 from bot.errors import ConfigError, StorageError
-from bot.ports import InboxDelivery, OutboxDelivery
+from bot.ports import AuditFor, InboxDelivery, OutboxDelivery
 from storage.codec import (
     Codec,
     Row,
+    audit_rows,
     dump_json,
     grant_conflict,
     id_taken,
     request_conflict,
+    request_has_grant,
     row_writes,
     transaction_conflict,
     transaction_missing,
@@ -61,6 +64,7 @@ def _load_time(value: datetime) -> datetime:
 _CODEC = Codec(dump_time=utc, load_time=_load_time)
 _ACTIVE = GrantStatus.ACTIVE.value
 _REVOKING = GrantStatus.REVOKING.value
+_PENDING = RequestStatus.PENDING.value
 _WRITES = row_writes(lambda n: f"${n}")
 _DELIVERIES = delivery_sql(lambda n: f"${n}")
 _LINK_HASH_UNIQUE = "auth_transactions_token_hash_key"  # PostgreSQL's name for the UNIQUE column
@@ -80,6 +84,14 @@ PENDING_EXPIRED_SQL = (
 )
 BY_DEDUP_KEY_SQL = "SELECT * FROM auth_transactions WHERE dedup_key = $1 ORDER BY created_at DESC, id DESC LIMIT 1"
 BY_TRANSACTION_SQL = "SELECT * FROM incident_mirrors WHERE transaction_id = $1 ORDER BY status_at DESC LIMIT 1"
+PROVISIONING_DUE_SQL = (
+    "SELECT * FROM grants WHERE status = 'provisioning' AND (next_attempt_at IS NULL OR next_attempt_at <= $1)"
+    " ORDER BY next_attempt_at NULLS FIRST, id LIMIT $2"
+)
+APPROVED_WITHOUT_GRANT_SQL = (
+    "SELECT * FROM requests WHERE status = 'approved' AND grant_id IS NULL"
+    " AND NOT EXISTS (SELECT 1 FROM grants WHERE grants.request_id = requests.id) ORDER BY created_at, id LIMIT $1"
+)
 
 
 def describe(dsn: str) -> str:
@@ -141,6 +153,20 @@ class _Pool:
             ) from exc
 
 
+async def _audit(conn: Any, audit: AuditFor[Any] | None, result: object) -> None:
+    """Append the audit rows of a state change inside its transaction."""
+    rows = audit_rows(_CODEC, audit, result)
+    if rows:
+        await conn.executemany(_WRITES.audit, rows)
+
+
+async def _insert_grant(conn: Any, grant: Grant) -> None:
+    try:
+        await conn.execute(_WRITES.grant, *_CODEC.grant_values(grant))
+    except asyncpg.UniqueViolationError as exc:
+        raise id_taken(f"grant {grant.id}") from exc
+
+
 class _Requests(Role[_Pool]):
     @staticmethod
     async def _complete(conn: Any, rows: Sequence[Row]) -> list[AccessRequest]:
@@ -151,15 +177,56 @@ class _Requests(Role[_Pool]):
         sql = "SELECT * FROM approvals WHERE request_id = ANY($1::text[]) ORDER BY seq"
         return _CODEC.requests(rows, await conn.fetch(sql, ids))
 
-    async def add(self, request: AccessRequest) -> None:
+    @staticmethod
+    async def _insert(conn: Any, request: AccessRequest) -> None:
+        try:
+            await conn.execute(_WRITES.request, *_CODEC.request_values(request))
+        except asyncpg.UniqueViolationError as exc:
+            raise id_taken(f"request {request.id}") from exc
+        await conn.executemany(_INSERT_APPROVAL, [(request.id, a.approver_email, utc(a.at)) for a in request.approvals])
+
+    async def add(self, request: AccessRequest, *, audit: AuditFor[None] | None = None) -> None:
         async with self._db.connection(f"save request {request.id}", transaction=True) as conn:
-            try:
-                await conn.execute(_WRITES.request, *_CODEC.request_values(request))
-            except asyncpg.UniqueViolationError as exc:
-                raise id_taken(f"request {request.id}") from exc
-            await conn.executemany(
-                _INSERT_APPROVAL, [(request.id, a.approver_email, utc(a.at)) for a in request.approvals]
-            )
+            await self._insert(conn, request)
+            await _audit(conn, audit, None)
+
+    async def add_with_grant(
+        self, request: AccessRequest, grant: Grant, *, audit: AuditFor[tuple[AccessRequest, Grant]] | None = None
+    ) -> tuple[AccessRequest, Grant]:
+        request = replace(request, grant_id=grant.id)
+        async with self._db.connection(f"save request {request.id} and its grant", transaction=True) as conn:
+            await self._insert(conn, request)
+            await _insert_grant(conn, grant)
+            await _audit(conn, audit, (request, grant))
+        return request, grant
+
+    async def approve(
+        self,
+        request_id: str,
+        *,
+        approver_email: str,
+        at: datetime,
+        grant: Callable[[AccessRequest], Grant],
+        audit: AuditFor[tuple[AccessRequest, Grant | None]] | None = None,
+    ) -> tuple[AccessRequest, Grant | None]:
+        async with self._db.connection(f"record an approval of request {request_id}", transaction=True) as conn:
+            request = await self._approval(conn, request_id, approver_email, at)
+            made: Grant | None = None
+            if len(request.approvals) >= request.required_approvals:
+                made = grant(request)
+                sql = (
+                    "UPDATE requests SET status = $1, decided_by = $2, decided_at = $3, grant_id = $4"
+                    " WHERE id = $5 AND status = $6 RETURNING *"
+                )
+                params = (RequestStatus.APPROVED.value, approver_email, utc(at), made.id, request_id, _PENDING)
+                request = (await self._complete(conn, [await conn.fetchrow(sql, *params)]))[0]
+                await _insert_grant(conn, made)
+            await _audit(conn, audit, (request, made))
+        return request, made
+
+    async def approved_without_grant(self, *, limit: int = 100) -> list[AccessRequest]:
+        async with self._db.connection("list approved requests without a grant") as conn:
+            return await self._complete(conn, await conn.fetch(APPROVED_WITHOUT_GRANT_SQL, limit))
 
     async def get(self, request_id: str) -> AccessRequest | None:
         async with self._db.connection(f"read request {request_id}") as conn:
@@ -172,15 +239,22 @@ class _Requests(Role[_Pool]):
         async with self._db.connection(f"list the requests of {requester_email}") as conn:
             return await self._complete(conn, await conn.fetch(sql, requester_email, limit))
 
-    async def add_approval(self, request_id: str, *, approver_email: str, at: datetime) -> AccessRequest:
+    async def _approval(self, conn: Any, request_id: str, approver_email: str, at: datetime) -> AccessRequest:
+        # The row lock keeps decide() from changing the status between this check and the insert.
+        row = await conn.fetchrow("SELECT status, decided_by FROM requests WHERE id = $1 FOR UPDATE", request_id)
+        if row is None or row["status"] != _PENDING:
+            raise request_conflict(request_id, row)
+        await conn.execute(_INSERT_APPROVAL, request_id, approver_email, utc(at))
+        rows = await conn.fetch("SELECT * FROM requests WHERE id = $1", request_id)
+        return (await self._complete(conn, rows))[0]
+
+    async def add_approval(
+        self, request_id: str, *, approver_email: str, at: datetime, audit: AuditFor[AccessRequest] | None = None
+    ) -> AccessRequest:
         async with self._db.connection(f"record an approval of request {request_id}", transaction=True) as conn:
-            # The row lock keeps decide() from changing the status between this check and the insert.
-            row = await conn.fetchrow("SELECT status, decided_by FROM requests WHERE id = $1 FOR UPDATE", request_id)
-            if row is None or row["status"] != RequestStatus.PENDING.value:
-                raise request_conflict(request_id, row)
-            await conn.execute(_INSERT_APPROVAL, request_id, approver_email, utc(at))
-            rows = await conn.fetch("SELECT * FROM requests WHERE id = $1", request_id)
-            return (await self._complete(conn, rows))[0]
+            request = await self._approval(conn, request_id, approver_email, at)
+            await _audit(conn, audit, request)
+        return request
 
     async def decide(
         self,
@@ -192,6 +266,7 @@ class _Requests(Role[_Pool]):
         at: datetime,
         note: str = "",
         grant_id: str | None = None,
+        audit: AuditFor[AccessRequest] | None = None,
     ) -> AccessRequest:
         sql = (
             "UPDATE requests SET status = $1, decided_by = $2, decided_at = $3, note = $4,"
@@ -203,7 +278,9 @@ class _Requests(Role[_Pool]):
             if updated is None:
                 current = await conn.fetchrow("SELECT status, decided_by FROM requests WHERE id = $1", request_id)
                 raise request_conflict(request_id, current)
-            return (await self._complete(conn, [updated]))[0]
+            request = (await self._complete(conn, [updated]))[0]
+            await _audit(conn, audit, request)
+        return request
 
     async def pending_created_before(self, cutoff: datetime) -> list[AccessRequest]:
         sql = "SELECT * FROM requests WHERE status = $1 AND created_at < $2 ORDER BY created_at, id"
@@ -213,26 +290,33 @@ class _Requests(Role[_Pool]):
 
 class _Grants(Role[_Pool]):
     async def _cas(
-        self, grant_id: str, doing: str, sql: str, params: Sequence[object], *, checks_expiry: bool = False
+        self,
+        grant_id: str,
+        doing: str,
+        sql: str,
+        params: Sequence[object],
+        *,
+        checks_expiry: bool = False,
+        audit: AuditFor[Grant] | None = None,
     ) -> Grant:
-        """Run a ``... RETURNING *`` update; no row back means the compare-and-set lost."""
+        """Run a ``... RETURNING *`` update (and its audit rows); no row back means the compare-and-set lost."""
         async with self._db.connection(doing, transaction=True) as conn:
             updated = await conn.fetchrow(sql, *params)
-            if updated is not None:
-                return _CODEC.grant(updated)
-            current = await conn.fetchrow("SELECT status, ended_by FROM grants WHERE id = $1", grant_id)
-            raise grant_conflict(grant_id, current, checks_expiry=checks_expiry)
+            if updated is None:
+                current = await conn.fetchrow("SELECT status, ended_by FROM grants WHERE id = $1", grant_id)
+                raise grant_conflict(grant_id, current, checks_expiry=checks_expiry)
+            grant = _CODEC.grant(updated)
+            await _audit(conn, audit, grant)
+        return grant
 
     async def _select(self, doing: str, sql: str, *params: object) -> list[Grant]:
         async with self._db.connection(doing) as conn:
             return [_CODEC.grant(row) for row in await conn.fetch(sql, *params)]
 
-    async def add(self, grant: Grant) -> None:
-        async with self._db.connection(f"save grant {grant.id}") as conn:
-            try:
-                await conn.execute(_WRITES.grant, *_CODEC.grant_values(grant))
-            except asyncpg.UniqueViolationError as exc:
-                raise id_taken(f"grant {grant.id}") from exc
+    async def add(self, grant: Grant, *, audit: AuditFor[None] | None = None) -> None:
+        async with self._db.connection(f"save grant {grant.id}", transaction=True) as conn:
+            await _insert_grant(conn, grant)
+            await _audit(conn, audit, None)
 
     async def get(self, grant_id: str) -> Grant | None:
         found = await self._select(f"read grant {grant_id}", "SELECT * FROM grants WHERE id = $1", grant_id)
@@ -256,23 +340,40 @@ class _Grants(Role[_Pool]):
         ended_by: str | None = None,
         expires_at: datetime | None = None,
         last_error: str | None = None,
+        next_attempt_at: datetime | None = None,
+        claimed_by: str | None = None,
+        audit: AuditFor[Grant] | None = None,
     ) -> Grant:
         sql = (
             "UPDATE grants SET status = $1, end_reason = COALESCE($2, end_reason),"
             " ended_by = COALESCE($3, ended_by), expires_at = COALESCE($4, expires_at),"
             " last_error = COALESCE($5, last_error), next_attempt_at = COALESCE($6, next_attempt_at),"
-            " ended_at = COALESCE($7, ended_at) WHERE id = $8 AND status = $9 RETURNING *"
+            " ended_at = COALESCE($7, ended_at), claimed_by = COALESCE($8, claimed_by)"
+            " WHERE id = $9 AND status = $10 RETURNING *"
         )
         values = _CODEC.transition_values(
-            new, at=at, end_reason=end_reason, ended_by=ended_by, expires_at=expires_at, last_error=last_error
+            new,
+            at=at,
+            end_reason=end_reason,
+            ended_by=ended_by,
+            expires_at=expires_at,
+            last_error=last_error,
+            next_attempt_at=next_attempt_at,
         )
-        params = (*values, grant_id, expected.value)
-        return await self._cas(grant_id, f"move grant {grant_id} to {new.value}", sql, params)
+        params = (*values, claimed_by, grant_id, expected.value)
+        return await self._cas(grant_id, f"move grant {grant_id} to {new.value}", sql, params, audit=audit)
 
-    async def extend(self, grant_id: str, *, expected_expires_at: datetime, new_expires_at: datetime) -> Grant:
+    async def extend(
+        self,
+        grant_id: str,
+        *,
+        expected_expires_at: datetime,
+        new_expires_at: datetime,
+        audit: AuditFor[Grant] | None = None,
+    ) -> Grant:
         sql = "UPDATE grants SET expires_at = $1 WHERE id = $2 AND status = $3 AND expires_at = $4 RETURNING *"
         params = (utc(new_expires_at), grant_id, _ACTIVE, utc(expected_expires_at))
-        return await self._cas(grant_id, f"extend grant {grant_id}", sql, params, checks_expiry=True)
+        return await self._cas(grant_id, f"extend grant {grant_id}", sql, params, checks_expiry=True, audit=audit)
 
     async def due_to_expire(self, now: datetime, *, limit: int = 100) -> list[Grant]:
         return await self._select("list grants due to expire", DUE_TO_EXPIRE_SQL, _ACTIVE, utc(now), limit)
@@ -285,13 +386,15 @@ class _Grants(Role[_Pool]):
     async def revokes_due(self, now: datetime, *, limit: int = 100) -> list[Grant]:
         return await self._select("list revokes due", REVOKES_DUE_SQL, _REVOKING, utc(now), limit)
 
-    async def schedule_revoke_retry(self, grant_id: str, *, at: datetime, error: str) -> Grant:
+    async def schedule_revoke_retry(
+        self, grant_id: str, *, at: datetime, error: str, audit: AuditFor[Grant] | None = None
+    ) -> Grant:
         sql = (
-            "UPDATE grants SET revoke_attempts = revoke_attempts + 1, next_attempt_at = $1, last_error = $2"
-            " WHERE id = $3 AND status = $4 RETURNING *"
+            "UPDATE grants SET revoke_attempts = revoke_attempts + 1, next_attempt_at = $1, last_error = $2,"
+            " claimed_by = '' WHERE id = $3 AND status = $4 RETURNING *"
         )
         params = (utc(at), error, grant_id, _REVOKING)
-        return await self._cas(grant_id, f"schedule a revoke retry of grant {grant_id}", sql, params)
+        return await self._cas(grant_id, f"schedule a revoke retry of grant {grant_id}", sql, params, audit=audit)
 
     async def active_for_incident(self, incident_id: str) -> list[Grant]:
         doing = f"list the grants of incident {incident_id}"
@@ -300,6 +403,56 @@ class _Grants(Role[_Pool]):
     async def count_active(self) -> int:
         async with self._db.connection("count active grants") as conn:
             return int(await conn.fetchval("SELECT count(*) FROM grants WHERE status = $1", _ACTIVE))
+
+    async def add_for_request(self, grant: Grant, *, audit: AuditFor[Grant] | None = None) -> Grant:
+        # The UPDATE takes the request's row lock: a rival repair waits, then finds grant_id set.
+        sql = (
+            "UPDATE requests SET grant_id = $1 WHERE id = $2 AND status = 'approved' AND grant_id IS NULL"
+            " AND NOT EXISTS (SELECT 1 FROM grants WHERE request_id = $2) RETURNING id"
+        )
+        doing = f"save grant {grant.id} for request {grant.request_id}"
+        async with self._db.connection(doing, transaction=True) as conn:
+            if await conn.fetchrow(sql, grant.id, grant.request_id) is None:
+                current = await conn.fetchrow("SELECT status, decided_by FROM requests WHERE id = $1", grant.request_id)
+                raise request_has_grant(grant.request_id, current)
+            await _insert_grant(conn, grant)
+            await _audit(conn, audit, grant)
+        return grant
+
+    async def claim_provisioning(
+        self,
+        grant_id: str,
+        *,
+        now: datetime,
+        lease_until: datetime,
+        owner: str = "",
+        audit: AuditFor[Grant] | None = None,
+    ) -> Grant:
+        sql = (
+            "UPDATE grants SET next_attempt_at = $1, claimed_by = $2 WHERE id = $3 AND status = 'provisioning'"
+            " AND (next_attempt_at IS NULL OR next_attempt_at <= $4) RETURNING *"
+        )
+        params = (utc(lease_until), owner, grant_id, utc(now))
+        return await self._cas(grant_id, f"claim the provisioning of grant {grant_id}", sql, params, audit=audit)
+
+    async def claim_revoke(self, grant_id: str, *, now: datetime, lease_until: datetime, owner: str = "") -> Grant:
+        sql = (
+            "UPDATE grants SET next_attempt_at = $1, claimed_by = $2 WHERE id = $3 AND status = $4"
+            " AND next_attempt_at <= $5 RETURNING *"
+        )
+        params = (utc(lease_until), owner, grant_id, _REVOKING, utc(now))
+        return await self._cas(grant_id, f"claim a revoke attempt of grant {grant_id}", sql, params)
+
+    async def release_claims(self, owner: str, *, now: datetime) -> list[Grant]:
+        sql = (
+            "UPDATE grants SET next_attempt_at = $1, claimed_by = '' WHERE claimed_by = $2 AND claimed_by != ''"
+            " AND status IN ('provisioning', 'revoking') AND next_attempt_at > $1 RETURNING *"
+        )
+        async with self._db.connection(f"release the claims of {owner}", transaction=True) as conn:
+            return [_CODEC.grant(row) for row in await conn.fetch(sql, utc(now), owner)]
+
+    async def provisioning_due(self, now: datetime, *, limit: int = 100) -> list[Grant]:
+        return await self._select("list grants left provisioning", PROVISIONING_DUE_SQL, utc(now), limit)
 
 
 class _Audit(Role[_Pool]):

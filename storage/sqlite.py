@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from datetime import datetime
+from typing import Any
 
 import aiosqlite
 
@@ -29,15 +31,17 @@ from bot.domain import (
     RequestStatus,
 )
 from bot.errors import StorageError
-from bot.ports import InboxDelivery, OutboxDelivery
+from bot.ports import AuditFor, InboxDelivery, OutboxDelivery
 from storage.codec import (
     Codec,
+    audit_rows,
     dump_json,
     from_iso,
     grant_conflict,
     id_taken,
     iso,
     request_conflict,
+    request_has_grant,
     row_writes,
     transaction_conflict,
     transaction_missing,
@@ -68,6 +72,7 @@ async def _enable_wal(conn: aiosqlite.Connection) -> None:
 _CODEC = Codec(dump_time=iso, load_time=from_iso)
 _ACTIVE = GrantStatus.ACTIVE.value
 _REVOKING = GrantStatus.REVOKING.value
+_PENDING = RequestStatus.PENDING.value
 _WRITES = row_writes(lambda _: "?")
 _DELIVERIES = delivery_sql(lambda n: f"?{n}")  # numbered: these statements reuse a parameter
 _INSERT_APPROVAL = (
@@ -84,6 +89,14 @@ PENDING_EXPIRED_SQL = (
 )
 BY_DEDUP_KEY_SQL = "SELECT * FROM auth_transactions WHERE dedup_key = ? ORDER BY created_at DESC, id DESC LIMIT 1"
 BY_TRANSACTION_SQL = "SELECT * FROM incident_mirrors WHERE transaction_id = ? ORDER BY status_at DESC LIMIT 1"
+PROVISIONING_DUE_SQL = (
+    "SELECT * FROM grants WHERE status = 'provisioning' AND (next_attempt_at IS NULL OR next_attempt_at <= ?)"
+    " ORDER BY next_attempt_at, id LIMIT ?"
+)
+APPROVED_WITHOUT_GRANT_SQL = (
+    "SELECT * FROM requests WHERE status = 'approved' AND grant_id IS NULL"
+    " AND NOT EXISTS (SELECT 1 FROM grants WHERE grants.request_id = requests.id) ORDER BY created_at, id LIMIT ?"
+)
 
 
 def split_statements(script: str) -> list[str]:
@@ -201,6 +214,11 @@ async def _insert_new(conn: aiosqlite.Connection, sql: str, values: Sequence[obj
         raise id_taken(what) from exc
 
 
+async def _audit(conn: aiosqlite.Connection, audit: AuditFor[Any] | None, result: object) -> None:
+    """Append the audit rows of a state change inside its transaction."""
+    await conn.executemany(_WRITES.audit, audit_rows(_CODEC, audit, result))
+
+
 class _Requests(Role[_Db]):
     async def _complete(self, conn: aiosqlite.Connection, rows: Sequence[sqlite3.Row]) -> list[AccessRequest]:
         """Attach each request's approvals (one query for all of them), keeping the rows' order."""
@@ -211,12 +229,52 @@ class _Requests(Role[_Db]):
         sql = f"SELECT * FROM approvals WHERE request_id IN ({marks}) ORDER BY seq"  # noqa: S608 - only marks
         return _CODEC.requests(rows, await _rows(conn, sql, ids))
 
-    async def add(self, request: AccessRequest) -> None:
+    async def _insert(self, conn: aiosqlite.Connection, request: AccessRequest) -> None:
+        await _insert_new(conn, _WRITES.request, _CODEC.request_values(request), what=f"request {request.id}")
+        await conn.executemany(_INSERT_APPROVAL, [(request.id, a.approver_email, iso(a.at)) for a in request.approvals])
+
+    async def add(self, request: AccessRequest, *, audit: AuditFor[None] | None = None) -> None:
         async with self._db.writing(f"save request {request.id}") as conn:
-            await _insert_new(conn, _WRITES.request, _CODEC.request_values(request), what=f"request {request.id}")
-            await conn.executemany(
-                _INSERT_APPROVAL, [(request.id, a.approver_email, iso(a.at)) for a in request.approvals]
-            )
+            await self._insert(conn, request)
+            await _audit(conn, audit, None)
+
+    async def add_with_grant(
+        self, request: AccessRequest, grant: Grant, *, audit: AuditFor[tuple[AccessRequest, Grant]] | None = None
+    ) -> tuple[AccessRequest, Grant]:
+        request = replace(request, grant_id=grant.id)
+        async with self._db.writing(f"save request {request.id} and its grant") as conn:
+            await self._insert(conn, request)
+            await _insert_new(conn, _WRITES.grant, _CODEC.grant_values(grant), what=f"grant {grant.id}")
+            await _audit(conn, audit, (request, grant))
+        return request, grant
+
+    async def approve(
+        self,
+        request_id: str,
+        *,
+        approver_email: str,
+        at: datetime,
+        grant: Callable[[AccessRequest], Grant],
+        audit: AuditFor[tuple[AccessRequest, Grant | None]] | None = None,
+    ) -> tuple[AccessRequest, Grant | None]:
+        async with self._db.writing(f"record an approval of request {request_id}") as conn:
+            request = await self._approval(conn, request_id, approver_email, at)
+            made: Grant | None = None
+            if len(request.approvals) >= request.required_approvals:
+                made = grant(request)
+                sql = (
+                    "UPDATE requests SET status = ?, decided_by = ?, decided_at = ?, grant_id = ?"
+                    " WHERE id = ? AND status = ? RETURNING *"
+                )
+                params = (RequestStatus.APPROVED.value, approver_email, iso(at), made.id, request_id, _PENDING)
+                request = (await self._complete(conn, await _rows(conn, sql, params)))[0]
+                await _insert_new(conn, _WRITES.grant, _CODEC.grant_values(made), what=f"grant {made.id}")
+            await _audit(conn, audit, (request, made))
+        return request, made
+
+    async def approved_without_grant(self, *, limit: int = 100) -> list[AccessRequest]:
+        async with self._db.reading("list approved requests without a grant") as conn:
+            return await self._complete(conn, await _rows(conn, APPROVED_WITHOUT_GRANT_SQL, [limit]))
 
     async def get(self, request_id: str) -> AccessRequest | None:
         async with self._db.reading(f"read request {request_id}") as conn:
@@ -228,16 +286,25 @@ class _Requests(Role[_Db]):
         async with self._db.reading(f"list the requests of {requester_email}") as conn:
             return await self._complete(conn, await _rows(conn, sql, [requester_email, limit]))
 
-    async def add_approval(self, request_id: str, *, approver_email: str, at: datetime) -> AccessRequest:
+    async def _approval(
+        self, conn: aiosqlite.Connection, request_id: str, approver_email: str, at: datetime
+    ) -> AccessRequest:
+        # BEGIN IMMEDIATE holds the write lock, so nothing can decide the request between
+        # this check and the insert.
+        row = await _row(conn, "SELECT status, decided_by FROM requests WHERE id = ?", [request_id])
+        if row is None or row["status"] != _PENDING:
+            raise request_conflict(request_id, row)
+        await conn.execute(_INSERT_APPROVAL, (request_id, approver_email, iso(at)))
+        found = await _rows(conn, "SELECT * FROM requests WHERE id = ?", [request_id])
+        return (await self._complete(conn, found))[0]
+
+    async def add_approval(
+        self, request_id: str, *, approver_email: str, at: datetime, audit: AuditFor[AccessRequest] | None = None
+    ) -> AccessRequest:
         async with self._db.writing(f"record an approval of request {request_id}") as conn:
-            # BEGIN IMMEDIATE holds the write lock, so nothing can decide the request between
-            # this check and the insert.
-            row = await _row(conn, "SELECT status, decided_by FROM requests WHERE id = ?", [request_id])
-            if row is None or row["status"] != RequestStatus.PENDING.value:
-                raise request_conflict(request_id, row)
-            await conn.execute(_INSERT_APPROVAL, (request_id, approver_email, iso(at)))
-            found = await _rows(conn, "SELECT * FROM requests WHERE id = ?", [request_id])
-            return (await self._complete(conn, found))[0]
+            request = await self._approval(conn, request_id, approver_email, at)
+            await _audit(conn, audit, request)
+        return request
 
     async def decide(
         self,
@@ -249,6 +316,7 @@ class _Requests(Role[_Db]):
         at: datetime,
         note: str = "",
         grant_id: str | None = None,
+        audit: AuditFor[AccessRequest] | None = None,
     ) -> AccessRequest:
         sql = (
             "UPDATE requests SET status = ?, decided_by = ?, decided_at = ?, note = ?,"
@@ -260,7 +328,9 @@ class _Requests(Role[_Db]):
             if not updated:
                 current = await _row(conn, "SELECT status, decided_by FROM requests WHERE id = ?", [request_id])
                 raise request_conflict(request_id, current)
-            return (await self._complete(conn, updated))[0]
+            request = (await self._complete(conn, updated))[0]
+            await _audit(conn, audit, request)
+        return request
 
     async def pending_created_before(self, cutoff: datetime) -> list[AccessRequest]:
         sql = "SELECT * FROM requests WHERE status = ? AND created_at < ? ORDER BY created_at, id"
@@ -270,23 +340,33 @@ class _Requests(Role[_Db]):
 
 class _Grants(Role[_Db]):
     async def _cas(
-        self, grant_id: str, doing: str, sql: str, params: Sequence[object], *, checks_expiry: bool = False
+        self,
+        grant_id: str,
+        doing: str,
+        sql: str,
+        params: Sequence[object],
+        *,
+        checks_expiry: bool = False,
+        audit: AuditFor[Grant] | None = None,
     ) -> Grant:
-        """Run a ``... RETURNING *`` update; no row back means the compare-and-set lost."""
+        """Run a ``... RETURNING *`` update (and its audit rows); no row back means the compare-and-set lost."""
         async with self._db.writing(doing) as conn:
             updated = await _row(conn, sql, params)
-            if updated is not None:
-                return _CODEC.grant(updated)
-            current = await _row(conn, "SELECT status, ended_by, expires_at FROM grants WHERE id = ?", [grant_id])
-            raise grant_conflict(grant_id, current, checks_expiry=checks_expiry)
+            if updated is None:
+                current = await _row(conn, "SELECT status, ended_by, expires_at FROM grants WHERE id = ?", [grant_id])
+                raise grant_conflict(grant_id, current, checks_expiry=checks_expiry)
+            grant = _CODEC.grant(updated)
+            await _audit(conn, audit, grant)
+        return grant
 
     async def _select(self, doing: str, sql: str, params: Sequence[object]) -> list[Grant]:
         async with self._db.reading(doing) as conn:
             return [_CODEC.grant(row) for row in await _rows(conn, sql, params)]
 
-    async def add(self, grant: Grant) -> None:
+    async def add(self, grant: Grant, *, audit: AuditFor[None] | None = None) -> None:
         async with self._db.writing(f"save grant {grant.id}") as conn:
             await _insert_new(conn, _WRITES.grant, _CODEC.grant_values(grant), what=f"grant {grant.id}")
+            await _audit(conn, audit, None)
 
     async def get(self, grant_id: str) -> Grant | None:
         found = await self._select(f"read grant {grant_id}", "SELECT * FROM grants WHERE id = ?", [grant_id])
@@ -310,23 +390,40 @@ class _Grants(Role[_Db]):
         ended_by: str | None = None,
         expires_at: datetime | None = None,
         last_error: str | None = None,
+        next_attempt_at: datetime | None = None,
+        claimed_by: str | None = None,
+        audit: AuditFor[Grant] | None = None,
     ) -> Grant:
         sql = (
             "UPDATE grants SET status = ?, end_reason = COALESCE(?, end_reason),"
             " ended_by = COALESCE(?, ended_by), expires_at = COALESCE(?, expires_at),"
             " last_error = COALESCE(?, last_error), next_attempt_at = COALESCE(?, next_attempt_at),"
-            " ended_at = COALESCE(?, ended_at) WHERE id = ? AND status = ? RETURNING *"
+            " ended_at = COALESCE(?, ended_at), claimed_by = COALESCE(?, claimed_by) WHERE id = ? AND status = ?"
+            " RETURNING *"
         )
         values = _CODEC.transition_values(
-            new, at=at, end_reason=end_reason, ended_by=ended_by, expires_at=expires_at, last_error=last_error
+            new,
+            at=at,
+            end_reason=end_reason,
+            ended_by=ended_by,
+            expires_at=expires_at,
+            last_error=last_error,
+            next_attempt_at=next_attempt_at,
         )
-        params = (*values, grant_id, expected.value)
-        return await self._cas(grant_id, f"move grant {grant_id} to {new.value}", sql, params)
+        params = (*values, claimed_by, grant_id, expected.value)
+        return await self._cas(grant_id, f"move grant {grant_id} to {new.value}", sql, params, audit=audit)
 
-    async def extend(self, grant_id: str, *, expected_expires_at: datetime, new_expires_at: datetime) -> Grant:
+    async def extend(
+        self,
+        grant_id: str,
+        *,
+        expected_expires_at: datetime,
+        new_expires_at: datetime,
+        audit: AuditFor[Grant] | None = None,
+    ) -> Grant:
         sql = "UPDATE grants SET expires_at = ? WHERE id = ? AND status = ? AND expires_at = ? RETURNING *"
         params = (iso(new_expires_at), grant_id, _ACTIVE, iso(expected_expires_at))
-        return await self._cas(grant_id, f"extend grant {grant_id}", sql, params, checks_expiry=True)
+        return await self._cas(grant_id, f"extend grant {grant_id}", sql, params, checks_expiry=True, audit=audit)
 
     async def due_to_expire(self, now: datetime, *, limit: int = 100) -> list[Grant]:
         return await self._select("list grants due to expire", DUE_TO_EXPIRE_SQL, [_ACTIVE, iso(now), limit])
@@ -339,13 +436,15 @@ class _Grants(Role[_Db]):
     async def revokes_due(self, now: datetime, *, limit: int = 100) -> list[Grant]:
         return await self._select("list revokes due", REVOKES_DUE_SQL, [_REVOKING, iso(now), limit])
 
-    async def schedule_revoke_retry(self, grant_id: str, *, at: datetime, error: str) -> Grant:
+    async def schedule_revoke_retry(
+        self, grant_id: str, *, at: datetime, error: str, audit: AuditFor[Grant] | None = None
+    ) -> Grant:
         sql = (
-            "UPDATE grants SET revoke_attempts = revoke_attempts + 1, next_attempt_at = ?, last_error = ?"
-            " WHERE id = ? AND status = ? RETURNING *"
+            "UPDATE grants SET revoke_attempts = revoke_attempts + 1, next_attempt_at = ?, last_error = ?,"
+            " claimed_by = '' WHERE id = ? AND status = ? RETURNING *"
         )
         params = (iso(at), error, grant_id, _REVOKING)
-        return await self._cas(grant_id, f"schedule a revoke retry of grant {grant_id}", sql, params)
+        return await self._cas(grant_id, f"schedule a revoke retry of grant {grant_id}", sql, params, audit=audit)
 
     async def active_for_incident(self, incident_id: str) -> list[Grant]:
         doing = f"list the grants of incident {incident_id}"
@@ -355,6 +454,54 @@ class _Grants(Role[_Db]):
         async with self._db.reading("count active grants") as conn:
             row = await _row(conn, "SELECT count(*) AS n FROM grants WHERE status = ?", [_ACTIVE])
         return 0 if row is None else int(row["n"])
+
+    async def add_for_request(self, grant: Grant, *, audit: AuditFor[Grant] | None = None) -> Grant:
+        sql = (
+            "UPDATE requests SET grant_id = ? WHERE id = ? AND status = 'approved' AND grant_id IS NULL"
+            " AND NOT EXISTS (SELECT 1 FROM grants WHERE request_id = ?) RETURNING id"
+        )
+        async with self._db.writing(f"save grant {grant.id} for request {grant.request_id}") as conn:
+            if await _row(conn, sql, (grant.id, grant.request_id, grant.request_id)) is None:
+                current = await _row(conn, "SELECT status, decided_by FROM requests WHERE id = ?", [grant.request_id])
+                raise request_has_grant(grant.request_id, current)
+            await _insert_new(conn, _WRITES.grant, _CODEC.grant_values(grant), what=f"grant {grant.id}")
+            await _audit(conn, audit, grant)
+        return grant
+
+    async def claim_provisioning(
+        self,
+        grant_id: str,
+        *,
+        now: datetime,
+        lease_until: datetime,
+        owner: str = "",
+        audit: AuditFor[Grant] | None = None,
+    ) -> Grant:
+        sql = (
+            "UPDATE grants SET next_attempt_at = ?, claimed_by = ? WHERE id = ? AND status = 'provisioning'"
+            " AND (next_attempt_at IS NULL OR next_attempt_at <= ?) RETURNING *"
+        )
+        params = (iso(lease_until), owner, grant_id, iso(now))
+        return await self._cas(grant_id, f"claim the provisioning of grant {grant_id}", sql, params, audit=audit)
+
+    async def claim_revoke(self, grant_id: str, *, now: datetime, lease_until: datetime, owner: str = "") -> Grant:
+        sql = (
+            "UPDATE grants SET next_attempt_at = ?, claimed_by = ? WHERE id = ? AND status = ? AND next_attempt_at <= ?"
+            " RETURNING *"
+        )
+        params = (iso(lease_until), owner, grant_id, _REVOKING, iso(now))
+        return await self._cas(grant_id, f"claim a revoke attempt of grant {grant_id}", sql, params)
+
+    async def release_claims(self, owner: str, *, now: datetime) -> list[Grant]:
+        sql = (
+            "UPDATE grants SET next_attempt_at = ?, claimed_by = '' WHERE claimed_by = ? AND claimed_by != ''"
+            " AND status IN ('provisioning', 'revoking') AND next_attempt_at > ? RETURNING *"
+        )
+        async with self._db.writing(f"release the claims of {owner}") as conn:
+            return [_CODEC.grant(row) for row in await _rows(conn, sql, (iso(now), owner, iso(now)))]
+
+    async def provisioning_due(self, now: datetime, *, limit: int = 100) -> list[Grant]:
+        return await self._select("list grants left provisioning", PROVISIONING_DUE_SQL, [iso(now), limit])
 
 
 class _Audit(Role[_Db]):

@@ -4,6 +4,7 @@ over loopback with the real client, a recording chat, provisioners and a fake cl
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -23,6 +24,7 @@ from bot.policy import Policy
 from bot.ports import Store
 from bot.provisioners import NoopProvisioner
 from bot.reactions import Reactions, registry
+from bot.reconciler import Reconciler
 from bot.simulators.pagerduty import PagerDutySimulator
 from bot.views import Card
 from storage import open_store
@@ -110,6 +112,7 @@ class World:
     clock: FakeClock
     noop: NoopProvisioner
     flaky: FlakyProvisioner
+    reconciler: Reconciler
 
     async def type(self, who: Principal, text: str) -> Card:
         """``who`` types ``/access <text>``; returns what Ackgate answers them."""
@@ -127,32 +130,88 @@ class World:
         return [e.kind for e in await self.store.audit.since(self.clock.now() - timedelta(days=30))]
 
 
-@pytest.fixture
-async def world() -> AsyncIterator[World]:
-    clock = FakeClock()
-    store = open_store("sqlite:///:memory:")
-    await store.open()
+# The methods that change a request or a grant: the core must always pass them its audit.
+AUDITED = frozenset(
+    {"add", "add_approval", "decide", "add_with_grant", "approve", "transition", "extend"}
+    | {"schedule_revoke_retry", "add_for_request", "claim_provisioning"}
+)
+
+
+class _AuditRequired:
+    """One role of a store, failing any state change the core makes without its audit rows."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._inner, name)
+        if name not in AUDITED:
+            return method
+
+        def audited(*args: Any, **kwargs: Any) -> Any:
+            assert kwargs.get("audit") is not None, f"{name} was called without its audit rows"
+            return method(*args, **kwargs)
+
+        return audited
+
+
+class AuditRequiredStore:
+    """The store as the core sees it in scenario tests: requests and grants must be audited."""
+
+    def __init__(self, inner: Store) -> None:
+        self._inner = inner
+        self.requests = _AuditRequired(inner.requests)
+        self.grants = _AuditRequired(inner.grants)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+@asynccontextmanager
+async def open_world(
+    store: Store,
+    *,
+    clock: FakeClock | None = None,
+    provisioners: dict[str, Any] | None = None,
+    lease: timedelta | None = None,
+) -> AsyncIterator[World]:
+    """A world on an opened ``store`` (any backend). ``provisioners`` replace ``flaky`` and ``noop``
+    by name; ``lease`` fixes the provisioner claim length."""
+    clock = clock or FakeClock()
     async with PagerDutySimulator(token=PD_TOKEN) as pd:
         client = PagerDutyClient(SecretStr(PD_TOKEN), base_url=pd.base_url, deadline=2.0, cache_ttl=0.0)
         chat = RecordingNotifier()
         for name in ("alice", "bob", "carol", "dana", "erin"):
             chat.add(person(name))
         noop, flaky = NoopProvisioner(), FlakyProvisioner()
+        audited = AuditRequiredStore(store)
         bus = MessageBus(audit=store.audit)
         service = AccessService(
             policy=Policy.model_validate(POLICY),
-            store=store,
+            store=audited,  # type: ignore[arg-type]
             pagerduty=client,
-            provisioners={"noop": noop, "flaky": flaky},
+            provisioners={"noop": noop, "flaky": flaky, **(provisioners or {})},
             bus=bus,
             clock=clock,
             admins=frozenset({"carol@example.com"}),
             approval_timeout=timedelta(hours=1),
+            lease=lease,
         )
-        scheduler = ExpiryScheduler(service, grants=store.grants, clock=clock)
+        reconciler = Reconciler(service, store=audited, clock=clock)  # type: ignore[arg-type]
+        scheduler = ExpiryScheduler(service, grants=store.grants, clock=clock, reconciler=reconciler)
         bus.use(registry(Reactions(notifiers={"slack": chat}, messages=store.messages, wake_scheduler=scheduler.wake)))
         try:
-            yield World(service, scheduler, store, pd, client, chat, clock, noop, flaky)
+            yield World(service, scheduler, store, pd, client, chat, clock, noop, flaky, reconciler)
         finally:
             await client.aclose()
-            await store.close()
+
+
+@pytest.fixture
+async def world() -> AsyncIterator[World]:
+    store = open_store("sqlite:///:memory:")
+    await store.open()
+    try:
+        async with open_world(store) as w:
+            yield w
+    finally:
+        await store.close()
