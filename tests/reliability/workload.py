@@ -241,12 +241,17 @@ class Workload:
             self._webhook(plan, "incident.triggered", triggered), self._webhook(plan, "incident.acknowledged", acked)
         )
         marker = self._marker()
-        answer = await self._answer(await self._type(holder, f"{INCIDENT} 30m on call {marker}", marker=marker))
+        asked = await self._type(holder, f"{INCIDENT} 30m on call {marker}", marker=marker)
+        answer = await self._answer(asked)
         if answer and (found := _GRANT.search(answer)):
             plan.grant_id = found.group(0)
-        self._spawn(self._resolve_later(plan))
+        self._spawn(self._resolve_later(plan, asked))
 
-    async def _resolve_later(self, plan: IncidentPlan) -> None:
+    async def _resolve_later(self, plan: IncidentPlan, asked: Interaction | None) -> None:
+        # The incident resolves after its responder was answered (granted), not while the grant is
+        # still being decided: a grant racing its incident's resolve is not what is measured here.
+        if asked is not None:
+            await poll(lambda: self.client.answered(asked), within=30.0, every=0.1)
         await asyncio.sleep(self.rng.uniform(0.5, 3.0))
         self.client.pd.resolve(plan.incident_id)
         body = webhook_body(
