@@ -391,9 +391,9 @@ class Cluster:
         self.terms = 0
 
     async def start(self) -> None:
-        # One at a time: the first applies the migrations, as a rolling deploy would.
-        for server in self.servers:
-            await server.start()
+        # The first applies the migrations; the others then start together.
+        await self.servers[0].start()
+        await asyncio.gather(*(server.start() for server in self.servers[1:]))
 
     async def stop(self) -> None:
         for server in self.servers:

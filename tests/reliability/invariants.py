@@ -122,9 +122,21 @@ def _settled(run: Run, snap: Snapshot) -> bool:
     with_grant = {g.request_id for g in snap.grants}
     if any(r.status is RequestStatus.APPROVED and r.id not in with_grant for r in snap.requests):
         return False
-    if max(run.retimed.values(), default=0.0) + REVOKE_BOUND + 1 > now:
+    if max((max(pair) for pair in run.retimed.values()), default=0.0) + REVOKE_BOUND + 1 > now:
         return False
-    return all(run.client.answered(i) for i in run.client.interactions if i.acked)
+    client = run.client
+    shown = "\n".join(t for a in APPROVERS for t in client.dms(client.people[a]))
+    if any(r.status is RequestStatus.PENDING and r.id not in shown for r in snap.requests):
+        return False
+    for plan in run.incidents:
+        if any(
+            d.incident_id == plan.incident_id and d.event_type == "incident.resolved" and d.delivered
+            for d in client.webhooks
+        ):
+            mirror = snap.mirrors.get(plan.incident_id)
+            if mirror is None or mirror.status != "resolved":
+                return False
+    return all(client.answered(i) for i in client.interactions if i.acked)
 
 
 async def settle_and_check(run: Run) -> Figures:
@@ -209,10 +221,16 @@ def check(run: Run, snap: Snapshot) -> Figures:
         if not revokes:
             continue
         expired += 1
-        deadline = _deadline(g.expires_at.timestamp(), intervals)
-        lag = revokes[0].at - (deadline if deadline is not None else g.expires_at.timestamp())
+        # A grant whose expiry was moved into the past is owed from the moment it was moved.
+        due = max(g.expires_at.timestamp(), run.retimed.get(g.id, (0.0, 0.0))[1])
+        deadline = _deadline(due, intervals)
+        lag = revokes[0].at - (deadline if deadline is not None else due)
         if deadline is not None and lag > REVOKE_BOUND:
-            figures.add("late_revokes", f"{g.id} {lag:.1f}s")
+            how = "moved" if g.id in run.retimed else "asked"
+            figures.add(
+                "late_revokes",
+                f"{g.id} {lag:.1f}s after {deadline - run.started:.1f}s ({how}; revoked by {revokes[0].sender})",
+            )
     for action in ("grant", "revoke"):
         ids = sorted({c.grant_id for c in receiver.calls if c.action == action})
         for grant_id in ids:
@@ -304,6 +322,7 @@ def check(run: Run, snap: Snapshot) -> Figures:
             "requests": len(requests),
             "grants": dict(sorted(statuses.items())),
             "expiries": expired,
+            "expiries moved": sum(1 for g in snap.grants if g.id in run.retimed and g.end_reason is EndReason.EXPIRED),
             "revoke calls": sum(1 for c in receiver.calls if c.action == "revoke"),
             "incidents": len(run.incidents),
             "webhook copies": sum(len(d.copies) for d in client.webhooks),

@@ -21,6 +21,7 @@ import asyncio
 import dataclasses
 import sys
 import time
+from pathlib import Path
 
 from tests.reliability.invariants import VIOLATIONS, Figures
 from tests.reliability.workload import Sizes, run
@@ -99,6 +100,7 @@ async def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scale", type=float, default=1.0, help="multiply the sizes (requests, kills, incidents)")
     p.add_argument("--seed", type=int, default=None, help="seed the workload's choices")
     p.add_argument("--examples", type=int, default=3, help="examples shown per violation")
+    p.add_argument("--keep", type=Path, default=None, help="keep the logs, policies and SQLite file here")
     args = p.parse_args(argv)
     chosen = list(FULL) if args.scenario == "all" else [args.scenario]
     results: dict[str, Figures] = {}
@@ -106,7 +108,7 @@ async def main(argv: list[str] | None = None) -> int:
         sizes = scaled(FULL[name], args.scale, args.seed)
         started = time.monotonic()
         print(f"{name}: {sizes.operations} operations, {sizes.stops} stops, {sizes.replicas} replica(s)…", flush=True)
-        results[name] = figures = await run(sizes)
+        results[name] = figures = await run(sizes, workdir=args.keep / name if args.keep else None)
         print(figures.report(f"{name} ({time.monotonic() - started:.0f} s)", examples=args.examples), flush=True)
     print()
     print(table(results))

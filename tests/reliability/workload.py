@@ -87,7 +87,8 @@ class Run:
     cluster: Cluster
     client: Client
     incidents: list[IncidentPlan] = field(default_factory=list)
-    retimed: dict[str, float] = field(default_factory=dict)  # grant id -> when it was made to expire
+    # grant id -> (its new expiry, when it was moved): a revoke is owed from the later of the two
+    retimed: dict[str, tuple[float, float]] = field(default_factory=dict)
     started: float = 0.0
     load_seconds: float = 0.0
     settle_seconds: float = 0.0
@@ -341,10 +342,11 @@ class Workload:
         chosen = [g for g in (self._take_active() for _ in range(count)) if g is not None]
         if not chosen:
             return
-        when = now_utc() + timedelta(seconds=ahead)
+        moved = now_utc()
+        when = moved + timedelta(seconds=ahead)
         await self.cluster.database.retime([g for g, _ in chosen], when)
         for grant_id, _ in chosen:
-            self.run.retimed[grant_id] = when.timestamp()
+            self.run.retimed[grant_id] = (when.timestamp(), moved.timestamp())
 
 
 async def run(sizes: Sizes, *, workdir: Path | None = None) -> invariants.Figures:
