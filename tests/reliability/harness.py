@@ -463,6 +463,7 @@ class Interaction:
     server: str
     sent_at: float
     marker: str = ""  # a unique word of the request, which an answer by DM would carry
+    subject: str = ""  # for a click, the request whose card was clicked
     status: int | None = None  # HTTP status Slack got, None when the connection failed
     acked_at: float | None = None
 
@@ -572,14 +573,19 @@ class Client:
             value=request_id,
             response_url=self.slack.response_url(token),
         )
-        interaction = Interaction("click", token, who, f"{action} {request_id}", server.name, time.time())
+        interaction = Interaction(
+            "click", token, who, f"{action} {request_id}", server.name, time.time(), subject=request_id
+        )
         return await self._post_slack(interaction, server, body)
 
     def answers(self, interaction: Interaction) -> list[str]:
-        """What the user was shown in answer: response_url posts, and DMs naming the request's marker."""
+        """What the user was shown in answer: response_url posts; for a request, a DM naming its
+        marker; for a click, the clicked card updated in place with the decision (buttons gone)."""
         shown = [text_of(r) for r in self.slack.responses.get(interaction.token, [])]
         if interaction.marker:
             shown += [t for t in self.dms(interaction.who) if interaction.marker in t]
+        if interaction.subject:
+            shown += [t for t in self.dms(interaction.who) if interaction.subject in t and "[Approve]" not in t]
         return shown
 
     def answered(self, interaction: Interaction) -> bool:

@@ -89,6 +89,7 @@ class Run:
     incidents: list[IncidentPlan] = field(default_factory=list)
     # grant id -> (its new expiry, when it was moved): a revoke is owed from the later of the two
     retimed: dict[str, tuple[float, float]] = field(default_factory=dict)
+    seed: int | None = None
     started: float = 0.0
     load_seconds: float = 0.0
     settle_seconds: float = 0.0
@@ -100,7 +101,9 @@ class Workload:
         self.sizes = run.sizes
         self.cluster = run.cluster
         self.client = run.client
-        self.rng = random.Random(run.sizes.seed)
+        if run.seed is None:  # a seed always, so a failing run can be replayed with --seed
+            run.seed = random.SystemRandom().randrange(2**32)
+        self.rng = random.Random(run.seed)
         self.requesters = [self.client.person(f"user{i:02d}") for i in range(run.sizes.requesters)]
         self.approvers = [self.client.person(a) for a in APPROVERS]
         self.active: dict[str, Person] = {}  # grants known active and not being acted on
@@ -360,7 +363,7 @@ async def run(sizes: Sizes, *, workdir: Path | None = None) -> invariants.Figure
         await database.create()
         cluster = Cluster(fakes=fakes, database=database, workdir=where, replicas=sizes.replicas)
         client = Client(cluster)
-        record = Run(sizes, cluster, client)
+        record = Run(sizes, cluster, client, seed=sizes.seed)
         try:
             await client.start()
             await cluster.start()
@@ -374,6 +377,7 @@ async def run(sizes: Sizes, *, workdir: Path | None = None) -> invariants.Figure
             settle_started = time.time()
             figures = await invariants.settle_and_check(record)
             record.settle_seconds = time.time() - settle_started
+            figures.info["seed"] = record.seed
             figures.info["load seconds"] = round(record.load_seconds, 1)
             figures.info["settle seconds"] = round(record.settle_seconds, 1)
             return figures
