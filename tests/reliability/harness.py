@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
+from urllib.parse import urlencode
 
 import aiohttp
 import asyncpg
@@ -55,6 +56,7 @@ SERVICE_ID = "PRELSVC"  # the PagerDuty service whose incidents are mirrored and
 POSTGRES_ADMIN_URL = os.environ.get("ACKGATE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 AUTO, APPROVED, INCIDENT = "app-auto", "app-approved", "app-incident"
+PROVISIONER_TIMEOUT = 5  # seconds per provisioner attempt; a retry after it is the sender's own
 APPROVERS = ("approver1", "approver2")
 
 
@@ -67,7 +69,7 @@ provisioners:
   iam:
     type: webhook
     url: {provisioner_url}
-    timeout_seconds: 5
+    timeout_seconds: {PROVISIONER_TIMEOUT}
     max_attempts: 3
 resources:
   - {{name: {AUTO}, provisioner: iam}}
@@ -567,12 +569,16 @@ class Client:
 
     async def click(self, who: Person, action: str, request_id: str, *, server: Server) -> Interaction:
         token = self._next("click")
-        body = slack_requests.block_actions_body(
+        payload = slack_requests.block_actions_payload(
             user_id=who.user_id,
             action_id=f"ackgate.{action}",
             value=request_id,
             response_url=self.slack.response_url(token),
         )
+        # Every click is its own interaction to Slack: its own trigger id and action time.
+        payload["trigger_id"] = self.slack.trigger_id()
+        payload["actions"][0]["action_ts"] = f"{time.time():.6f}"
+        body = urlencode({"payload": json.dumps(payload)})
         interaction = Interaction(
             "click", token, who, f"{action} {request_id}", server.name, time.time(), subject=request_id
         )

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 from bot.domain import AccessRequest, AuditEvent, EndReason, Grant, GrantStatus, IncidentMirror, RequestStatus
 from bot.ports import Store
 from storage import open_store
-from tests.reliability.harness import APPROVERS, poll
+from tests.reliability.harness import APPROVERS, PROVISIONER_TIMEOUT, poll
 
 if TYPE_CHECKING:
     from tests.reliability.workload import Run
@@ -238,8 +238,10 @@ def check(run: Run, snap: Snapshot) -> Figures:
             for earlier, later in itertools.pairwise(calls):
                 sender = run.cluster.generation(earlier.sender)
                 ended = sender.ended_at if sender is not None and sender.ended_at is not None else float("inf")
-                if ended > later.at:  # the first caller was alive, and so knew (or would know) the answer
-                    gap = later.at - earlier.at
+                gap = later.at - earlier.at
+                # A repeat is a duplicate when the first caller was still alive, and so knew (or was
+                # about to know) the answer, and had not yet given up waiting for it.
+                if ended > later.at and gap < PROVISIONER_TIMEOUT:
                     figures.add(f"duplicate_{action}_calls", f"{grant_id} {earlier.sender}→{later.sender} +{gap:.2f}s")
 
     # --- the audit log --------------------------------------------------------------------

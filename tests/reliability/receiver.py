@@ -68,7 +68,10 @@ class RecordingReceiver:
             self._runner = None
 
     async def _handle(self, request: web.Request) -> web.Response:
-        body = await request.read()
+        try:
+            body = await request.read()
+        except ConnectionResetError:  # the sender was killed half-way through its request
+            return web.Response(status=400)
         if not verify_signature(
             self.secret,
             request.headers.get("X-Ackgate-Timestamp", ""),

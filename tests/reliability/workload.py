@@ -177,7 +177,7 @@ class Workload:
     async def _answer(self, interaction: Interaction | None) -> str | None:
         if interaction is None or not self.sizes.wait_answers:
             return None
-        return await self.client.wait_answer(interaction, within=6.0)
+        return await self.client.wait_answer(interaction, within=4.0)
 
     def _marker(self) -> str:
         return f"mk{self.rng.randrange(16**8):08x}"
