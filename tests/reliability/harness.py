@@ -663,7 +663,7 @@ class Client:
             if time.monotonic() >= deadline:
                 return
             await asyncio.sleep(wait)
-            wait = min(wait * 2, 4.0)
+            wait = min(wait * 2, 2.0)
             target = server if server.up else self.pick()
 
 

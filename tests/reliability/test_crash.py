@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from tests.reliability.workload import Sizes, run
 
-CRASH = Sizes(operations=100, concurrency=6, stops=4, incidents=10, retime_live=3, retime_down=2)
+CRASH = Sizes(operations=100, concurrency=6, stops=3, incidents=10, retime_live=3, retime_down=2)
 # A backlog: commands fired without waiting for their answers, then SIGTERM while it drains.
 SIGTERM = Sizes(
     operations=100,
