@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -27,11 +28,12 @@ from typing import TYPE_CHECKING
 from bot.domain import AccessRequest, AuditEvent, EndReason, Grant, GrantStatus, IncidentMirror, RequestStatus
 from bot.ports import Store
 from storage import open_store
-from tests.reliability.harness import APPROVERS, PROVISIONER_TIMEOUT, poll
+from tests.reliability.harness import APPROVERS, PROVISIONER_TIMEOUT, Interaction, poll
 
 if TYPE_CHECKING:
     from tests.reliability.workload import Run
 
+_GRANT_ID = re.compile(r"\bg-[a-z0-9]{8}\b")
 REVOKE_BOUND = 5.0  # seconds from expiry (or restart) to the provisioner's revoke
 
 VIOLATIONS = (
@@ -111,6 +113,24 @@ async def read(store: Store, run: Run) -> Snapshot:
     return Snapshot(at, requests, grants, audit, mirrors)
 
 
+def answered(run: Run, snap: Snapshot, interaction: Interaction) -> bool:
+    """Whether the user saw an answer: on the response_url, or by DM. A DM counts when it names the
+    request's marker, or the id of the request or grant the command was about (an answer sent
+    after a restart may be worded differently from the original card)."""
+    client = run.client
+    if client.answered(interaction):
+        return True
+    if interaction.kind != "command":
+        return False
+    ids = set(_GRANT_ID.findall(interaction.text))
+    if interaction.marker:
+        for r in snap.requests:
+            if interaction.marker in r.reason:
+                ids.add(r.id)
+                ids.update(g.id for g in snap.grants if g.request_id == r.id)
+    return any(i in text for text in client.dms(interaction.who) for i in ids)
+
+
 def _settled(run: Run, snap: Snapshot) -> bool:
     """Nothing is still in motion: no half-done grant, every acknowledged interaction answered, no
     expiry owed and no approved request waiting for its grant."""
@@ -136,7 +156,7 @@ def _settled(run: Run, snap: Snapshot) -> bool:
             mirror = snap.mirrors.get(plan.incident_id)
             if mirror is None or mirror.status != "resolved":
                 return False
-    return all(client.answered(i) for i in client.interactions if i.acked)
+    return all(answered(run, snap, i) for i in client.interactions if i.acked)
 
 
 async def settle_and_check(run: Run) -> Figures:
@@ -281,7 +301,7 @@ def check(run: Run, snap: Snapshot) -> Figures:
 
     # --- what people were shown -----------------------------------------------------------
     for i in client.interactions:
-        if i.acked and not client.answered(i):
+        if i.acked and not answered(run, snap, i):
             figures.add("unanswered_commands" if i.kind == "command" else "unanswered_clicks", f"{i.text!r}")
 
     # --- PagerDuty webhooks and the mirror ------------------------------------------------
