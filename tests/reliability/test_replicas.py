@@ -13,7 +13,7 @@ import pytest
 from tests.reliability.workload import Sizes, run
 
 REPLICAS = Sizes(
-    operations=100, concurrency=8, replicas=3, backend="postgres", stops=1, incidents=10, retime_live=3, retime_down=2
+    operations=100, concurrency=8, replicas=3, backend="postgres", stops=1, incidents=20, retime_live=3, retime_down=2
 )
 
 
