@@ -255,7 +255,7 @@ class Workload:
         # The incident resolves after its responder was answered (granted), not while the grant is
         # still being decided: a grant racing its incident's resolve is not what is measured here.
         if asked is not None:
-            await poll(lambda: self.client.answered(asked), within=30.0, every=0.1)
+            await poll(lambda: self.client.answered(asked), within=10.0, every=0.1)
         await asyncio.sleep(self.rng.uniform(0.5, 3.0))
         self.client.pd.resolve(plan.incident_id)
         body = webhook_body(
