@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench soak clean
 
 $(BIN)/ackgate: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,11 @@ lint: $(BIN)/ackgate
 
 bench: $(BIN)/ackgate
 	$(BIN)/python bench/run.py
+
+# The reliability suite at full size (kills, SIGTERM, replicas on PostgreSQL); prints the figures.
+# SOAK_ARGS="--scenario crash --scale 0.4" runs a part of it.
+soak: $(BIN)/ackgate
+	$(BIN)/python -m tests.reliability.soak $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
