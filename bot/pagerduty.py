@@ -267,7 +267,7 @@ class PagerDutyClient:
         async def attempt() -> Json:
             nonlocal last
             try:
-                response = await self._sent(method, template, path, params, body, headers, deadline)
+                response = await self._send(method, template, path, params, body, headers, deadline)
             except (httpx.TransportError, TimeoutError) as exc:
                 reason = (
                     "it timed out" if isinstance(exc, httpx.TimeoutException | TimeoutError) else "it was unreachable"
@@ -306,7 +306,7 @@ class PagerDutyClient:
         except Retryable:
             raise _unavailable(where, last) from None
 
-    async def _sent(
+    async def _send(
         self,
         method: str,
         template: str,
@@ -324,6 +324,8 @@ class PagerDutyClient:
         except TimeoutError:
             raise no_time from None
         try:
+            if deadline <= self._monotonic():
+                raise no_time  # the connection came too late: spend no budget on a call we won't send
             try:
                 await self._limiter.acquire(deadline=deadline)
             except RateBudgetExceeded as exc:
@@ -333,37 +335,25 @@ class PagerDutyClient:
             remaining = deadline - self._monotonic()
             if remaining <= 0:
                 raise no_time
-            return await self._send(method, template, path, params, body, headers, remaining)
+            started = time.perf_counter()  # real seconds for metrics, whatever clock drives deadlines
+            status: int | None = None
+            try:
+                # httpx times each phase separately; asyncio.timeout bounds the whole exchange
+                async with asyncio.timeout(remaining):
+                    response = await self._http.request(
+                        method,
+                        path,
+                        params=tuple(params or ()),
+                        json=body,
+                        headers=headers,
+                        timeout=min(self._timeout, remaining),
+                    )
+                status = response.status_code
+                return response
+            finally:
+                self._record(method, template, status, time.perf_counter() - started)
         finally:
             self._connections.release()
-
-    async def _send(
-        self,
-        method: str,
-        template: str,
-        path: str,
-        params: Params | None,
-        body: Json | None,
-        headers: dict[str, str] | None,
-        remaining: float,
-    ) -> httpx.Response:
-        started = time.perf_counter()  # real seconds for metrics, whatever clock drives deadlines
-        status: int | None = None
-        try:
-            # httpx times each phase separately; asyncio.timeout bounds the whole exchange
-            async with asyncio.timeout(remaining):
-                response = await self._http.request(
-                    method,
-                    path,
-                    params=tuple(params or ()),
-                    json=body,
-                    headers=headers,
-                    timeout=min(self._timeout, remaining),
-                )
-            status = response.status_code
-            return response
-        finally:
-            self._record(method, template, status, time.perf_counter() - started)
 
     def _record(self, method: str, template: str, status: int | None, seconds: float) -> None:
         if self._on_call is None:
