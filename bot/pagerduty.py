@@ -3,10 +3,12 @@
 One pooled ``httpx.AsyncClient`` per process. Every public call fails closed within ``deadline``
 seconds: 429, 5xx and transport errors are retried with backoff (honouring ``ratelimit-reset`` and
 ``Retry-After``) only while the deadline allows, then :class:`~bot.errors.PagerDutyUnavailable`.
-Facts that change slowly (user by email, on-call entries) are cached for ``cache_ttl`` seconds;
-identical concurrent lookups share one HTTP call. Acknowledgements are never cached, because the
-gate must see an unacknowledge at once. A sliding-window limiter keeps us under PagerDuty's
-960 requests/minute per token. The token never appears in a message or a log line.
+Users by email change rarely and are cached for ``user_cache_ttl`` seconds; on-call entries and
+"no such user" for ``cache_ttl`` (:class:`bot.cache.CoalescingCache`); identical concurrent lookups share one HTTP call.
+Acknowledgements and incidents are never cached, because the gate must see an unacknowledge at once.
+A sliding-window limiter keeps us under PagerDuty's 960 requests/minute per token; a budget slot is
+taken only once one of the pooled connections is ours, so slots go to calls actually sent. Retries
+follow :mod:`bot.retrying`. The token never appears in a message or a log line.
 """
 
 from __future__ import annotations
@@ -23,10 +25,12 @@ from urllib.parse import quote
 import httpx
 from pydantic import SecretStr
 
+from bot.cache import CoalescingCache
 from bot.config import Settings
 from bot.domain import Incident, OnCall, PagerDutyUser
 from bot.errors import ConfigError, PagerDutyAuthError, PagerDutyError, PagerDutyNotFound, PagerDutyUnavailable
-from bot.throttling import Coalescer, Monotonic, RateBudgetExceeded, Sleep, SlidingWindowLimiter
+from bot.retrying import Backoff, Retryable, retry, wait_hint
+from bot.throttling import Monotonic, RateBudgetExceeded, Sleep, SlidingWindowLimiter
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +38,8 @@ ACCEPT = "application/vnd.pagerduty+json;version=2"
 PAGE_LIMIT = 100  # PagerDuty's maximum; the default of 25 quadruples the calls
 RETRYABLE = frozenset({408, 429})  # plus every 5xx
 MAX_OFFSET = 10_000  # classic pagination refuses offset + limit beyond this (400, code 2002)
+MAX_CONNECTIONS = 20
+FIRST_BACKOFF_SECONDS = 0.1
 
 CallHook = Callable[[str, str, int | None, float], None]
 """``on_call(method, path_template, status or None, seconds)``, once per HTTP attempt."""
@@ -61,6 +67,7 @@ class PagerDutyClient:
         monotonic: Monotonic = time.monotonic,
         sleep: Sleep = asyncio.sleep,
         cache_ttl: float = 30.0,
+        user_cache_ttl: float = 3600.0,
         requests_per_minute: int = 900,
         max_attempts: int = 4,
         on_call: CallHook | None = None,
@@ -77,17 +84,20 @@ class PagerDutyClient:
         self._deadline = deadline
         self._monotonic = monotonic
         self._sleep = sleep
-        self._max_attempts = max(1, max_attempts)
+        self._policy = Backoff(max_attempts=max(1, max_attempts), first=FIRST_BACKOFF_SECONDS, hint_replaces=True)
         self._on_call = on_call
         self._limiter = SlidingWindowLimiter(requests_per_minute, monotonic=monotonic, sleep=sleep)
-        self._coalescer = Coalescer(ttl=cache_ttl, monotonic=monotonic)
+        self._connections = asyncio.Semaphore(MAX_CONNECTIONS)
+        self._cache = CoalescingCache(monotonic=monotonic)
+        self._cache_ttl = cache_ttl
+        self._user_cache_ttl = user_cache_ttl
         self._http = httpx.AsyncClient(
             base_url=base_url,
             headers={"Accept": ACCEPT, "Authorization": f"Token token={secret}"},
             timeout=timeout,
             transport=transport,
             follow_redirects=False,
-            limits=httpx.Limits(max_connections=20, max_keepalive_connections=10),
+            limits=httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=10),
         )
 
     @classmethod
@@ -104,7 +114,7 @@ class PagerDutyClient:
         )
 
     async def aclose(self) -> None:
-        await self._coalescer.aclose()
+        await self._cache.aclose()
         await self._http.aclose()
 
     async def __aenter__(self) -> PagerDutyClient:
@@ -121,7 +131,11 @@ class PagerDutyClient:
         wanted = email.strip().lower()
         if not wanted:
             return None
-        return await self._coalescer.run(("user", wanted), lambda: self._find_user(wanted), cache=True)
+        # "no such user" lives only ``cache_ttl``: someone just added to PagerDuty is found soon
+        return await self._cache.get(("user", wanted), lambda: self._find_user(wanted), ttl=self._user_ttl)
+
+    def _user_ttl(self, user: PagerDutyUser | None) -> float:
+        return self._cache_ttl if user is None else self._user_cache_ttl
 
     async def acknowledged_incidents(
         self, user_id: str, *, service_ids: Sequence[str] = (), urgencies: Sequence[str] = ()
@@ -129,7 +143,7 @@ class PagerDutyClient:
         services, levels = tuple(sorted(set(service_ids))), tuple(sorted(set(urgencies)))
         key = ("acked", user_id, services, levels)
         # a copy each: callers share one result and must not see each other's changes
-        return list(await self._coalescer.run(key, lambda: self._acked(user_id, services, levels), cache=False))
+        return list(await self._cache.get(key, lambda: self._acked(user_id, services, levels), ttl=0))
 
     async def oncalls(
         self,
@@ -142,10 +156,10 @@ class PagerDutyClient:
             tuple(sorted(set(ids))) for ids in (user_ids, escalation_policy_ids, schedule_ids)
         )
         key = ("oncalls", users, policies, schedules)
-        return list(await self._coalescer.run(key, lambda: self._oncalls(users, policies, schedules), cache=True))
+        return list(await self._cache.get(key, lambda: self._oncalls(users, policies, schedules), ttl=self._cache_ttl))
 
     async def incident(self, incident_id: str) -> Incident:
-        return await self._coalescer.run(("incident", incident_id), lambda: self._incident(incident_id), cache=False)
+        return await self._cache.get(("incident", incident_id), lambda: self._incident(incident_id), ttl=0)
 
     async def ping(self) -> None:
         await self._request("GET", "/users", "/users", params=[("limit", 1)], deadline=self._deadline_from_now())
@@ -248,19 +262,12 @@ class PagerDutyClient:
         not_found: str = "PagerDuty has no such object.",
     ) -> Json:
         where = f"{method} {template}"
-        reason = "no time was left"
-        for attempt in range(1, self._max_attempts + 1):
+        last = "no time was left"
+
+        async def attempt() -> Json:
+            nonlocal last
             try:
-                await self._limiter.acquire(deadline=deadline)
-            except RateBudgetExceeded as exc:
-                raise PagerDutyUnavailable(
-                    f"Ackgate has used its PagerDuty request budget; try again in {exc.wait:.0f} seconds."
-                ) from exc
-            remaining = deadline - self._monotonic()
-            if remaining <= 0:
-                break
-            try:
-                response = await self._send(method, template, path, params, body, headers, remaining)
+                response = await self._send(method, template, path, params, body, headers, deadline)
             except (httpx.TransportError, TimeoutError) as exc:
                 reason = (
                     "it timed out" if isinstance(exc, httpx.TimeoutException | TimeoutError) else "it was unreachable"
@@ -268,28 +275,36 @@ class PagerDutyClient:
                 # a POST that may have reached PagerDuty is not repeated: the note would appear twice
                 if method != "GET" and not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
                     raise _unavailable(where, reason) from exc
-                hint = None
-            else:
-                status = response.status_code
-                if status < 300:
-                    return self._json(response, where)
-                if status in (401, 403):
-                    raise PagerDutyAuthError(_auth_message(status))
-                if status == 404:
-                    raise PagerDutyNotFound(not_found)
-                if status not in RETRYABLE and status < 500:
-                    raise PagerDutyError(self._refusal(response, where))  # the same request would fail again
-                reason, hint = f"HTTP {status}", _retry_after(response)
-                if method != "GET" and status != 429:
-                    raise _unavailable(where, reason)  # it may have been applied: repeating could write twice
-            if attempt == self._max_attempts:
-                break
-            delay = hint if hint is not None else 0.1 * 2 ** (attempt - 1)
-            if self._monotonic() + delay >= deadline:
-                break  # never sleep past the deadline: fail closed now
-            log.warning("PagerDuty %s failed (%s); retry %d in %.2fs", where, reason, attempt, delay)
-            await self._sleep(delay)
-        raise _unavailable(where, reason)
+                last = reason
+                raise Retryable(reason) from exc
+            status = response.status_code
+            if status < 300:
+                return self._json(response, where)
+            if status in (401, 403):
+                raise PagerDutyAuthError(_auth_message(status))
+            if status == 404:
+                raise PagerDutyNotFound(not_found)
+            if status not in RETRYABLE and status < 500:
+                raise PagerDutyError(self._refusal(response, where))  # the same request would fail again
+            last = f"HTTP {status}"
+            if method != "GET" and status != 429:
+                raise _unavailable(where, last)  # it may have been applied: repeating could write twice
+            raise Retryable(last, wait=wait_hint(response.headers))
+
+        def on_retry(attempt: int, failure: Retryable, delay: float) -> None:
+            log.warning("PagerDuty %s failed (%s); retry %d in %.2fs", where, failure.reason, attempt, delay)
+
+        try:
+            return await retry(
+                attempt,
+                policy=self._policy,
+                sleep=self._sleep,
+                monotonic=self._monotonic,
+                deadline=deadline,
+                on_retry=on_retry,
+            )
+        except Retryable:
+            raise _unavailable(where, last) from None
 
     async def _send(
         self,
@@ -299,25 +314,46 @@ class PagerDutyClient:
         params: Params | None,
         body: Json | None,
         headers: dict[str, str] | None,
-        remaining: float,
+        deadline: float,
     ) -> httpx.Response:
-        started = time.perf_counter()  # real seconds for metrics, whatever clock drives deadlines
-        status: int | None = None
+        """One attempt: a pooled connection first, then a budget slot, then the call, all within ``deadline``."""
+        no_time = _unavailable(f"{method} {template}", "no time was left")
         try:
-            # httpx times each phase separately; asyncio.timeout bounds the whole exchange
-            async with asyncio.timeout(remaining):
-                response = await self._http.request(
-                    method,
-                    path,
-                    params=tuple(params or ()),
-                    json=body,
-                    headers=headers,
-                    timeout=min(self._timeout, remaining),
-                )
-            status = response.status_code
-            return response
+            async with asyncio.timeout(max(0.0, deadline - self._monotonic())):
+                await self._connections.acquire()
+        except TimeoutError:
+            raise no_time from None
+        try:
+            if deadline <= self._monotonic():
+                raise no_time  # the connection came too late: spend no budget on a call we won't send
+            try:
+                await self._limiter.acquire(deadline=deadline)
+            except RateBudgetExceeded as exc:
+                raise PagerDutyUnavailable(
+                    f"Ackgate has used its PagerDuty request budget; try again in {exc.wait:.0f} seconds."
+                ) from exc
+            remaining = deadline - self._monotonic()
+            if remaining <= 0:
+                raise no_time
+            started = time.perf_counter()  # real seconds for metrics, whatever clock drives deadlines
+            status: int | None = None
+            try:
+                # httpx times each phase separately; asyncio.timeout bounds the whole exchange
+                async with asyncio.timeout(remaining):
+                    response = await self._http.request(
+                        method,
+                        path,
+                        params=tuple(params or ()),
+                        json=body,
+                        headers=headers,
+                        timeout=min(self._timeout, remaining),
+                    )
+                status = response.status_code
+                return response
+            finally:
+                self._record(method, template, status, time.perf_counter() - started)
         finally:
-            self._record(method, template, status, time.perf_counter() - started)
+            self._connections.release()
 
     def _record(self, method: str, template: str, status: int | None, seconds: float) -> None:
         if self._on_call is None:
@@ -353,18 +389,6 @@ class PagerDutyClient:
 def _segment(value: str) -> str:
     # ids come from chat: quote everything so "../users" cannot change which endpoint we call
     return quote(value, safe="")
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    for header in ("ratelimit-reset", "retry-after"):
-        value = response.headers.get(header)
-        if value is None:
-            continue
-        try:
-            return max(0.0, float(value))
-        except ValueError:
-            continue  # an HTTP-date Retry-After: fall back to our own backoff
-    return None
 
 
 def _auth_message(status: int) -> str:

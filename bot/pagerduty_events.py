@@ -18,7 +18,6 @@ import hashlib
 import json
 import logging
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from types import TracebackType
@@ -45,7 +44,9 @@ from bot.pagerduty_event_bodies import (  # noqa: F401 - re-exported: the pure h
     status_after,
     trigger_body,
 )
+from bot.retrying import Backoff, Retryable, retry, wait_hint
 from bot.secrets import mask
+from bot.throttling import SlidingWindowLimiter
 
 log = logging.getLogger(__name__)
 
@@ -59,26 +60,27 @@ Monotonic = Callable[[], float]
 
 
 class KeyRateLimiter:
-    """At most ``limit`` sends per routing key in any ``window`` seconds; refuses instead of waiting."""
+    """At most ``limit`` sends per routing key in any ``window`` seconds; refuses instead of waiting.
+
+    One :class:`~bot.throttling.SlidingWindowLimiter` per key, by digest so the keys are not kept."""
 
     def __init__(self, limit: int, *, monotonic: Monotonic, window: float = WINDOW_SECONDS) -> None:
         self._limit = limit
         self._window = window
         self._monotonic = monotonic
-        self._sent: dict[str, deque[float]] = {}  # by digest, so the keys themselves are not kept
+        self._by_key: dict[str, SlidingWindowLimiter] = {}
 
     def take(self, routing_key: str) -> float:
         """Record a send and return 0, or return how many seconds until one is allowed."""
-        now = self._monotonic()
-        for digest in [d for d, times in self._sent.items() if times[-1] <= now - self._window]:
-            del self._sent[digest]  # keeps memory bounded by the keys used in the last minute
-        times = self._sent.setdefault(hashlib.sha256(routing_key.encode()).hexdigest(), deque())
-        while times and times[0] <= now - self._window:
-            times.popleft()
-        if len(times) >= self._limit:
-            return times[0] + self._window - now
-        times.append(now)
-        return 0.0
+        for digest in [d for d, limiter in self._by_key.items() if limiter.idle()]:
+            del self._by_key[digest]  # keeps memory bounded by the keys used in the last minute
+        digest = hashlib.sha256(routing_key.encode()).hexdigest()
+        limiter = self._by_key.get(digest)
+        if limiter is None:
+            limiter = self._by_key[digest] = SlidingWindowLimiter(
+                self._limit, window=self._window, monotonic=self._monotonic
+            )
+        return limiter.try_acquire()
 
 
 class EventsClient:
@@ -107,10 +109,8 @@ class EventsClient:
         self._owns_client = client is None
         self._http = client or httpx.AsyncClient(follow_redirects=False)
         self._sleep = sleep
-        self._max_attempts = max_attempts
         self._limiter = KeyRateLimiter(per_key_per_minute, monotonic=monotonic)
-        self._backoff = backoff
-        self._max_delay = max_delay
+        self._policy = Backoff(max_attempts=max_attempts, first=backoff, cap=max_delay, hint_cap=max_delay)
         self._timeout = timeout
         self._deadline = deadline  # the whole send, retries and their waits included
 
@@ -152,8 +152,8 @@ class EventsClient:
                 "The PagerDuty event is larger than PagerDuty's 512 KB limit; shorten the message or context.",
                 status=413,
             )
-        reason = ""
-        for attempt in range(1, self._max_attempts + 1):
+
+        async def attempt() -> EventResult:
             wait = self._limiter.take(key)
             if wait > 0:
                 raise EventsUnavailable(
@@ -161,33 +161,31 @@ class EventsClient:
                     f"try again in {max(1, round(wait))} s.",
                     retry_after=wait,
                 )
-            hint: float | None = None
             try:
                 response = await self._post(content)
             except (httpx.TransportError, TimeoutError) as exc:
                 timed_out = isinstance(exc, httpx.TimeoutException | TimeoutError)
-                reason = "it timed out" if timed_out else "it could not be reached"
-                if attempt == self._max_attempts:
-                    raise _unavailable(reason) from exc
-            else:
-                status = response.status_code
-                if 200 <= status < 300:
-                    return _accepted(response, body)
-                if status != 429 and status < 500:
-                    raise _rejected(response, key)
-                reason, hint = f"it answered HTTP {status}", _retry_after(response)
-                if attempt == self._max_attempts:
-                    raise _unavailable(reason, retry_after=hint)
-            delay = min(self._max_delay, max(self._backoff * 2 ** (attempt - 1), hint or 0.0))
+                raise Retryable("it timed out" if timed_out else "it could not be reached") from exc
+            status = response.status_code
+            if 200 <= status < 300:
+                return _accepted(response, body)
+            if status != 429 and status < 500:
+                raise _rejected(response, key)
+            raise Retryable(f"it answered HTTP {status}", wait=wait_hint(response.headers))
+
+        def on_retry(attempt: int, failure: Retryable, delay: float) -> None:
             log.warning(
                 "PagerDuty Events API failed for integration key %s (%s); retry %d in %.1f s",
                 masked,
-                reason,
+                failure.reason,
                 attempt,
                 delay,
             )
-            await self._sleep(delay)
-        raise AssertionError("unreachable: the last attempt returns or raises")  # pragma: no cover
+
+        try:
+            return await retry(attempt, policy=self._policy, sleep=self._sleep, on_retry=on_retry)
+        except Retryable as exc:
+            raise _unavailable(exc.reason, retry_after=exc.wait) from exc.__cause__
 
     async def _post(self, content: bytes) -> httpx.Response:
         request = self._http.build_request(
@@ -246,10 +244,3 @@ def _json(response: httpx.Response) -> Json:
     except ValueError:
         return {}
     return answer if isinstance(answer, dict) else {}
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    try:
-        return max(0.0, float(response.headers.get("Retry-After", "")))
-    except ValueError:
-        return None

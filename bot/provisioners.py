@@ -50,6 +50,7 @@ from bot.domain import Grant
 from bot.errors import ConfigError, ProvisioningError
 from bot.policy import Policy, ProvisionerSpec
 from bot.ports import Provisioner
+from bot.retrying import Backoff, Retryable, retry, wait_hint
 
 log = logging.getLogger(__name__)
 
@@ -126,15 +127,6 @@ def payload(action: Action, grant: Grant, *, resource_settings: Settings) -> dic
     }
 
 
-class _Retry(Exception):
-    """One attempt failed in a way worth retrying; ``wait`` is the server's Retry-After, if any."""
-
-    def __init__(self, what: str, *, wait: float | None = None) -> None:
-        super().__init__(what)
-        self.what = what
-        self.wait = wait
-
-
 class WebhookProvisioner:
     """POSTs signed grant and revoke calls to ``spec.url``; see the module docstring."""
 
@@ -161,6 +153,12 @@ class WebhookProvisioner:
         self._settings = resource_settings or {}
         self._clock = clock or SystemClock()
         self._sleep = sleep
+        self._policy = Backoff(
+            max_attempts=spec.max_attempts,
+            first=FIRST_BACKOFF_SECONDS,
+            cap=MAX_BACKOFF_SECONDS,
+            hint_cap=MAX_BACKOFF_SECONDS,
+        )
 
     async def aclose(self) -> None:
         """Close the HTTP client if this provisioner created it."""
@@ -176,26 +174,22 @@ class WebhookProvisioner:
     async def _call(self, action: Action, grant: Grant) -> None:
         settings = self._settings.get(grant.resource, {})
         body = json.dumps(payload(action, grant, resource_settings=settings), separators=(",", ":")).encode()
-        last = ""
-        for attempt in range(1, self.spec.max_attempts + 1):
-            try:
-                await self._attempt(action, grant, body)
-                return
-            except _Retry as retry:
-                last = retry.what
-                if attempt == self.spec.max_attempts:
-                    break
-                delay = min(FIRST_BACKOFF_SECONDS * 2 ** (attempt - 1), MAX_BACKOFF_SECONDS)
-                delay = min(max(delay, retry.wait or 0.0), MAX_BACKOFF_SECONDS)
-                log.warning(
-                    "provisioner %s: %s of %s failed (attempt %d of %d: %s); retrying in %.1fs",
-                    self.name, action, grant.id, attempt, self.spec.max_attempts, last, delay,
-                )  # fmt: skip
-                await self._sleep(delay)
-        raise ProvisioningError(
-            f"The {self.name} provisioner could not {action} {grant.resource} for grant {grant.id} after "
-            f"{self.spec.max_attempts} attempts (last: {last}). Check that the provisioner service is up."
-        )
+
+        def on_retry(attempt: int, failure: Retryable, delay: float) -> None:
+            log.warning(
+                "provisioner %s: %s of %s failed (attempt %d of %d: %s); retrying in %.1fs",
+                self.name, action, grant.id, attempt, self.spec.max_attempts, failure.reason, delay,
+            )  # fmt: skip
+
+        try:
+            await retry(
+                lambda: self._attempt(action, grant, body), policy=self._policy, sleep=self._sleep, on_retry=on_retry
+            )
+        except Retryable as exc:
+            raise ProvisioningError(
+                f"The {self.name} provisioner could not {action} {grant.resource} for grant {grant.id} after "
+                f"{self.spec.max_attempts} attempts (last: {exc.reason}). Check that the provisioner service is up."
+            ) from None
 
     async def _attempt(self, action: Action, grant: Grant, body: bytes) -> None:
         timestamp = str(int(self._clock.now().timestamp()))
@@ -210,15 +204,15 @@ class WebhookProvisioner:
                 self._url, content=body, headers=headers, timeout=self.spec.timeout_seconds
             )
         except httpx.TimeoutException as exc:
-            raise _Retry(f"no answer within {self.spec.timeout_seconds:g}s") from exc
+            raise Retryable(f"no answer within {self.spec.timeout_seconds:g}s") from exc
         except httpx.TransportError as exc:
-            raise _Retry(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) from exc
+            raise Retryable(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) from exc
         status = response.status_code
         if 200 <= status < 300:
             return
         answer = f"HTTP {status}: {_excerpt(response.text)}" if response.text.strip() else f"HTTP {status}"
         if status in _RETRYABLE or status >= 500:
-            raise _Retry(answer, wait=_retry_after(response))
+            raise Retryable(answer, wait=wait_hint(response.headers, ("retry-after",)))
         raise ProvisioningError(
             f"The {self.name} provisioner refused to {action} {grant.resource} for grant {grant.id} ({answer}). "
             "Fix the provisioner or the resource's settings in the policy, then try again."
@@ -228,13 +222,6 @@ class WebhookProvisioner:
 def _excerpt(text: str) -> str:
     flat = " ".join(text.split())
     return flat if len(flat) <= _EXCERPT else flat[: _EXCERPT - 1] + "…"
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    try:
-        return max(float(response.headers["Retry-After"]), 0.0)
-    except (KeyError, ValueError):
-        return None  # absent, or an HTTP date: plain backoff will do
 
 
 def build_provisioners(

@@ -1,8 +1,9 @@
-"""Two small guards for calls to a rate-limited HTTP API, free of any HTTP library.
+"""The one client-side rate limiter for calls to a rate-limited API, free of any HTTP library.
 
-:class:`SlidingWindowLimiter` keeps requests under a per-window budget without blocking the loop;
-:class:`Coalescer` lets identical concurrent lookups share one call and caches results for a while.
-Both take an injected monotonic clock (and sleep), so tests move time by hand.
+:class:`SlidingWindowLimiter` keeps requests under a per-window budget without blocking the loop:
+:meth:`~SlidingWindowLimiter.acquire` waits for a slot (within a deadline),
+:meth:`~SlidingWindowLimiter.try_acquire` takes one only if free now. It takes an injected
+monotonic clock (and sleep), so tests move time by hand. Coalescing lives in :mod:`bot.cache`.
 """
 
 from __future__ import annotations
@@ -10,14 +11,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Hashable
-from typing import TypeVar, cast
+from collections.abc import Awaitable, Callable
 
 from bot.errors import ConfigError
 
 Monotonic = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
-T = TypeVar("T")
 
 
 class RateBudgetExceeded(Exception):
@@ -57,56 +56,14 @@ class SlidingWindowLimiter:
         if slot > now:
             await self._sleep(slot - now)
 
-
-class Coalescer:
-    """Shares one in-flight load per key among concurrent callers, and optionally caches its result."""
-
-    def __init__(self, *, ttl: float, monotonic: Monotonic, max_entries: int = 4096) -> None:
-        self._ttl = ttl
-        self._monotonic = monotonic
-        self._max_entries = max_entries
-        self._cache: dict[Hashable, tuple[float, object]] = {}
-        self._inflight: dict[Hashable, asyncio.Task[object]] = {}
-
-    async def run(self, key: Hashable, load: Callable[[], Awaitable[T]], *, cache: bool) -> T:
-        if cache:
-            hit = self._cache.get(key)
-            if hit is not None and hit[0] > self._monotonic():
-                return cast(T, hit[1])
-        task = self._inflight.get(key)
-        if task is None:
-            task = asyncio.create_task(self._load(key, load, cache=cache))
-            task.add_done_callback(_consume_exception)
-            self._inflight[key] = task
-        # shield: one impatient caller being cancelled must not cancel the call the others share
-        return cast(T, await asyncio.shield(task))
-
-    async def _load(self, key: Hashable, load: Callable[[], Awaitable[T]], *, cache: bool) -> object:
-        try:
-            value = await load()
-            if cache and self._ttl > 0:
-                self._store(key, value)
-            return value
-        finally:
-            self._inflight.pop(key, None)
-
-    def _store(self, key: Hashable, value: object) -> None:
+    def try_acquire(self) -> float:
+        """Take a slot now and return 0, or take nothing and return the seconds until one frees up."""
         now = self._monotonic()
-        if len(self._cache) >= self._max_entries:
-            self._cache = {k: v for k, v in self._cache.items() if v[0] > now}
-            while len(self._cache) >= self._max_entries:
-                self._cache.pop(next(iter(self._cache)))
-        self._cache[key] = (now + self._ttl, value)
+        if len(self._slots) == self._slots.maxlen and self._slots[0] + self._window > now:
+            return self._slots[0] + self._window - now
+        self._slots.append(now)
+        return 0.0
 
-    async def aclose(self) -> None:
-        tasks = list(self._inflight.values())
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        self._cache.clear()
-
-
-def _consume_exception(task: asyncio.Task[object]) -> None:
-    # Every waiter may have gone; reading the exception stops asyncio logging it as "never retrieved".
-    if not task.cancelled():
-        task.exception()
+    def idle(self) -> bool:
+        """No slot taken in the last window: the limiter can be dropped without losing anything."""
+        return not self._slots or self._slots[-1] <= self._monotonic() - self._window

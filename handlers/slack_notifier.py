@@ -7,7 +7,6 @@ listeners in :mod:`handlers.slack` share).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -21,6 +20,7 @@ from slack_sdk.web.async_slack_response import AsyncSlackResponse
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
 from bot import messages
+from bot.cache import CoalescingCache
 from bot.domain import MessageRef, Principal
 from bot.errors import ChatError, IdentityError
 from bot.views import Card
@@ -171,34 +171,15 @@ class SlackIdentity:
     ) -> None:
         self._client = client
         self._ttl = ttl_seconds
-        self._monotonic = monotonic
-        self._cache: dict[str, tuple[float, Principal]] = {}
-        self._inflight: dict[str, asyncio.Future[Principal]] = {}
+        self._cache = CoalescingCache(monotonic=monotonic)
 
     async def principal(self, user_id: str) -> Principal:
         """Raises ``IdentityError`` when the user has no visible email, ``ChatError`` when Slack fails."""
-        cached = self._cache.get(user_id)
-        if cached is not None and cached[0] > self._monotonic():
-            return cached[1]
-        lookup = self._inflight.get(user_id)
-        if lookup is None:
-            lookup = asyncio.ensure_future(self._fetch(user_id))
-            self._inflight[user_id] = lookup
-            lookup.add_done_callback(lambda done: self._forget(user_id, done))
-        # shield: one impatient caller being cancelled must not cancel the others' lookup.
-        return await asyncio.shield(lookup)
-
-    def _forget(self, user_id: str, done: asyncio.Future[Principal]) -> None:
-        if self._inflight.get(user_id) is done:
-            del self._inflight[user_id]
-        if not done.cancelled():
-            done.exception()  # retrieved here so an unawaited failure is not logged as lost
+        return await self._cache.get(user_id, lambda: self._fetch(user_id), ttl=self._ttl)
 
     async def _fetch(self, user_id: str) -> Principal:
         found = await call_slack("users.info", self._client.users_info(user=user_id))
-        principal = principal_from_user(found["user"])
-        self._cache[user_id] = (self._monotonic() + self._ttl, principal)
-        return principal
+        return principal_from_user(found["user"])
 
 
 class SlackAdminGroup:
@@ -216,17 +197,14 @@ class SlackAdminGroup:
         self._client = client
         self._group_id = group_id
         self._ttl = ttl_seconds
-        self._monotonic = monotonic
-        self._members: frozenset[str] = frozenset()
-        self._fetched = float("-inf")
+        self._cache = CoalescingCache(monotonic=monotonic, max_entries=1)
 
     async def __call__(self, principal: Principal) -> bool:
         if principal.platform != PLATFORM:
             return False
-        if self._monotonic() - self._fetched >= self._ttl:
-            found = await call_slack(
-                "usergroups.users.list", self._client.usergroups_users_list(usergroup=self._group_id)
-            )
-            self._members = frozenset(str(u) for u in found.get("users") or [])
-            self._fetched = self._monotonic()
-        return principal.user_id in self._members
+        members = await self._cache.get("members", self._members, ttl=self._ttl)
+        return principal.user_id in members
+
+    async def _members(self) -> frozenset[str]:
+        found = await call_slack("usergroups.users.list", self._client.usergroups_users_list(usergroup=self._group_id))
+        return frozenset(str(u) for u in found.get("users") or [])

@@ -23,31 +23,27 @@ from slack_sdk.http_retry.request import HttpRequest
 from slack_sdk.http_retry.response import HttpResponse
 from slack_sdk.http_retry.state import RetryState
 
+from bot.retrying import Backoff, wait_hint
+
 MAX_RETRIES = 2
 MAX_RETRY_AFTER = 3.0
 RETRIED_STATUSES = frozenset({500, 502, 503, 504})
 ATTEMPT_TIMEOUT_SECONDS = 10
 
 
+_POLICY = Backoff(max_attempts=MAX_RETRIES + 1, first=0.5, cap=2.0)
+
+
 class _Backoff(RetryIntervalCalculator):
-    """0.5 s, 1 s, … without jitter: the retries are few and bounded anyway."""
+    """0.5 s, 1 s, … without jitter (the retries are few and bounded anyway), from :mod:`bot.retrying`."""
 
     def calculate_sleep_duration(self, current_attempt: int) -> float:
-        return float(min(2.0, 0.5 * 2**current_attempt))
+        return _POLICY.delay(current_attempt + 1)
 
 
 def retry_after(response: HttpResponse | None) -> float | None:
     """The response's ``Retry-After`` in seconds, or None when absent or not a number."""
-    if response is None:
-        return None
-    for name, values in response.headers.items():
-        if name.lower() == "retry-after" and values:
-            try:
-                seconds = float(values[0])
-            except ValueError:
-                return None
-            return seconds if seconds >= 0 else None
-    return None
+    return None if response is None else wait_hint(response.headers, ("retry-after",))
 
 
 class RateLimited(AsyncRetryHandler):

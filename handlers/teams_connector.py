@@ -45,6 +45,7 @@ from botframework.connector.auth import AppCredentials, ServiceClientCredentials
 from bot import messages
 from bot.errors import ChatError
 from bot.json_limits import loads_bounded
+from bot.retrying import Backoff, Retryable, retry, wait_hint
 from handlers.teams_auth import ServiceUrlPolicy
 
 log = logging.getLogger(__name__)
@@ -240,7 +241,8 @@ class TeamsConnector:
         backoff: float = 0.5,
     ) -> None:
         self._tokens, self._service_urls, self._http = tokens, service_urls, http
-        self._max_attempts, self._timeout, self._sleep, self._backoff = max_attempts, timeout, sleep, backoff
+        self._timeout, self._sleep = timeout, sleep
+        self._policy = Backoff(max_attempts=max_attempts, first=backoff, hint_replaces=True, jitter=_jitter)
 
     async def send(self, service_url: str, conversation_id: str, activity: Activity) -> str:
         """Post a new message in the conversation; returns its activity id."""
@@ -312,45 +314,54 @@ class TeamsConnector:
             raise UntrustedServiceUrl(messages.TEAMS_UNTRUSTED_SERVICE_URL, operation=operation)
         url = service_url.rstrip("/") + "/" + path
         refreshed = False
-        attempt = 0
-        while True:
-            attempt += 1
-            token = await self._tokens.token()
-            try:
-                response = await self._http.request(
-                    method,
-                    url,
-                    json=body,
-                    params=params,
-                    headers={"Authorization": f"Bearer {token}"},
-                    timeout=self._timeout,
-                )
-            except httpx.TransportError as exc:
-                retriable = not isinstance(exc, httpx.ReadTimeout) or method in _IDEMPOTENT
-                if retriable and attempt < self._max_attempts:
-                    await self._sleep(self._delay(attempt, None))
-                    continue
-                log.warning("Teams %s failed: %s", operation, type(exc).__name__)
-                raise TeamsUnavailable(messages.teams_unreachable(operation), operation=operation) from exc
-            status = response.status_code
-            if 200 <= status < 300:
-                return _json_object(response.content)
-            if status == 401 and not refreshed:
-                refreshed = True
-                self._tokens.invalidate(token)
-                continue
-            retry_after = _retry_after(response.headers.get("Retry-After"))
-            waitable = retry_after is None or retry_after <= MAX_RETRY_AFTER_SECONDS
-            if status in _RETRY_STATUSES and attempt < self._max_attempts and waitable:
-                await self._sleep(self._delay(attempt, retry_after))
-                continue
-            raise self._error(operation, status, _json_object(response.content))
+        give_up: Callable[[], Exception] | None = None
 
-    def _delay(self, attempt: int, retry_after: float | None) -> float:
-        if retry_after is not None:
-            return retry_after
-        jitter = 0.5 + random.random()  # noqa: S311 - jitter, not security
-        return float(self._backoff * 2 ** (attempt - 1) * jitter)
+        async def attempt() -> dict[str, Any]:
+            nonlocal refreshed, give_up
+            while True:
+                token = await self._tokens.token()
+                try:
+                    response = await self._http.request(
+                        method,
+                        url,
+                        json=body,
+                        params=params,
+                        headers={"Authorization": f"Bearer {token}"},
+                        timeout=self._timeout,
+                    )
+                except httpx.TransportError as exc:
+
+                    def unreachable(exc: httpx.TransportError = exc) -> Exception:
+                        log.warning("Teams %s failed: %s", operation, type(exc).__name__)
+                        return TeamsUnavailable(messages.teams_unreachable(operation), operation=operation)
+
+                    if isinstance(exc, httpx.ReadTimeout) and method not in _IDEMPOTENT:
+                        raise unreachable() from exc  # a POST may have landed: a second one would post twice
+                    give_up = unreachable
+                    raise Retryable(type(exc).__name__) from exc
+                status = response.status_code
+                if 200 <= status < 300:
+                    return _json_object(response.content)
+                if status == 401 and not refreshed:
+                    refreshed = True  # once per call: a stale token, fetched again at once
+                    self._tokens.invalidate(token)
+                    continue
+                answer = _json_object(response.content)
+
+                def refused(status: int = status, answer: dict[str, Any] = answer) -> Exception:
+                    return self._error(operation, status, answer)
+
+                hint = wait_hint(response.headers, ("retry-after",))
+                if status not in _RETRY_STATUSES or (hint is not None and hint > MAX_RETRY_AFTER_SECONDS):
+                    raise refused()
+                give_up = refused
+                raise Retryable(f"HTTP {status}", wait=hint)
+
+        try:
+            return await retry(attempt, policy=self._policy, sleep=self._sleep)
+        except Retryable as exc:
+            assert give_up is not None
+            raise give_up() from exc.__cause__
 
     def _error(self, operation: str, status: int, body: Mapping[str, Any]) -> TeamsConnectorError:
         error = body.get("error")
@@ -373,12 +384,8 @@ def _segment(value: str) -> str:
     return quote(value, safe="")
 
 
-def _retry_after(value: str | None) -> float | None:
-    try:
-        seconds = float(value) if value is not None else None
-    except ValueError:
-        return None
-    return seconds if seconds is not None and seconds >= 0 else None
+def _jitter() -> float:
+    return 0.5 + random.random()  # noqa: S311 - jitter, not security
 
 
 def _json_object(content: bytes) -> dict[str, Any]:

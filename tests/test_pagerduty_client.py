@@ -435,7 +435,7 @@ async def test_cached_user_lookup_makes_no_http_call_until_the_ttl_passes(
     pd_sim: PagerDutySimulator, make_pd_client: ClientFactory, fake_time: FakeTime
 ) -> None:
     pd_sim.add_user("alice@example.com", "Alice")
-    client = make_pd_client(time=fake_time, cache_ttl=30)
+    client = make_pd_client(time=fake_time, user_cache_ttl=30)
 
     first = await client.user_by_email("alice@example.com")
     fake_time.advance(29)
@@ -537,7 +537,7 @@ async def test_limiter_refuses_rather_than_waiting_past_the_deadline() -> None:
 async def test_exhausted_request_budget_fails_the_call_closed(
     pd_sim: PagerDutySimulator, make_pd_client: ClientFactory, fake_time: FakeTime
 ) -> None:
-    client = make_pd_client(time=fake_time, requests_per_minute=2, cache_ttl=0)
+    client = make_pd_client(time=fake_time, requests_per_minute=2, cache_ttl=0, user_cache_ttl=0)
     await client.ping()
     await client.ping()
 

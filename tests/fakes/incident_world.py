@@ -186,7 +186,12 @@ async def iw() -> AsyncIterator[IncidentWorld]:
     sim.add_user(FROM_EMAIL, "Ackgate Bot")
     async with sim as pd:
         client = PagerDutyClient(
-            SecretStr(PD_TOKEN), base_url=pd.base_url, from_email=FROM_EMAIL, deadline=2.0, cache_ttl=0.0
+            SecretStr(PD_TOKEN),
+            base_url=pd.base_url,
+            from_email=FROM_EMAIL,
+            deadline=2.0,
+            cache_ttl=0.0,
+            user_cache_ttl=0.0,
         )
         chat = RecordingNotifier()
         for name in ("alice", "bob", "carol"):

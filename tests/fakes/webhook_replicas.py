@@ -83,7 +83,9 @@ async def replicas(url: str, count: int = 2) -> AsyncIterator[Replicas]:
     policy = Policy.model_validate(POLICY)
     async with AsyncExitStack() as stack:
         # Never called on the webhook path; a port nobody listens on.
-        pagerduty = PagerDutyClient(SecretStr("unused"), base_url="http://127.0.0.1:9", cache_ttl=0.0)
+        pagerduty = PagerDutyClient(
+            SecretStr("unused"), base_url="http://127.0.0.1:9", cache_ttl=0.0, user_cache_ttl=0.0
+        )
         stack.push_async_callback(pagerduty.aclose)
         members = []
         for n in range(count):

@@ -179,7 +179,9 @@ async def open_world(
     by name; ``lease`` fixes the provisioner claim length."""
     clock = clock or FakeClock()
     async with PagerDutySimulator(token=PD_TOKEN) as pd:
-        client = PagerDutyClient(SecretStr(PD_TOKEN), base_url=pd.base_url, deadline=2.0, cache_ttl=0.0)
+        client = PagerDutyClient(
+            SecretStr(PD_TOKEN), base_url=pd.base_url, deadline=2.0, cache_ttl=0.0, user_cache_ttl=0.0
+        )
         chat = RecordingNotifier()
         for name in ("alice", "bob", "carol", "dana", "erin"):
             chat.add(person(name))
