@@ -26,7 +26,7 @@ from enum import StrEnum
 from typing import Any, Protocol, cast
 
 from bot import auth_cards, messages
-from bot.auth_events import AuthDecided, AuthExpired, AuthRequested
+from bot.auth_events import AuthDecided, AuthExpired, AuthPagedLate, AuthRequested
 from bot.bus import MessageBus
 from bot.clock import Clock
 from bot.commands import RequestAuth
@@ -276,8 +276,11 @@ class AuthService:
         if current is None:
             return
         channels = (*current.channels, PAGERDUTY) if PAGERDUTY not in current.channels else current.channels
-        await self.store.transactions.update_delivery(
-            transaction_id, channels=channels, dedup_key=dedup_key, note=current.note
+        await self.bus.commit(
+            lambda audit: self.store.transactions.update_delivery(
+                transaction_id, channels=channels, dedup_key=dedup_key, note=current.note, audit=audit
+            ),
+            lambda paged: [AuthPagedLate(self.clock.now(), paged)],
         )
         log.info("PagerDuty took the page of %s late; its incident is recorded", transaction_id)
 
