@@ -2,8 +2,8 @@
 
 Admins are the emails in ``ACKGATE_ADMINS`` and, when configured, the members of a chat user group.
 A non-admin is refused with a clear sentence and the attempt is audited (:class:`bot.events.ActionRefused`).
-Every setting change is audited as a :class:`SettingChanged`, with old and new values; the integration key
-only ever appears masked (:func:`bot.secrets.mask`): in audit lines, in cards, and in errors.
+Every setting change is audited as a :class:`SettingChanged`, in the write's own transaction, with old
+and new values; the integration key only ever appears masked (:func:`bot.secrets.mask`): in audit lines, in cards, and in errors.
 
 The key form. ``execute(actor, Admin("key"))`` cannot take the key itself: a slash command's text is
 echoed in the channel. It returns a card carrying one :class:`~bot.views.Action` of kind
@@ -138,16 +138,20 @@ class AdminService:
         await self.bus.publish(ActionRefused(self.clock.now(), actor.email, f"admin {action}", ORG, error.message))
         raise error
 
-    async def _changed(self, actor: Principal, setting: str, *, old: str | None, new: str, subject: str = ORG) -> None:
-        await self.bus.publish(SettingChanged(self.clock.now(), actor.email, setting, subject, old, new))
+    def _changes(
+        self, actor: Principal, setting: str, *, old: str | None, new: str, subject: str = ORG, changed: bool = True
+    ) -> list[SettingChanged]:
+        """The audited event of a setting write, built in its transaction (none when nothing changed)."""
+        return [SettingChanged(self.clock.now(), actor.email, setting, subject, old, new)] if changed else []
 
     async def _severity(self, actor: Principal, argument: str) -> Card:
         new = argument.strip().lower()
         if new not in SEVERITIES:
             raise UsageError(messages.usage_for("admin"))
-        old = await self.org.set_severity(new)
-        if old != new:
-            await self._changed(actor, "severity", old=old, new=new)
+        old = await self.bus.commit(
+            lambda audit: self.org.set_severity(new, audit=audit),
+            lambda was: self._changes(actor, "severity", old=was, new=new, changed=was != new),
+        )
         return Card(title=messages.severity_changed(old, new), tone=Tone.SUCCESS)
 
     async def _pagerduty(self, actor: Principal, argument: str) -> Card:
@@ -155,9 +159,10 @@ class AdminService:
         if word not in ("on", "off"):
             raise UsageError(messages.usage_for("admin"))
         enabled = word == "on"
-        was = await self.org.set_pagerduty_enabled(enabled)
-        if was != enabled:
-            await self._changed(actor, "pagerduty", old=messages.on_off(was), new=word)
+        was = await self.bus.commit(
+            lambda audit: self.org.set_pagerduty_enabled(enabled, audit=audit),
+            lambda on: self._changes(actor, "pagerduty", old=messages.on_off(on), new=word, changed=on != enabled),
+        )
         return Card(
             title=messages.pagerduty_switched(enabled, was),
             text=messages.PAGERDUTY_ON_TEXT if enabled else messages.PAGERDUTY_OFF_TEXT,
@@ -165,9 +170,16 @@ class AdminService:
         )
 
     async def _resolve(self, actor: Principal, enabled: bool) -> Card:
-        was = await self.org.set_resolve_on_complete(enabled)
-        if was != enabled:
-            await self._changed(actor, "resolve_on_complete", old=messages.on_off(was), new=messages.on_off(enabled))
+        was = await self.bus.commit(
+            lambda audit: self.org.set_resolve_on_complete(enabled, audit=audit),
+            lambda on: self._changes(
+                actor,
+                "resolve_on_complete",
+                old=messages.on_off(on),
+                new=messages.on_off(enabled),
+                changed=on != enabled,
+            ),
+        )
         return Card(
             title=messages.resolve_switched(enabled, was),
             text=messages.RESOLVE_ON_TEXT if enabled else messages.RESOLVE_OFF_TEXT,
@@ -183,11 +195,16 @@ class AdminService:
         await self._require_admin(actor, "key")
         old = await self._shown_key()
         try:
-            key = await self.org.set_integration_key(text)
+            key = await self.bus.commit(
+                lambda audit: self.org.set_integration_key(text, audit=audit),
+                # only the masked key reaches the audit line
+                lambda stored: self._changes(
+                    actor, "integration_key", old=old, new=messages.key_shown(mask(stored), "stored")
+                ),
+            )
         except ConfigError as exc:
             raise UserError(messages.KEY_CANNOT_BE_STORED) from exc
         masked = mask(key)
-        await self._changed(actor, "integration_key", old=old, new=messages.key_shown(masked, "stored"))
         env_wins = await self.org.key_source() == "environment"
         return Card(
             title=messages.KEY_SAVED_TITLE,
@@ -262,15 +279,18 @@ class AdminService:
         current = await self.org.prefs(actor.email)
         if command.pagerduty is None and command.chat is None:
             return _prefs_card(messages.PREFS_TITLE, current)
-        updated = await self.org.set_prefs(actor.email, pagerduty=command.pagerduty, chat=command.chat)
-        if updated != current:
-            await self._changed(
+        email = actor.email
+        _, updated = await self.bus.commit(
+            lambda audit: self.org.change_prefs(email, pagerduty=command.pagerduty, chat=command.chat, audit=audit),
+            lambda change: self._changes(
                 actor,
                 "prefs",
-                old=_prefs_text(current),
-                new=_prefs_text(updated),
-                subject=f"prefs:{actor.email.lower()}",
-            )
+                old=_prefs_text(change[0]),
+                new=_prefs_text(change[1]),
+                subject=f"prefs:{email.lower()}",
+                changed=change[0] != change[1],
+            ),
+        )
         return _prefs_card(messages.PREFS_SAVED_TITLE, updated, tone=Tone.SUCCESS)
 
 

@@ -6,7 +6,9 @@ where the target verifies or denies. Only ``sha256(token)`` is stored: the token
 alone, so neither the database nor a log line can replay it.
 
 The transaction is written before anyone is contacted (a fast click must find it), and every state
-change is a compare-and-set in storage, which is what makes the link single-use.
+change is a compare-and-set in storage, which is what makes the link single-use. Each audited change
+goes through :meth:`bot.bus.MessageBus.commit`: its audit row commits in the change's own
+transaction, and its side effects (:mod:`bot.auth_reactions`) run after the commit.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from enum import StrEnum
 from typing import Any, Protocol, cast
 
 from bot import auth_cards, messages
-from bot.auth_events import AuthDecided, AuthExpired, AuthRequested
+from bot.auth_events import AuthDecided, AuthExpired, AuthPagedLate, AuthRequested
 from bot.bus import MessageBus
 from bot.clock import Clock
 from bot.commands import RequestAuth
@@ -183,12 +185,17 @@ class AuthService:
         await self.store.transactions.add(tx)
         link = f"{self.public_url}/auth/{token}"
         delivery = await self._deliver(tx, notifier=notifier, link=link)
-        tx = await self.store.transactions.update_delivery(
-            tx.id, channels=delivery.channels, dedup_key=delivery.dedup_key, note=delivery.note
-        )
         if not delivery.channels:
+            tx = await self.store.transactions.update_delivery(
+                tx.id, channels=delivery.channels, dedup_key=delivery.dedup_key, note=delivery.note
+            )
             return await self._unreachable(tx, delivery)
-        await self.bus.publish(AuthRequested(self.clock.now(), tx))
+        tx = await self.bus.commit(
+            lambda audit: self.store.transactions.update_delivery(
+                tx.id, channels=delivery.channels, dedup_key=delivery.dedup_key, note=delivery.note, audit=audit
+            ),
+            lambda sent: [AuthRequested(self.clock.now(), sent)],
+        )
         card = auth_cards.requester_card(tx)
         # The command's own reply cannot be edited later, so the requester also gets a DM that can.
         try:
@@ -269,8 +276,11 @@ class AuthService:
         if current is None:
             return
         channels = (*current.channels, PAGERDUTY) if PAGERDUTY not in current.channels else current.channels
-        await self.store.transactions.update_delivery(
-            transaction_id, channels=channels, dedup_key=dedup_key, note=current.note
+        await self.bus.commit(
+            lambda audit: self.store.transactions.update_delivery(
+                transaction_id, channels=channels, dedup_key=dedup_key, note=current.note, audit=audit
+            ),
+            lambda paged: [AuthPagedLate(self.clock.now(), paged)],
         )
         log.info("PagerDuty took the page of %s late; its incident is recorded", transaction_id)
 
@@ -332,10 +342,13 @@ class AuthService:
 
     async def _unreachable(self, tx: AuthTransaction, delivery: _Delivery) -> Card:
         # Nobody holds the link, so the transaction ends now rather than waiting out its expiry.
-        tx = await self.store.transactions.decide(
-            tx.id, expected=AuthStatus.PENDING, new=AuthStatus.EXPIRED, at=self.clock.now(), note=delivery.failure
+        now = self.clock.now()
+        tx = await self.bus.commit(
+            lambda audit: self.store.transactions.decide(
+                tx.id, expected=AuthStatus.PENDING, new=AuthStatus.EXPIRED, at=now, note=delivery.failure, audit=audit
+            ),
+            lambda ended: [AuthRequested(now, ended), AuthExpired(now, ended)],
         )
-        await self.bus.publish(AuthRequested(self.clock.now(), tx), AuthExpired(self.clock.now(), tx))
         return auth_cards.unreachable_card(tx, delivery.failure)
 
     # --- the link -----------------------------------------------------------------------------
@@ -357,13 +370,19 @@ class AuthService:
         if tx.status is not AuthStatus.PENDING:
             return AuthPage.of(_state_of(tx), tx)
         new = AuthStatus.VERIFIED if verify else AuthStatus.DENIED
+        now = self.clock.now()
+        pending_id = tx.id
         try:
-            tx = await self.store.transactions.decide(tx.id, expected=AuthStatus.PENDING, new=new, at=self.clock.now())
+            tx = await self.bus.commit(
+                lambda audit: self.store.transactions.decide(
+                    pending_id, expected=AuthStatus.PENDING, new=new, at=now, audit=audit
+                ),
+                lambda decided: [AuthDecided(now, decided)],
+            )
         except AlreadyDecided:
             # Another click (a double submit, a second device) got there first.
             current = await self.store.transactions.get(tx.id)
             return AuthPage.of(_state_of(current or tx), current or tx)
-        await self.bus.publish(AuthDecided(self.clock.now(), tx))
         return AuthPage.of(PageState.DONE, tx)
 
     async def _by_token(self, token: str) -> AuthTransaction | None:
@@ -379,14 +398,16 @@ class AuthService:
 
     async def _expire(self, tx: AuthTransaction) -> AuthTransaction | None:
         """Expire a pending transaction and publish it; None when someone else decided it first."""
+        now = self.clock.now()
         try:
-            expired = await self.store.transactions.decide(
-                tx.id, expected=AuthStatus.PENDING, new=AuthStatus.EXPIRED, at=self.clock.now()
+            return await self.bus.commit(
+                lambda audit: self.store.transactions.decide(
+                    tx.id, expected=AuthStatus.PENDING, new=AuthStatus.EXPIRED, at=now, audit=audit
+                ),
+                lambda expired: [AuthExpired(now, expired)],
             )
         except AlreadyDecided:
             return None
-        await self.bus.publish(AuthExpired(self.clock.now(), expired))
-        return expired
 
     # --- the scheduler ------------------------------------------------------------------------
 

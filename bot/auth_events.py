@@ -57,3 +57,15 @@ class AuthExpired(Event):
     def audit(self) -> AuditEvent:
         tx = self.transaction
         return AuditEvent(self.at, "auth.expired", SYSTEM, tx.id, _transaction_data(tx))
+
+
+@dataclass(frozen=True)
+class AuthPagedLate(Event):
+    """PagerDuty took the target's page after the requester's answer had gone by chat; the
+    incident (``transaction.dedup_key``) is now recorded on the transaction."""
+
+    transaction: AuthTransaction
+
+    def audit(self) -> AuditEvent:
+        tx = self.transaction
+        return AuditEvent(self.at, "auth.paged_late", SYSTEM, tx.id, _transaction_data(tx))

@@ -45,6 +45,7 @@ from bot.events import (
     MissingGrantCreated,
     ProvisioningFailed,
     ProvisioningResumed,
+    RequestApproved,
     RevokeFailed,
 )
 from bot.policy import Flow, Policy, ProvisionerSpec, Resource
@@ -279,6 +280,27 @@ class GrantLifecycle:
                 defer_to=later,
             )
             return await self._activate(stored, request, cap=shift_end, recovered=True, later=later)
+
+    async def approve_stranded(self, request: AccessRequest) -> Grant:
+        """Decide a PENDING request that already has all its approvals (left by an older version
+        crashing between the last approval and the decision): APPROVED by its last approver,
+        audited, then given its grant as :meth:`provision_approved` does (a crash in between
+        leaves an approved request without a grant, which the reconciler also repairs).
+        ``AlreadyDecided`` when someone else decided it first."""
+        last = request.approvals[-1]
+        now = self.clock.now()
+        approved = await self.bus.commit(
+            lambda audit: self.store.requests.decide(
+                request.id,
+                expected=RequestStatus.PENDING,
+                new=RequestStatus.APPROVED,
+                by=last.approver_email,
+                at=now,
+                audit=audit,
+            ),
+            lambda r: [RequestApproved(now, r, last.approver_email)],
+        )
+        return await self.provision_approved(approved)
 
     # --- grants: list, revoke, extend ------------------------------------------------------
 

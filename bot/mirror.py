@@ -27,7 +27,8 @@ from bot.access import AccessService
 from bot.bus import MessageBus
 from bot.clock import Clock
 from bot.domain import AuthTransaction, EndReason, Grant, IncidentMirror
-from bot.errors import AlreadyDecided, ChatError, PagerDutyError, PagerDutyNotFound
+from bot.errors import ChatError, PagerDutyError, PagerDutyNotFound
+from bot.grants import isolated
 from bot.ports import ChatNotifier, PagerDutyDirectory, Store
 from bot.views import Card, Fact, Link, Tone
 from bot.webhooks import HANDLED_EVENT_TYPES, WebhookEvent, WebhookIncident, advances
@@ -249,7 +250,10 @@ class MirrorService:
         return flow is not None and flow.revoke_on_resolve
 
     async def revoke_for_incident(self, incident_id: str) -> int:
-        """End every active grant under this incident whose flow has ``revoke_on_resolve``."""
+        """End every active grant under this incident whose flow has ``revoke_on_resolve``.
+
+        Each goes through the grant lifecycle's leased, audited revoke; one grant's failure never
+        stops the others (it is one WARNING line, and a grant already ended elsewhere a DEBUG one)."""
         ended = 0
         for grant in await self.store.grants.active_for_incident(incident_id):
             if await self._end(grant):
@@ -259,10 +263,10 @@ class MirrorService:
     async def _end(self, grant: Grant) -> bool:
         if not self._revokes_on_resolve(grant):
             return False
-        try:
-            await self.access.end_grant(grant, reason=EndReason.INCIDENT_RESOLVED, by=REVOKED_BY)
-        except AlreadyDecided:
-            return False  # the holder, the expiry sweep or another replica got there first
+        # A lost race (the holder, the expiry sweep or another replica got there first) is DEBUG.
+        work = self.access.end_grant(grant, reason=EndReason.INCIDENT_RESOLVED, by=REVOKED_BY)
+        if await isolated("revoke on resolve", grant.id, work) is None:
+            return False
         log.info("grant %s ended: its PagerDuty incident %s resolved", grant.id, grant.incident and grant.incident.id)
         return True
 

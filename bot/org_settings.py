@@ -6,14 +6,16 @@ kept in the settings store. The integration key is stored encrypted under ``ACKG
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime
+from typing import TypeVar
 
 from pydantic import SecretStr
 
 from bot.errors import ConfigError
 from bot.integration_status import IntegrationStatus
-from bot.ports import SettingsStore
+from bot.ports import AuditFor, SettingsStore
 from bot.secrets import SecretBox, validate_integration_key
 
 SEVERITY = "org.severity"
@@ -24,6 +26,16 @@ EVENTS_STATUS = "status.pagerduty_events"
 REST_STATUS = "status.pagerduty_rest"
 SLACK_STATUS = "status.slack"
 WEBHOOK_STATUS = "status.webhooks"
+
+V = TypeVar("V")
+
+
+def _seen_as(audit: AuditFor[V] | None, read: Callable[[str | None], V]) -> AuditFor[str | None] | None:
+    """The store's ``audit`` (of the raw previous value) for an ``audit`` of the value as read."""
+    if audit is None:
+        return None
+    given = audit
+    return lambda previous: given(read(previous))
 
 
 @dataclass(frozen=True)
@@ -52,22 +64,25 @@ class OrgSettings:
     async def severity(self) -> str:
         return await self._get(SEVERITY, "critical")
 
-    async def set_severity(self, value: str) -> str:
-        """Returns the previous severity."""
-        return (await self._store.set(SEVERITY, value)) or "critical"
+    async def set_severity(self, value: str, *, audit: AuditFor[str] | None = None) -> str:
+        """Returns the previous severity; ``audit`` (of the previous one) commits with the change."""
+        return _severity(await self._store.set(SEVERITY, value, audit=_seen_as(audit, _severity)))
 
     async def pagerduty_enabled(self) -> bool:
         return await self._get(PAGERDUTY_ENABLED, "on") == "on"
 
-    async def set_pagerduty_enabled(self, enabled: bool) -> bool:
-        previous = await self._store.set(PAGERDUTY_ENABLED, "on" if enabled else "off")
-        return (previous or "on") == "on"
+    async def set_pagerduty_enabled(self, enabled: bool, *, audit: AuditFor[bool] | None = None) -> bool:
+        """Returns whether it was on; ``audit`` (of that) commits with the change."""
+        word = "on" if enabled else "off"
+        return _pagerduty_on(await self._store.set(PAGERDUTY_ENABLED, word, audit=_seen_as(audit, _pagerduty_on)))
 
     async def resolve_on_complete(self) -> bool:
         return await self._get(RESOLVE_ON_COMPLETE, "off") == "on"
 
-    async def set_resolve_on_complete(self, enabled: bool) -> bool:
-        return ((await self._store.set(RESOLVE_ON_COMPLETE, "on" if enabled else "off")) or "off") == "on"
+    async def set_resolve_on_complete(self, enabled: bool, *, audit: AuditFor[bool] | None = None) -> bool:
+        """Returns whether it was on; ``audit`` (of that) commits with the change."""
+        word = "on" if enabled else "off"
+        return _resolve_on(await self._store.set(RESOLVE_ON_COMPLETE, word, audit=_seen_as(audit, _resolve_on)))
 
     async def integration_key(self) -> SecretStr | None:
         """The Events API v2 routing key: the environment's, else the stored one."""
@@ -88,16 +103,18 @@ class OrgSettings:
             return "environment"
         return "stored" if await self._store.get(INTEGRATION_KEY) is not None else None
 
-    async def set_integration_key(self, text: str) -> SecretStr:
+    async def set_integration_key(self, text: str, *, audit: AuditFor[SecretStr] | None = None) -> SecretStr:
         """Validate and store the key encrypted. Raises ``UsageError`` for a malformed key and
-        ``ConfigError`` when ``ACKGATE_SECRET_KEY`` is not set."""
+        ``ConfigError`` when ``ACKGATE_SECRET_KEY`` is not set. ``audit`` (of the new key, which it
+        must only ever show masked) commits with the change."""
         key = validate_integration_key(text)
         if self._box is None:
             raise ConfigError(
                 "Set ACKGATE_SECRET_KEY before storing an integration key: it is stored encrypted with it."
             )
-        await self._store.set(INTEGRATION_KEY, self._box.encrypt(key))
-        return SecretStr(key)
+        secret = SecretStr(key)
+        await self._store.set(INTEGRATION_KEY, self._box.encrypt(key), audit=_seen_as(audit, lambda _: secret))
+        return secret
 
     async def status(self, key: str) -> IntegrationStatus:
         return IntegrationStatus.from_json(await self._store.get(key))
@@ -134,14 +151,44 @@ class OrgSettings:
         )
 
     async def prefs(self, email: str) -> UserPrefs:
-        raw = await self._store.get(f"prefs:{email.lower()}")
-        return UserPrefs(**json.loads(raw)) if raw else UserPrefs()
+        return _prefs(await self._store.get(f"prefs:{email.lower()}"))
 
     async def set_prefs(self, email: str, *, pagerduty: bool | None = None, chat: bool | None = None) -> UserPrefs:
+        return (await self.change_prefs(email, pagerduty=pagerduty, chat=chat))[1]
+
+    async def change_prefs(
+        self,
+        email: str,
+        *,
+        pagerduty: bool | None = None,
+        chat: bool | None = None,
+        audit: AuditFor[tuple[UserPrefs, UserPrefs]] | None = None,
+    ) -> tuple[UserPrefs, UserPrefs]:
+        """Change the given preferences: the previous and the new ones. ``audit`` (of both) commits with it."""
         current = await self.prefs(email)
         updated = UserPrefs(
             pagerduty=current.pagerduty if pagerduty is None else pagerduty,
             chat=current.chat if chat is None else chat,
         )
-        await self._store.set(f"prefs:{email.lower()}", json.dumps(asdict(updated)))
-        return updated
+        previous = await self._store.set(
+            f"prefs:{email.lower()}",
+            json.dumps(asdict(updated)),
+            audit=_seen_as(audit, lambda raw: (_prefs(raw), updated)),
+        )
+        return _prefs(previous), updated
+
+
+def _severity(stored: str | None) -> str:
+    return stored or "critical"
+
+
+def _pagerduty_on(stored: str | None) -> bool:
+    return (stored or "on") == "on"
+
+
+def _resolve_on(stored: str | None) -> bool:
+    return (stored or "off") == "on"
+
+
+def _prefs(stored: str | None) -> UserPrefs:
+    return UserPrefs(**json.loads(stored)) if stored else UserPrefs()

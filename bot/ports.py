@@ -6,7 +6,7 @@ they expect and raise :class:`bot.errors.AlreadyDecided` when the stored state d
 double click, a retried delivery or two replicas racing resolve exactly once.
 Storage failures raise :class:`bot.errors.StorageError` and change nothing.
 
-Every method that changes a request or a grant takes ``audit``: a function of the method's result
+Every method that changes a request, a grant, an authentication transaction or a setting takes ``audit``: a function of the method's result
 (the stored row, as it will be returned) giving the audit events to append **in the same
 transaction**. The state change and its audit rows commit together or not at all, so a crash never
 leaves a change without its audit line. The core passes it through :meth:`bot.bus.MessageBus.commit`.
@@ -248,8 +248,9 @@ class AuditLog(Protocol):
 class SettingsStore(Protocol):
     async def get(self, key: str) -> str | None: ...
 
-    async def set(self, key: str, value: str) -> str | None:
-        """Set a value and return the previous one."""
+    async def set(self, key: str, value: str, *, audit: AuditFor[str | None] | None = None) -> str | None:
+        """Set a value and return the previous one. ``audit`` gets the previous value (None when
+        unset) and its rows commit with the write."""
         ...
 
 
@@ -264,7 +265,7 @@ class MessageStore(Protocol):
 class TransactionStore(Protocol):
     """Authentication transactions."""
 
-    async def add(self, transaction: AuthTransaction) -> None:
+    async def add(self, transaction: AuthTransaction, *, audit: AuditFor[None] | None = None) -> None:
         """Insert a new transaction. Raises ``StorageError`` if the id or token hash exists."""
         ...
 
@@ -275,14 +276,27 @@ class TransactionStore(Protocol):
     async def by_dedup_key(self, dedup_key: str) -> AuthTransaction | None: ...
 
     async def decide(
-        self, transaction_id: str, *, expected: AuthStatus, new: AuthStatus, at: datetime, note: str | None = None
+        self,
+        transaction_id: str,
+        *,
+        expected: AuthStatus,
+        new: AuthStatus,
+        at: datetime,
+        note: str | None = None,
+        audit: AuditFor[AuthTransaction] | None = None,
     ) -> AuthTransaction:
         """Compare-and-set the status (this is what makes a link single-use). Raises
         ``AlreadyDecided`` (with the stored status) when it is not ``expected``, ``NotFound``."""
         ...
 
     async def update_delivery(
-        self, transaction_id: str, *, channels: tuple[str, ...], dedup_key: str | None, note: str
+        self,
+        transaction_id: str,
+        *,
+        channels: tuple[str, ...],
+        dedup_key: str | None,
+        note: str,
+        audit: AuditFor[AuthTransaction] | None = None,
     ) -> AuthTransaction:
         """Record how the target was reached. ``NotFound`` when absent."""
         ...

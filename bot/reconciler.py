@@ -5,7 +5,9 @@ It finds, in small pages:
 - grants left PROVISIONING with no live claim (the process that was provisioning them died):
   claimed by compare-and-set, then the provisioner is asked again (its idempotency key makes a
   repeat harmless); the grant goes ACTIVE, or is rolled back, revoked and the holder told;
-- APPROVED requests without a grant (left by an older version): the grant is created and provisioned.
+- APPROVED requests without a grant (left by an older version): the grant is created and provisioned;
+- PENDING requests that already have all their approvals (an older version crashed between the
+  last approval and the decision): approved by their last approver, then granted as above.
 
 Each action commits with its audit rows. It runs once at start-up (bounded: the app waits for it
 only briefly, see :func:`start_up`), first taking back the claims this instance held before it
@@ -49,7 +51,7 @@ class Reconciler:
 
     async def run_once(self) -> int:
         """One bounded pass; returns how many grants it finished, rolled back or created."""
-        repaired = await self.finish_provisioning() + await self.grant_approved()
+        repaired = await self.finish_provisioning() + await self.grant_approved() + await self.approve_stranded()
         if repaired:
             log.info("reconciler repaired %d grant(s) left by a crash", repaired)
         return repaired
@@ -69,6 +71,24 @@ class Reconciler:
             done = await isolated("granting approved request", request.id, self.lifecycle.provision_approved(request))
             if done is not None:
                 log.info("approved request %s had no grant; grant %s is now %s", request.id, done.id, done.status.value)
+                count += 1
+        return count
+
+    async def approve_stranded(self) -> int:
+        count = 0
+        pending = await self.store.requests.pending_created_before(self.clock.now())
+        stranded = [r for r in pending if r.approvals and len(r.approvals) >= r.required_approvals][: self.page]
+        for request in stranded:
+            done = await isolated(
+                "approving fully approved request", request.id, self.lifecycle.approve_stranded(request)
+            )
+            if done is not None:
+                log.info(
+                    "request %s had all its approvals but was pending; grant %s is now %s",
+                    request.id,
+                    done.id,
+                    done.status.value,
+                )
                 count += 1
         return count
 

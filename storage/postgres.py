@@ -472,7 +472,7 @@ class _Settings(Role[_Pool]):
             value = await conn.fetchval("SELECT value FROM settings WHERE key = $1", key)
         return None if value is None else str(value)
 
-    async def set(self, key: str, value: str) -> str | None:
+    async def set(self, key: str, value: str, *, audit: AuditFor[str | None] | None = None) -> str | None:
         async with self._db.connection(f"save setting {key}", transaction=True) as conn:
             previous = await conn.fetchval("SELECT value FROM settings WHERE key = $1 FOR UPDATE", key)
             await conn.execute(
@@ -481,7 +481,9 @@ class _Settings(Role[_Pool]):
                 key,
                 value,
             )
-        return None if previous is None else str(previous)
+            old = None if previous is None else str(previous)
+            await _audit(conn, audit, old)
+        return old
 
 
 class _Messages(Role[_Pool]):
@@ -505,12 +507,14 @@ class _Transactions(Role[_Pool]):
             row = await conn.fetchrow(sql, *params)
         return None if row is None else _CODEC.transaction(row)
 
-    async def add(self, transaction: AuthTransaction) -> None:
-        async with self._db.connection(f"save authentication request {transaction.id}") as conn:
+    async def add(self, transaction: AuthTransaction, *, audit: AuditFor[None] | None = None) -> None:
+        doing = f"save authentication request {transaction.id}"
+        async with self._db.connection(doing, transaction=audit is not None) as conn:
             try:
                 await conn.execute(_WRITES.transaction, *_CODEC.transaction_values(transaction))
             except asyncpg.UniqueViolationError as exc:
                 raise transaction_taken(transaction.id, token=exc.constraint_name == _LINK_HASH_UNIQUE) from exc
+            await _audit(conn, audit, None)
 
     async def get(self, transaction_id: str) -> AuthTransaction | None:
         sql = "SELECT * FROM auth_transactions WHERE id = $1"
@@ -525,7 +529,14 @@ class _Transactions(Role[_Pool]):
         return await self._one(f"find the authentication request of {dedup_key}", BY_DEDUP_KEY_SQL, dedup_key)
 
     async def decide(
-        self, transaction_id: str, *, expected: AuthStatus, new: AuthStatus, at: datetime, note: str | None = None
+        self,
+        transaction_id: str,
+        *,
+        expected: AuthStatus,
+        new: AuthStatus,
+        at: datetime,
+        note: str | None = None,
+        audit: AuditFor[AuthTransaction] | None = None,
     ) -> AuthTransaction:
         sql = (
             "UPDATE auth_transactions SET status = $1, decided_at = $2, note = COALESCE($3, note)"
@@ -537,17 +548,28 @@ class _Transactions(Role[_Pool]):
             if updated is None:
                 current = await conn.fetchrow("SELECT status FROM auth_transactions WHERE id = $1", transaction_id)
                 raise transaction_conflict(transaction_id, current)
-        return _CODEC.transaction(updated)
+            decided = _CODEC.transaction(updated)
+            await _audit(conn, audit, decided)
+        return decided
 
     async def update_delivery(
-        self, transaction_id: str, *, channels: tuple[str, ...], dedup_key: str | None, note: str
+        self,
+        transaction_id: str,
+        *,
+        channels: tuple[str, ...],
+        dedup_key: str | None,
+        note: str,
+        audit: AuditFor[AuthTransaction] | None = None,
     ) -> AuthTransaction:
         sql = "UPDATE auth_transactions SET channels = $1, dedup_key = $2, note = $3 WHERE id = $4 RETURNING *"
-        async with self._db.connection(f"record how authentication request {transaction_id} was sent") as conn:
+        doing = f"record how authentication request {transaction_id} was sent"
+        async with self._db.connection(doing, transaction=audit is not None) as conn:
             updated = await conn.fetchrow(sql, dump_json(list(channels)), dedup_key, note, transaction_id)
-        if updated is None:
-            raise transaction_missing(transaction_id)
-        return _CODEC.transaction(updated)
+            if updated is None:
+                raise transaction_missing(transaction_id)
+            delivered = _CODEC.transaction(updated)
+            await _audit(conn, audit, delivered)
+        return delivered
 
     async def pending_expired(self, now: datetime, *, limit: int = 100) -> list[AuthTransaction]:
         async with self._db.connection("list expired authentication requests") as conn:

@@ -521,14 +521,16 @@ class _Settings(Role[_Db]):
             row = await _row(conn, "SELECT value FROM settings WHERE key = ?", [key])
         return None if row is None else str(row["value"])
 
-    async def set(self, key: str, value: str) -> str | None:
+    async def set(self, key: str, value: str, *, audit: AuditFor[str | None] | None = None) -> str | None:
         async with self._db.writing(f"save setting {key}") as conn:
             row = await _row(conn, "SELECT value FROM settings WHERE key = ?", [key])
             await conn.execute(
                 "INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 (key, value),
             )
-        return None if row is None else str(row["value"])
+            previous = None if row is None else str(row["value"])
+            await _audit(conn, audit, previous)
+        return previous
 
 
 class _Messages(Role[_Db]):
@@ -552,7 +554,7 @@ class _Transactions(Role[_Db]):
             row = await _row(conn, sql, params)
         return None if row is None else _CODEC.transaction(row)
 
-    async def add(self, transaction: AuthTransaction) -> None:
+    async def add(self, transaction: AuthTransaction, *, audit: AuditFor[None] | None = None) -> None:
         async with self._db.writing(f"save authentication request {transaction.id}") as conn:
             try:
                 await conn.execute(_WRITES.transaction, _CODEC.transaction_values(transaction))
@@ -560,6 +562,7 @@ class _Transactions(Role[_Db]):
                 if not _is_duplicate(exc):
                     raise
                 raise transaction_taken(transaction.id, token="token_hash" in str(exc)) from exc
+            await _audit(conn, audit, None)
 
     async def get(self, transaction_id: str) -> AuthTransaction | None:
         sql = "SELECT * FROM auth_transactions WHERE id = ?"
@@ -574,7 +577,14 @@ class _Transactions(Role[_Db]):
         return await self._one(f"find the authentication request of {dedup_key}", BY_DEDUP_KEY_SQL, [dedup_key])
 
     async def decide(
-        self, transaction_id: str, *, expected: AuthStatus, new: AuthStatus, at: datetime, note: str | None = None
+        self,
+        transaction_id: str,
+        *,
+        expected: AuthStatus,
+        new: AuthStatus,
+        at: datetime,
+        note: str | None = None,
+        audit: AuditFor[AuthTransaction] | None = None,
     ) -> AuthTransaction:
         sql = (
             "UPDATE auth_transactions SET status = ?, decided_at = ?, note = COALESCE(?, note)"
@@ -586,18 +596,28 @@ class _Transactions(Role[_Db]):
             if updated is None:
                 current = await _row(conn, "SELECT status FROM auth_transactions WHERE id = ?", [transaction_id])
                 raise transaction_conflict(transaction_id, current)
-        return _CODEC.transaction(updated)
+            decided = _CODEC.transaction(updated)
+            await _audit(conn, audit, decided)
+        return decided
 
     async def update_delivery(
-        self, transaction_id: str, *, channels: tuple[str, ...], dedup_key: str | None, note: str
+        self,
+        transaction_id: str,
+        *,
+        channels: tuple[str, ...],
+        dedup_key: str | None,
+        note: str,
+        audit: AuditFor[AuthTransaction] | None = None,
     ) -> AuthTransaction:
         sql = "UPDATE auth_transactions SET channels = ?, dedup_key = ?, note = ? WHERE id = ? RETURNING *"
         params = (dump_json(list(channels)), dedup_key, note, transaction_id)
         async with self._db.writing(f"record how authentication request {transaction_id} was sent") as conn:
             updated = await _row(conn, sql, params)
-        if updated is None:
-            raise transaction_missing(transaction_id)
-        return _CODEC.transaction(updated)
+            if updated is None:
+                raise transaction_missing(transaction_id)
+            delivered = _CODEC.transaction(updated)
+            await _audit(conn, audit, delivered)
+        return delivered
 
     async def pending_expired(self, now: datetime, *, limit: int = 100) -> list[AuthTransaction]:
         params = (AuthStatus.PENDING.value, iso(now), limit)

@@ -471,6 +471,8 @@ async def test_a_late_pagerduty_success_is_recorded_on_the_transaction(issue3_st
     assert tx is not None
     assert "pagerduty" in tx.channels and "chat" in tx.channels
     assert len(stage.events.events) == 1
+    audited = await stage.parts.store.audit.since(tx.created_at - timedelta(days=1))
+    assert [e.kind for e in audited if e.subject == transaction_id] == ["auth.requested", "auth.paged_late"]
 
 
 # --- the admin key form ----------------------------------------------------------------------------

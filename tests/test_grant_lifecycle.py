@@ -384,3 +384,38 @@ async def test_chat_messages_wait_until_the_claimed_provisioner_call_is_made(
     monkeypatch.setattr(world.noop, "grant", granting)
     await world.click(dana, request.id)
     assert order[0] == "provisioner called" and "card updated" in order
+
+
+async def test_a_pending_request_that_already_has_its_approvals_is_approved_and_granted_once(world: World) -> None:
+    """An older version crashed between the last approval and the decision."""
+    at = world.clock.now() - timedelta(minutes=10)
+    approvals = (Approval(dana.email, at), Approval(erin.email, at + timedelta(minutes=1)))
+    stranded = approved_request(
+        world, status=RequestStatus.PENDING, decided_by=None, decided_at=None, required_approvals=2, approvals=approvals
+    )
+    await world.store.requests.add(stranded)
+
+    await world.tick(timedelta(seconds=0))
+
+    request = await world.store.requests.get(stranded.id)
+    assert request is not None and (request.status, request.decided_by) == (RequestStatus.APPROVED, erin.email)
+    [grant] = await world.store.grants.list_for(alice.email, include_ended=True)
+    assert (grant.status, grant.approved_by, request.grant_id) == (
+        GrantStatus.ACTIVE,
+        (dana.email, erin.email),
+        grant.id,
+    )
+    assert world.chat.inbox(alice.email)[-1].title.startswith("Access granted: prod-db")
+    assert await world.audit_kinds() == ["access.approved", "grant.created_by_reconciler", "grant.provisioned"]
+    await world.tick(timedelta(seconds=0))
+    assert len(world.noop.calls) == 1  # repaired once
+
+
+async def test_a_pending_request_still_short_of_approvals_is_left_pending(world: World) -> None:
+    await world.store.requests.add(
+        approved_request(world, status=RequestStatus.PENDING, decided_by=None, decided_at=None, required_approvals=2)
+    )
+    await world.tick(timedelta(seconds=0))
+    request = await world.store.requests.get("r-crashed1")
+    assert request is not None and request.status is RequestStatus.PENDING
+    assert await world.audit_kinds() == [] and world.noop.calls == []

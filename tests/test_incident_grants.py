@@ -217,3 +217,86 @@ async def test_a_note_pagerduty_refuses_is_logged_and_the_grant_stands(
     [record] = [r for r in caplog.records if r.name == "ackgate.incident_notes"]
     assert f"could not add a note to PagerDuty incident {incident.id}" in record.getMessage()
     assert "Requester User Not Found" in record.getMessage()
+
+
+# --- one grant's failure never stops the others -------------------------------------------------
+
+
+async def _three_grants_on_one_incident(iw: IncidentWorld) -> tuple[str, list[Grant]]:
+    incident = iw.acknowledged_incident("alice")
+    for name in ("carol", "dave"):
+        iw.pd.acknowledge(incident.id, iw.pd.add_user(f"{name}@example.com", name.title()))
+    grants = []
+    for who in (alice, carol, person("dave")):
+        await iw.type(who, "prod-db 1h")
+        grants.append(await iw.only_grant(who.email))
+    return incident.id, grants
+
+
+async def test_revoke_on_resolve_ends_the_other_grants_when_one_provisioner_raises(iw: IncidentWorld) -> None:
+    incident_id, grants = await _three_grants_on_one_incident(iw)
+    failing = grants[1].id
+    revoke = iw.noop.revoke
+
+    async def flaky(grant: Grant) -> None:
+        if grant.id == failing:
+            raise RuntimeError("provisioner bug")
+        await revoke(grant)
+
+    iw.noop.revoke = flaky  # type: ignore[method-assign]
+
+    await iw.webhook(resolved(iw, incident_id))
+
+    statuses = {g.id: (await stored(iw, g.id)).status for g in grants}
+    assert statuses == {grants[0].id: GrantStatus.ENDED, failing: GrantStatus.REVOKING, grants[2].id: GrantStatus.ENDED}
+    kinds = [(e.kind, e.subject) for e in await iw.store.audit.since(iw.clock.now() - timedelta(days=1))]
+    assert sorted(s for k, s in kinds if k == "grant.revoked") == sorted(g.id for g in grants)
+    assert [s for k, s in kinds if k == "grant.revoke_failed"] == [failing]  # retried by the next pass
+    assert sorted(s for k, s in kinds if k == "grant.ended") == sorted([grants[0].id, grants[2].id])
+
+
+async def test_revoke_on_resolve_isolates_a_grant_whose_revoke_cannot_be_stored(
+    iw: IncidentWorld, caplog: pytest.LogCaptureFixture
+) -> None:
+    from bot.errors import StorageError
+
+    incident_id, grants = await _three_grants_on_one_incident(iw)
+    broken = grants[0].id
+    transition = iw.store.grants.transition
+
+    async def refusing(grant_id: str, **kwargs: object) -> Grant:
+        if grant_id == broken:
+            raise StorageError("Could not move the grant: the disk is full.")
+        return await transition(grant_id, **kwargs)  # type: ignore[arg-type]
+
+    iw.store.grants.transition = refusing  # type: ignore[method-assign]
+
+    with caplog.at_level(logging.DEBUG, logger="ackgate"):
+        assert await iw.mirror.revoke_for_incident(incident_id) == 2
+
+    assert (await stored(iw, broken)).status is GrantStatus.ACTIVE  # the next resolve or check retries it
+    assert [(await stored(iw, g.id)).status for g in grants[1:]] == [GrantStatus.ENDED, GrantStatus.ENDED]
+    failed = [r for r in caplog.records if broken in r.getMessage() and r.levelno >= logging.WARNING]
+    assert [(r.levelname, r.exc_info) for r in failed] == [("WARNING", None)]
+    assert "disk is full" in failed[0].getMessage()
+
+
+async def test_revoke_on_resolve_of_a_grant_ended_meanwhile_is_a_debug_line(
+    iw: IncidentWorld, caplog: pytest.LogCaptureFixture
+) -> None:
+    incident_id, grants = await _three_grants_on_one_incident(iw)
+    stale = list(grants)  # read before the holder revoked: the race a replica can lose
+    await iw.type(alice, f"revoke {grants[0].id}")
+
+    async def as_read_before(_: str) -> list[Grant]:
+        return stale
+
+    iw.store.grants.active_for_incident = as_read_before  # type: ignore[method-assign]
+
+    with caplog.at_level(logging.DEBUG, logger="ackgate"):
+        assert await iw.mirror.revoke_for_incident(incident_id) == 2
+
+    assert (await stored(iw, grants[0].id)).ended_by == "alice@example.com"
+    about = [r for r in caplog.records if grants[0].id in r.getMessage() and "got there first" in r.getMessage()]
+    assert [r.levelname for r in about] == ["DEBUG"]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
