@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean fuzz-soak
 
 $(BIN)/ackgate: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,15 @@ lint: $(BIN)/ackgate
 
 bench: $(BIN)/ackgate
 	$(BIN)/python bench/run.py
+
+# The fuzz suites at soak size (100,000 examples in all), every failure counted instead of stopping
+# at the first; the figures go to fuzz-report.json. FUZZ_EXAMPLES=10000 for a shorter survey.
+FUZZ_EXAMPLES ?= 100000
+fuzz-soak: $(BIN)/ackgate
+	rm -f fuzz-report.json
+	ACKGATE_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) ACKGATE_FUZZ_SURVEY=1 ACKGATE_FUZZ_REPORT=fuzz-report.json \
+		$(BIN)/pytest tests/reliability -k fuzz -p no:logging --show-capture=no; \
+		status=$$?; $(BIN)/python -m tests.reliability.fuzz_report fuzz-report.json; exit $$status
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
