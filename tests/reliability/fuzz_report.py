@@ -23,7 +23,8 @@ def summary(report: dict[str, dict[str, object]]) -> str:
     for name, r in sorted(report.items()):
         lines.append(
             f"  {name}: {r['examples']} examples, {r['failing_answers']} failing ({r['failing_share']:.2%}), "  # type: ignore[str-format]
-            f"{r['slow_answers']} slow, slowest {r['slowest_seconds']} s, {r['chat_tracebacks']} chat tracebacks"
+            f"{r['slow_answers']} slow, slowest {r['slowest_seconds']} s, {r['chat_tracebacks']} chat tracebacks, "
+            f"{r.get('log_leaks', 0)} log lines leaking or over-long"
         )
         for key, entry in r["causes"].items():  # type: ignore[attr-defined]
             inputs = ", ".join(f"{label} ×{n}" for label, n in list(entry["inputs"].items())[:4])

@@ -235,6 +235,11 @@ def incident_webhook(
 # --- logs -----------------------------------------------------------------------------------
 
 
+_KEPT = 4 * MAX_LOG_LINE
+_CUT = "…[cut: the line was {} characters]"
+_CUT_MARK = re.compile(r"…\[cut: the line was (\d+) characters\]$")
+
+
 class LogLines(logging.Handler):
     """Every record, formatted by the production JSON formatter, kept in order."""
 
@@ -251,6 +256,9 @@ class LogLines(logging.Handler):
             line = f"<unformattable log record: {type(exc).__name__}>"
         if record.exc_info and record.exc_info[0] is not None:
             self.exc_types.append((len(self.lines), record.exc_info[0].__name__))
+        if len(line) > _KEPT:
+            # A huge line is a finding in itself; keep its head and its length, not megabytes of it.
+            line = line[:_KEPT] + _CUT.format(len(line))
         self.lines.append(line)
 
     def mark(self) -> int:
@@ -294,13 +302,16 @@ def leaks(lines: Sequence[str], *, tokens: Iterable[str] = (), bodies: Iterable[
     """Each log line carrying a secret, a link token or a piece of a request body, or too long."""
     found = []
     watched = [*SECRETS.items(), *((f"link token {t[:4]}…", t) for t in tokens)]
-    snippets = [(f"request body {b[:12]!r}…", b[len(b) // 2 : len(b) // 2 + 48]) for b in bodies if len(b) >= 48]
+    # A piece near the start: an over-long line is kept only in part (see LogLines).
+    snippets = [(f"request body {b[:12]!r}…", b[16:64]) for b in bodies if len(b) >= 64]
     for number, line in enumerate(lines):
         for label, value in (*watched, *snippets):
             if value and value in line:
                 found.append(f"line {number}: {label}")
-        if len(line) > MAX_LOG_LINE:
-            found.append(f"line {number}: {len(line)} characters long")
+        cut = _CUT_MARK.search(line)
+        length = int(cut.group(1)) if cut else len(line)
+        if length > MAX_LOG_LINE:
+            found.append(f"line {number}: {length} characters long")
     return found
 
 
@@ -319,6 +330,20 @@ class SlowProvisioner(NoopProvisioner):
     async def revoke(self, grant: Grant) -> None:
         await asyncio.sleep(self.delay)
         await super().revoke(grant)
+
+
+def error_tracebacks(lines: Sequence[str]) -> list[str]:
+    """The ERROR lines with a traceback: for an expected condition (a lost race, a duplicate, a
+    refusal) there must be none."""
+    found = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if record.get("level") in ("error", "critical") and record.get("exc"):
+            found.append(f"{record.get('logger')}: {str(record.get('msg'))[:160]}")
+    return found
 
 
 # --- the cluster ----------------------------------------------------------------------------
@@ -770,7 +795,9 @@ class Fuzzer:
         shown = [t for t in cluster.chat_texts() if traceback_in(t)]
         health = self.live.run(cluster.healthy())
         helped = self.live.run(cluster.command(cluster.person("alice"), "help"))
-        write_report(self.name, self.tally, chat_tracebacks=len(shown))
+        leaked = leaks(cluster.log.lines, tokens=cluster.link_tokens())
+        write_report(self.name, self.tally, chat_tracebacks=len(shown), log_leaks=leaked)
+        assert leaked == [], f"{len(leaked)} log lines leak or overflow: {leaked[:10]}"
         assert shown == [], f"{len(shown)} chat messages showed a traceback, e.g. {shown[0][:300]}"
         assert health.status == 200, health
         assert "/access <resource>" in helped, helped
@@ -778,7 +805,7 @@ class Fuzzer:
             assert self.tally.failures == {}, self.tally.failures
 
 
-def write_report(name: str, tally: Tally, *, chat_tracebacks: int) -> None:
+def write_report(name: str, tally: Tally, *, chat_tracebacks: int, log_leaks: Sequence[str]) -> None:
     """Add this entry point's figures to the survey report (``ACKGATE_FUZZ_REPORT``), when asked."""
     target = os.environ.get(REPORT_ENV)
     if not target:
@@ -792,6 +819,8 @@ def write_report(name: str, tally: Tally, *, chat_tracebacks: int) -> None:
         "slow_answers": sum(e["count"] for k, e in tally.failures.items() if k.startswith("slow")),
         "slowest_seconds": round(tally.slowest, 3),
         "chat_tracebacks": chat_tracebacks,
+        "log_leaks": len(log_leaks),
+        "log_leak_examples": list(log_leaks[:5]),
         "causes": {
             key: {
                 "count": entry["count"],

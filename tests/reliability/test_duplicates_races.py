@@ -22,8 +22,10 @@ from tests.reliability.fuzz_support import (
     Answer,
     Cluster,
     cluster_on,
+    error_tracebacks,
     incident_webhook,
     later,
+    leaks,
     slack_headers,
     webhook_headers,
 )
@@ -38,6 +40,9 @@ ROUNDS = 5  # races are won by timing: each is run a few times
 async def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Cluster]:
     async with cluster_on(str(request.param), tmp_path, provisioner_delay=0.05) as cluster:
         yield cluster
+    # A duplicate or a lost race is a normal outcome: never an ERROR with a traceback, never a leak.
+    assert error_tracebacks(cluster.log.lines) == []
+    assert leaks(cluster.log.lines, tokens=cluster.link_tokens()) == []
 
 
 def other(cluster: Cluster, instance: int) -> int:
