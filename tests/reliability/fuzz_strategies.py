@@ -21,6 +21,7 @@ from urllib.parse import quote, urlencode
 from hypothesis import strategies as st
 
 from bot.simulators import slack_requests
+from handlers.slack_blocks import KEY_FORM_CALLBACK_ID
 from tests.pagerduty_webhook_reference import EVENT_TYPES, example_bodies
 from tests.reliability.fuzz_support import (
     SIGNING_SECRET,
@@ -284,7 +285,7 @@ def interaction_bases(root: str) -> list[tuple[str, Json]]:
     form = slack_requests.form_state(resource="prod-k8s", duration="1h", reason="fuzz")
     bases.append(("view_submission", _view_payload("view_submission", "ackgate.request", form)))
     key_values = {"key": {"value": {"type": "plain_text_input", "value": "R0UTINGKEY0123456789ABCDEFGHIJKL"}}}
-    bases.append(("view_submission", _view_payload("view_submission", "ackgate.key", key_values)))
+    bases.append(("view_submission", _view_payload("view_submission", KEY_FORM_CALLBACK_ID, key_values)))
     bases.append(("view_closed", {**_view_payload("view_closed", "ackgate.request", form), "is_cleared": False}))
     for kind in ("shortcut", "message_action", "workflow_step_edit", "block_suggestion"):
         bases.append(

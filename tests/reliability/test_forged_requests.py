@@ -24,7 +24,9 @@ from urllib.parse import urlencode
 import pytest
 
 from bot.domain import GrantStatus, RequestStatus
+from bot.org_settings import INTEGRATION_KEY as STORED_KEY
 from bot.simulators import slack_requests
+from handlers.slack_blocks import KEY_FORM_CALLBACK_ID
 from tests.reliability.fuzz_support import (
     INTEGRATION_KEY,
     MIRROR_CHANNEL,
@@ -194,6 +196,13 @@ async def test_unsigned_or_badly_signed_webhooks_are_refused_and_store_nothing(c
     assert (await cluster.webhook(body)).status == 202
     await cluster.slack.wait_for(lambda: bool(cluster.channel_messages(MIRROR_CHANNEL)))
     assert len(cluster.channel_messages(MIRROR_CHANNEL)) == 1
+    # Replayed later (a captured delivery, or PagerDuty's redelivery): accepted, not processed again.
+    [message] = cluster.slack.messages[MIRROR_CHANNEL]
+    edits = message.edits
+    assert (await cluster.webhook(body)).status == 202
+    await cluster.settle(0.3)
+    assert len(cluster.slack.messages[MIRROR_CHANNEL]) == 1
+    assert cluster.slack.messages[MIRROR_CHANNEL][0].edits == edits
 
 
 # --- the authorization matrix --------------------------------------------------------------
@@ -310,6 +319,28 @@ async def test_only_an_admin_can_change_an_organisation_setting(cluster: Cluster
     assert await cluster.audit_count("action.refused") == len(actors) - 1  # each refusal audited
 
 
+async def test_only_an_admin_can_set_the_integration_key_through_the_key_form(cluster: Cluster) -> None:
+    actors = {"requester": "alice", "approver": "bob", "non-admin": "dave", "admin": "erin", "other user": "frank"}
+    wrong = []
+    before = await cluster.parts().store.settings.get(STORED_KEY)
+    for n, (role, name) in enumerate(actors.items()):
+        key = f"K{n}EY{'0' * 28}"
+        values = {"key": {"value": {"type": "plain_text_input", "value": key}}}
+        body = slack_requests.view_submission_body(
+            user_id=cluster.person(name).user_id, values=values, callback_id=KEY_FORM_CALLBACK_ID
+        )
+
+        answer = await cluster.slack_post(body)
+
+        await cluster.settle(0.2)
+        stored = await cluster.parts().store.settings.get(STORED_KEY)
+        changed = stored != before
+        before = stored
+        if answer.status != 200 or changed != (role == "admin"):
+            wrong.append(f"{role} key form: status {answer.status}, key changed={changed}")
+    assert wrong == [], wrong
+
+
 async def test_a_verification_page_decides_only_its_own_transaction(cluster: Cluster) -> None:
     """A valid CSRF token from bob's page does not decide carol's request, on carol's link or bob's."""
     alice, bob, carol = cluster.person("alice"), cluster.person("bob"), cluster.person("carol")
@@ -352,7 +383,9 @@ async def test_no_log_line_carries_a_secret_a_link_token_or_a_request_body(clust
     await cluster.command(alice, "prod-k8s 1h stuck pod")
     await cluster.command(cluster.person("dave"), "admin severity info")
     key_form = {"key": {"value": {"type": "plain_text_input", "value": INTEGRATION_KEY}}}
-    key_body = slack_requests.view_submission_body(user_id=erin.user_id, values=key_form, callback_id="ackgate.key")
+    key_body = slack_requests.view_submission_body(
+        user_id=erin.user_id, values=key_form, callback_id=KEY_FORM_CALLBACK_ID
+    )
     await cluster.slack_post(key_body)
     await cluster.webhook(
         incident_webhook("incident.triggered", incident_id="QLOGS000000001", event_id="01LOGS", status="triggered")
