@@ -31,8 +31,8 @@ bench: $(BIN)/ackgate
 FUZZ_EXAMPLES ?= 100000
 fuzz-soak: $(BIN)/ackgate
 	rm -f fuzz-report.json
-	ACKGATE_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) ACKGATE_FUZZ_SURVEY=1 ACKGATE_FUZZ_REPORT=fuzz-report.json \
-		$(BIN)/pytest tests/reliability -k fuzz -p no:logging --show-capture=no; \
+	ACKGATE_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) ACKGATE_FUZZ_PROFILE=soak ACKGATE_FUZZ_SURVEY=1 ACKGATE_FUZZ_REPORT=fuzz-report.json \
+		$(BIN)/pytest tests/reliability/test_fuzz_*.py -p no:logging --show-capture=no; \
 		status=$$?; $(BIN)/python -m tests.reliability.fuzz_report fuzz-report.json; exit $$status
 
 clean:

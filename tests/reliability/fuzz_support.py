@@ -23,7 +23,6 @@ import logging
 import os
 import re
 import socket
-import threading
 import time
 from collections.abc import AsyncIterator, Coroutine, Iterable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
@@ -683,47 +682,50 @@ def surveying() -> bool:
     return os.environ.get(SURVEY_ENV, "") not in ("", "0")
 
 
-def fuzz_settings(share: float) -> settings:
-    """Hypothesis settings for one fuzz test taking ``share`` of the examples.
+PROFILE_ENV = "ACKGATE_FUZZ_PROFILE"  # "ci" (default) or "soak"
+_COMMON = {
+    "database": None,
+    "deadline": None,
+    "print_blob": False,
+    "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
+}
+# CI: derandomized and without an example database, so every run sends the same examples and never
+# flakes on what an earlier run found. Soak: random, so each long run explores new ground. Neither
+# uses hypothesis's deadline: the one-second bound is asserted on each server answer, which is what
+# matters; the test's own bookkeeping is not timed.
+settings.register_profile("ackgate-fuzz-ci", derandomize=True, **_COMMON)
+settings.register_profile("ackgate-fuzz-soak", derandomize=False, **_COMMON)
 
-    Derandomized and without an example database, so CI runs the same examples every time and
-    never flakes on what an earlier run found. No hypothesis deadline: the one-second bound is
-    asserted on each server answer, which is what matters; the test's own bookkeeping is not timed.
-    """
-    return settings(
-        max_examples=max(20, int(total_examples() * share)),
-        derandomize=True,
-        database=None,
-        deadline=None,
-        print_blob=False,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
-    )
+
+def fuzz_settings(share: float) -> settings:
+    """The fuzz profile's settings for one fuzz test taking ``share`` of the examples."""
+    profile = settings.get_profile(f"ackgate-fuzz-{os.environ.get(PROFILE_ENV) or 'ci'}")
+    return settings(profile, max_examples=max(20, int(total_examples() * share)))
 
 
 class LiveCluster:
-    """A :class:`Cluster` on an event loop in a thread of its own, so hypothesis's synchronous
-    examples can drive it one request at a time, against one long-running server."""
+    """A :class:`Cluster` on an event loop of its own that runs only while an example sends its
+    request, so hypothesis's synchronous examples drive one long-running server one request at a
+    time. The loop is idle while hypothesis draws the next example: background work (listeners
+    still answering) resumes with the next request and never races the draw."""
 
     def __init__(self, workdir: Path) -> None:
         self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, name="fuzz-cluster", daemon=True)
         self.cluster = Cluster(workdir)
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float = 60.0) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+        return self.loop.run_until_complete(asyncio.wait_for(coro, timeout))
 
     def __enter__(self) -> LiveCluster:
-        self._thread.start()
         self.run(self.cluster.__aenter__())
         return self
 
     def __exit__(self, *exc: object) -> None:
         try:
             self.run(self.cluster.__aexit__(None, None, None))
-            self.run(_cancel_the_rest())
+            self.loop.run_until_complete(_cancel_the_rest())  # not under wait_for: it would cancel its waiter
+            self.loop.run_until_complete(self.loop.shutdown_asyncgens())
         finally:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self._thread.join(10)
             self.loop.close()
 
 
