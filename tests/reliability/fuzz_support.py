@@ -671,7 +671,7 @@ async def cluster_on(backend: str, workdir: Path, **options: Any) -> AsyncIterat
 EXAMPLES_ENV = "ACKGATE_FUZZ_EXAMPLES"  # total examples over the whole fuzz set (CI: a bounded default)
 SURVEY_ENV = "ACKGATE_FUZZ_SURVEY"  # "1": record every failing example instead of stopping at the first
 REPORT_ENV = "ACKGATE_FUZZ_REPORT"  # where the survey writes its figures (JSON)
-CI_EXAMPLES = 800
+CI_EXAMPLES = 600
 
 
 def total_examples() -> int:
@@ -729,6 +729,22 @@ class LiveCluster:
             self.loop.close()
 
 
+_LONG_LIVED = re.compile(r"RequestHandler|Event\.wait|Condition\.wait")
+
+
+async def _quiesce(running: set[asyncio.Task[Any]], limit: float = 2.0) -> None:
+    """Wait (up to ``limit``) for the tasks started since ``running`` was taken, except those that
+    live on: the server's per-connection tasks and the expiry scheduler waiting to be woken."""
+    current = asyncio.current_task()
+    started = [
+        t
+        for t in asyncio.all_tasks()
+        if t not in running and t is not current and not _LONG_LIVED.search(t.get_coro().__qualname__)  # type: ignore[union-attr]
+    ]
+    if started:
+        await asyncio.wait(started, timeout=limit)
+
+
 async def _cancel_the_rest() -> None:
     """Cancel what the fuzz left running (listeners still answering), so the loop closes clean."""
     current = asyncio.current_task()
@@ -777,7 +793,11 @@ class Fuzzer:
     def check(self, method: str, path: str, body: bytes, headers: Mapping[str, str], label: str) -> Answer:
         log = self.cluster.log
         mark = log.mark()
+        running = asyncio.all_tasks(self.live.loop)
         answer = self.live.run(self.cluster.send(method, path, body=body or None, headers=headers))
+        # Let the work this request started (listeners after the ack, webhook processing) finish
+        # before the next example, so each answer's time and each logged exception is its own.
+        self.live.loop.run_until_complete(_quiesce(running))  # bounded inside; no wait_for task of its own
         self.tally.examples += 1
         self.tally.slowest = max(self.tally.slowest, answer.elapsed)
         problems = answer_problems(answer)
