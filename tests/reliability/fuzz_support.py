@@ -247,6 +247,7 @@ class LogLines(logging.Handler):
         self.setFormatter(logs.JsonFormatter())
         self.lines: list[str] = []
         self.exc_types: list[tuple[int, str]] = []  # (index of the line, exception type name)
+        self.characters = 0  # everything written, including what was cut from over-long lines
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -255,6 +256,7 @@ class LogLines(logging.Handler):
             line = f"<unformattable log record: {type(exc).__name__}>"
         if record.exc_info and record.exc_info[0] is not None:
             self.exc_types.append((len(self.lines), record.exc_info[0].__name__))
+        self.characters += len(line)
         if len(line) > _KEPT:
             # A huge line is a finding in itself; keep its head and its length, not megabytes of it.
             line = line[:_KEPT] + _CUT.format(len(line))

@@ -412,6 +412,6 @@ async def test_no_log_line_carries_a_secret_a_link_token_or_a_request_body(clust
     tokens = cluster.link_tokens()
     assert tokens, "the workload should have sent at least one authentication link"
     found = leaks(cluster.log.lines, tokens=tokens, bodies=[big, hook])
-    logged = sum(len(line) for line in cluster.log.lines)
+    logged = cluster.log.characters
     assert found == [], f"{len(found)} leaks in {len(cluster.log.lines)} log lines ({logged} characters): {found[:10]}"
     assert logged < 200_000, f"the log grew by {logged} characters for a few hundred kilobytes of hostile posts"
