@@ -118,6 +118,8 @@ AUTH_LINK = re.compile(r"\((http://127\.0\.0\.1:\d+/auth/([A-Za-z0-9_-]+))\)")
 _LINK_TOKEN = re.compile(r"/auth/([A-Za-z0-9_-]{20,})")
 _TRACEBACK = re.compile(r"Traceback \(most recent call last\)|File \"[^\"]+\", line \d+")
 SLOW_SECONDS = 1.0
+START_LIMIT = 30.0  # seconds for the simulators and every app instance to start
+STOP_LIMIT = 30.0  # seconds for one app instance to stop
 # A log line longer than this can only be carrying something it should not (a body, a dump).
 MAX_LOG_LINE = 16 * 1024
 
@@ -390,7 +392,8 @@ class Cluster:
         self._logging = production_logging()
         self.log = self._logging.__enter__()
         try:
-            await self._start()
+            async with asyncio.timeout(START_LIMIT):
+                await self._start()
         except BaseException:
             await self._stop()
             raise
@@ -449,7 +452,9 @@ class Cluster:
         if self._session is not None:
             await self._session.close()
         for runner in reversed(self._runners):
-            await runner.cleanup()
+            # A stop that hangs is a finding, not a reason for the suite to hang.
+            async with asyncio.timeout(STOP_LIMIT):
+                await runner.cleanup()
         await self.slack.stop()
         await self.pd.stop()
         await self.events.stop()
