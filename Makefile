@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
-.PHONY: demo test lint bench soak clean
+.PHONY: demo test lint bench soak fuzz-soak clean
 
 $(BIN)/ackgate: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,15 @@ bench: $(BIN)/ackgate
 # SOAK_ARGS="--scenario crash --scale 0.4" runs a part of it.
 soak: $(BIN)/ackgate
 	$(BIN)/python -m tests.reliability.soak $(SOAK_ARGS)
+
+# The fuzz suites at soak size (100,000 examples in all), every failure counted instead of stopping
+# at the first; the figures go to fuzz-report.json. FUZZ_EXAMPLES=10000 for a shorter survey.
+FUZZ_EXAMPLES ?= 100000
+fuzz-soak: $(BIN)/ackgate
+	rm -f fuzz-report.json
+	ACKGATE_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) ACKGATE_FUZZ_PROFILE=soak ACKGATE_FUZZ_SURVEY=1 ACKGATE_FUZZ_REPORT=fuzz-report.json \
+		$(BIN)/pytest tests/reliability/test_fuzz_*.py -p no:logging --show-capture=no; \
+		status=$$?; $(BIN)/python -m tests.reliability.fuzz_report fuzz-report.json; exit $$status
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
