@@ -30,6 +30,7 @@ from bot.domain import (
 )
 from bot.errors import StorageError
 from bot.ports import InboxDelivery, OutboxDelivery
+from storage.address_book import SqliteAddressBook
 from storage.codec import (
     Codec,
     dump_json,
@@ -683,6 +684,7 @@ _ROLES = Roles(
     commands=_Commands,
     inbox=_Inbox,
     outbox=_Outbox,
+    address_book=SqliteAddressBook,
 )
 
 
