@@ -22,7 +22,6 @@ INTEGRATION_KEY = "org.integration_key"
 RESOLVE_ON_COMPLETE = "org.resolve_on_complete"
 EVENTS_STATUS = "status.pagerduty_events"
 REST_STATUS = "status.pagerduty_rest"
-SLACK_STATUS = "status.slack"
 WEBHOOK_STATUS = "status.webhooks"
 
 
@@ -145,3 +144,8 @@ class OrgSettings:
         )
         await self._store.set(f"prefs:{email.lower()}", json.dumps(asdict(updated)))
         return updated
+
+
+def chat_status_key(platform: str) -> str:
+    """Where a chat platform's last recorded health is kept (``status.slack``, ``status.teams``)."""
+    return f"status.{platform}"
