@@ -1,6 +1,7 @@
 """Administration by bot command (``/access admin …``) and each user's own preferences (``/access prefs``).
 
-Admins are the emails in ``ACKGATE_ADMINS`` and, when configured, the members of a chat user group.
+Admins are the emails in ``ACKGATE_ADMINS`` and, when configured, the members of a chat platform's admin
+group (a :class:`bot.ports.AdminCheck` each platform may supply, e.g. a Slack user group).
 A non-admin is refused with a clear sentence and the attempt is audited (:class:`bot.events.ActionRefused`).
 Every setting change is audited as a :class:`SettingChanged`, in the write's own transaction, with old
 and new values; the integration key only ever appears masked (:func:`bot.secrets.mask`): in audit lines, in cards, and in errors.
@@ -13,7 +14,7 @@ modal straight away, and passes what the admin pasted to :meth:`AdminService.set
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 from pydantic import SecretStr
@@ -26,7 +27,7 @@ from bot.domain import AuditEvent, Principal
 from bot.errors import AckgateError, ConfigError, IdentityError, NotAuthorized, UsageError, UserError
 from bot.events import ActionRefused, Event
 from bot.integration_status import IntegrationStatus
-from bot.org_settings import EVENTS_STATUS, REST_STATUS, SLACK_STATUS, OrgSettings, UserPrefs
+from bot.org_settings import EVENTS_STATUS, REST_STATUS, OrgSettings, UserPrefs
 from bot.secrets import mask
 from bot.views import Action, Card, Fact, Tone
 
@@ -37,13 +38,12 @@ ORG = "org"  # the audit subject of organisation settings
 
 PAGERDUTY_EVENTS = "PagerDuty Events"
 PAGERDUTY_REST = "PagerDuty REST"
-SLACK = "Slack"
 WEBHOOKS = "PagerDuty webhooks"
 
-GroupCheck = Callable[[Principal], Awaitable[bool]]
+GroupCheck = Callable[[Principal], Awaitable[bool]]  # a bot.ports.AdminCheck
 AuthTest = Callable[[Principal], Awaitable[Card]]
 HealthCheck = Callable[[], Awaitable[dict[str, str]]]
-"""Probes the integrations Ackgate calls: maps a name (:data:`PAGERDUTY_REST`, :data:`SLACK`, …) to one
+"""Probes the integrations Ackgate calls: maps a name (:data:`PAGERDUTY_REST`, a chat platform's title, …) to one
 line saying how it is. A name it leaves out is shown from its last recorded :class:`IntegrationStatus`."""
 
 
@@ -94,7 +94,10 @@ class AdminService:
         is_group_admin: GroupCheck | None = None,
         auth_test: AuthTest | None = None,
         health: HealthCheck | None = None,
+        chat_platforms: Mapping[str, str] | None = None,
     ) -> None:
+        """``chat_platforms`` maps each configured chat platform's title (its status row, e.g. "Slack")
+        to the key of its recorded status (:func:`bot.org_settings.chat_status_key`)."""
         self.org = org
         self.bus = bus
         self.clock = clock
@@ -102,6 +105,7 @@ class AdminService:
         self.is_group_admin = is_group_admin
         self.auth_test = auth_test
         self.health = health
+        self.chat_platforms = chat_platforms if chat_platforms is not None else {}  # filled as platforms mount
 
     async def is_admin(self, actor: Principal) -> bool:
         """Listed in ``ACKGATE_ADMINS`` (by email), or a member of the admin user group."""
@@ -238,7 +242,7 @@ class AdminService:
             Fact(PAGERDUTY_EVENTS, describe_status(events, success="last incident")),
         ]
         problems = events.state == "error" or webhooks.failures > 0
-        for name, key in ((PAGERDUTY_REST, REST_STATUS), (SLACK, SLACK_STATUS)):
+        for name, key in ((PAGERDUTY_REST, REST_STATUS), *self.chat_platforms.items()):
             if name in probed:
                 facts.append(Fact(name, probed.pop(name)))
             else:
@@ -263,10 +267,7 @@ class AdminService:
             return dict(await self.health())
         except AckgateError as exc:
             # A failing probe is itself the news; the rest of the status card still matters.
-            return {
-                PAGERDUTY_REST: messages.status_unchecked(exc.message),
-                SLACK: messages.status_unchecked(exc.message),
-            }
+            return {name: messages.status_unchecked(exc.message) for name in (PAGERDUTY_REST, *self.chat_platforms)}
 
     async def _test(self, actor: Principal) -> Card:
         if self.auth_test is None:

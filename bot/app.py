@@ -18,27 +18,28 @@ from urllib.parse import urlsplit
 import httpx
 from aiohttp import web
 from pydantic import SecretStr
-from slack_sdk.web.async_client import AsyncWebClient
 
 from bot import messages
 from bot.access import AccessService
-from bot.admin import PAGERDUTY_REST, SLACK, AdminService
+from bot.admin import PAGERDUTY_REST, AdminService
 from bot.auth import AuthService
 from bot.auth_reactions import AuthReactions, auth_registry
 from bot.bus import MessageBus, merge
 from bot.clock import Clock, SystemClock
 from bot.commands import RequestAuth
 from bot.config import Settings
+from bot.domain import split_channel
 from bot.errors import AckgateError, ConfigError, StorageError
 from bot.expiry import ExpiryScheduler, every
 from bot.incident_notes import IncidentNotes, notes_registry
 from bot.inflight import InFlight
 from bot.metrics import PrometheusMetrics
 from bot.mirror import MirrorService
-from bot.org_settings import OrgSettings
+from bot.org_settings import OrgSettings, chat_status_key
 from bot.outbox import OutboxNotifier, OutboxWorker
 from bot.pagerduty import PagerDutyClient
 from bot.pagerduty_events import EventsClient
+from bot.platforms import ChatPlatform, Job, PlatformParts, any_admin_group, health_rows
 from bot.policy import Policy
 from bot.policy_file import load_policy
 from bot.ports import ChatNotifier, PagerDutyDirectory, Provisioner, Store
@@ -49,16 +50,11 @@ from bot.router import CommandRouter
 from bot.secrets import SecretBox
 from bot.webhook_inbox import Inbox
 from bot.webhooks import WebhookEvent
+from handlers import slack_platform
 from handlers.auth_signin import build_signin
 from handlers.guard import install as install_guard
 from handlers.ops import HealthCheck, Probe, mount_ops
 from handlers.pagerduty_webhooks import mount_pagerduty_webhooks
-from handlers.slack import build_bolt_app, mount_slack
-from handlers.slack_answers import Answerer
-from handlers.slack_notifier import SlackAdminGroup, SlackIdentity, SlackNotifier, call_slack, web_client
-from handlers.slack_recovery import PASS_SECONDS as RECOVERY_PASS_SECONDS
-from handlers.slack_recovery import SlackRecovery
-from handlers.slack_recovery import log as recovery_log
 from handlers.web import mount_auth_pages
 from storage import PrunesSeen, open_store
 
@@ -125,33 +121,32 @@ def _csrf_secret(settings: Settings) -> SecretStr:
     return SecretStr(secrets.token_urlsafe(32))
 
 
-def _probe(pagerduty: PagerDutyDirectory, slack: AsyncWebClient | None) -> Callable[[], Awaitable[dict[str, str]]]:
-    """Live health of PagerDuty REST and Slack for ``/access admin status``."""
+PlatformMount = Callable[[web.Application, Settings, PlatformParts], ChatPlatform]
+PLATFORM_MOUNTS: dict[str, PlatformMount] = {"slack": slack_platform.mount}
+"""Each chat platform's one mount function, by the name ``Settings.chat_platforms`` gives it."""
+
+
+def _probe(pagerduty: PagerDutyDirectory, platforms: list[ChatPlatform]) -> Callable[[], Awaitable[dict[str, str]]]:
+    """Live health of PagerDuty REST and of each chat platform for ``/access admin status``."""
 
     async def probe() -> dict[str, str]:
         out: dict[str, str] = {}
         try:
             await pagerduty.ping()
-            out[PAGERDUTY_REST] = "Success (checked just now)"
+            out[PAGERDUTY_REST] = messages.CHECKED_NOW
         except AckgateError as exc:
             out[PAGERDUTY_REST] = f"Error: {exc.message}"
-        if slack is not None:
-            try:
-                await call_slack("auth.test", slack.auth_test())
-                out[SLACK] = "Success (checked just now)"
-            except AckgateError as exc:
-                out[SLACK] = f"Error: {exc.message}"
+        out.update(await health_rows(platforms))
         return out
 
     return probe
 
 
-def _probes(pagerduty: PagerDutyDirectory, slack: AsyncWebClient | None) -> dict[str, Probe]:
+def _probes(pagerduty: PagerDutyDirectory, platforms: list[ChatPlatform]) -> dict[str, Probe]:
     """The dependencies ``/metrics`` reports as ``ackgate_dependency_up`` (never the probes)."""
     probes: dict[str, Probe] = {"pagerduty": pagerduty.ping}
-    if slack is not None:
-        client = slack
-        probes["slack"] = lambda: call_slack("auth.test", client.auth_test())
+    for platform in platforms:
+        probes[platform.name] = platform.health.health
     return probes
 
 
@@ -234,7 +229,10 @@ def build_app(
     if policy is None:
         if settings.policy_file is None:
             raise ConfigError("ACKGATE_POLICY_FILE is not set: point it at your policy YAML.")
-        policy = load_policy(settings.policy_file)
+        policy = load_policy(settings.policy_file, platforms=settings.chat_platforms)
+    policy.require_platforms(settings.chat_platforms)
+    if settings.mirror_channel and split_channel(settings.mirror_channel)[0] not in settings.chat_platforms:
+        raise ConfigError(messages.mirror_channel_unconfigured(settings.mirror_channel, settings.chat_platforms))
     clock = clock or SystemClock()
     metrics = PrometheusMetrics()
     owns_store = store is None
@@ -295,56 +293,51 @@ def build_app(
     app = web.Application(client_max_size=1024 * 1024, middlewares=[_tracked(inflight)])
     app[INFLIGHT] = inflight
     install_guard(app)  # no exception escapes an entry point
-    slack_client: AsyncWebClient | None = None
-    group_check = None
-    if settings.slack_bot_token is not None and settings.slack_signing_secret is not None:
-        slack_client = web_client(token=settings.slack_bot_token.get_secret_value(), base_url=settings.slack_api_url)
-        notifiers["slack"] = SlackNotifier(slack_client)
-        if settings.admin_usergroup:
-            group_check = SlackAdminGroup(slack_client, settings.admin_usergroup)
-    # What a platform would not take (after its client's own retries) is queued and sent later.
-    direct = dict(notifiers)
-    for platform, notifier in direct.items():
-        notifiers[platform] = OutboxNotifier(
-            notifier, outbox=store.outbox, clock=clock, platform=platform, on_queued=metrics.chat_messages_queued.inc
+    # Each configured chat platform mounts itself; what it would not take (after its client's own
+    # retries) is queued in the outbox and sent later.
+    direct: dict[str, ChatNotifier] = {}
+
+    def deliver(name: str, notifier: ChatNotifier) -> ChatNotifier:
+        direct[name] = notifier
+        notifiers[name] = OutboxNotifier(
+            notifier, outbox=store.outbox, clock=clock, platform=name, on_queued=metrics.chat_messages_queued.inc
         )
+        return notifiers[name]
+
     outbox_worker = OutboxWorker(
         store.outbox, notifiers=direct, clock=clock, on_expired=metrics.chat_messages_expired.inc
     )
     scheduler.jobs.append(outbox_worker.run_once)
     scheduler.jobs.append(every(3600, clock, lambda: outbox_worker.prune(kept=SEEN_KEPT)))
+    platforms: list[ChatPlatform] = []
+    chat_rows: dict[str, str] = {}
     admin = AdminService(
         org=org,
         bus=bus,
         clock=clock,
         admins=frozenset(settings.admins),
-        is_group_admin=group_check,
+        is_group_admin=any_admin_group(platforms),
         auth_test=lambda actor: auth.request(actor, RequestAuth(target=actor.email, message=TEST_MESSAGE)),
-        health=_with_deliveries(_probe(pagerduty, slack_client), store),
+        health=_with_deliveries(_probe(pagerduty, platforms), store),
+        chat_platforms=chat_rows,
     )
     router = CommandRouter(service, auth=auth.request, admin=admin.execute, set_key=admin.set_key)
-    if slack_client is not None and settings.slack_signing_secret is not None:
-        identity = SlackIdentity(slack_client)
-        bolt = build_bolt_app(
-            signing_secret=settings.slack_signing_secret,
-            client=slack_client,
-            service=router,
-            identity=identity,
-            inbox=store.commands,
-            clock=clock,
-        )
-        mount_slack(app, bolt_app=bolt, signing_secret=settings.slack_signing_secret)
-        recovery = SlackRecovery(
-            inbox=store.commands,
-            requests=store.requests,
-            service=router,
-            identity=identity,
-            answerer=Answerer(inbox=store.commands, notifier=notifiers["slack"], clock=clock, logger=recovery_log),
-            clock=clock,
-        )
-        # At start-up (the scheduler's first pass), then every PASS_SECONDS: answer what a crash left.
-        scheduler.jobs.append(every(RECOVERY_PASS_SECONDS, clock, recovery.run_once))
-    reactions = Reactions(notifiers=notifiers, messages=store.messages, metrics=metrics, wake_scheduler=scheduler.wake)
+
+    def add_job(job: Job) -> None:
+        scheduler.jobs.append(job)
+
+    parts = PlatformParts(store=store, clock=clock, router=router, add_job=add_job, deliver=deliver)
+    for name in settings.chat_platforms:
+        platform = PLATFORM_MOUNTS[name](app, settings, parts)
+        platforms.append(platform)
+        chat_rows[platform.title] = chat_status_key(platform.name)
+    reactions = Reactions(
+        notifiers=notifiers,
+        messages=store.messages,
+        metrics=metrics,
+        wake_scheduler=scheduler.wake,
+        address_book=store.address_book,
+    )
     auth_reactions = AuthReactions(notifiers=notifiers, messages=store.messages, org=org, events=events, clock=clock)
     bus.use(
         merge(
@@ -378,9 +371,7 @@ def build_app(
         public_url=settings.public_url,
         signin=build_signin(settings, http=http, clock=clock, once=_SeenAt(store, clock)),
     )
-    mount_ops(
-        app, health=HealthCheck(store=store, probes=_probes(pagerduty, slack_client)), metrics=metrics, store=store
-    )
+    mount_ops(app, health=HealthCheck(store=store, probes=_probes(pagerduty, platforms)), metrics=metrics, store=store)
     app[PARTS] = Parts(
         settings,
         policy,
@@ -428,8 +419,8 @@ def build_app(
             await http.aclose()
             if owned_pd is not None:
                 await owned_pd.aclose()
-            if slack_client is not None and slack_client.session is not None:
-                await slack_client.session.close()
+            for platform in platforms:
+                await platform.close()
             if owns_store:
                 await store.close()
 

@@ -221,7 +221,7 @@ class AuthService:
         if found is None:
             raise UsageError(messages.auth_unknown_target(text))
         if not found.email:
-            raise IdentityError(messages.auth_target_no_email(found.name or text))
+            raise IdentityError(messages.auth_target_no_email(found.name or text, found.platform))
         return found
 
     async def _deliver(self, tx: AuthTransaction, *, notifier: ChatNotifier, link: str) -> _Delivery:

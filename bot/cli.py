@@ -35,11 +35,14 @@ def _check_config(args: argparse.Namespace) -> int:
     from bot.runtime import preflight
 
     path: Path | None = args.policy
+    env = load_settings(require_runtime=False)
     if path is None:
-        path = load_settings(require_runtime=False).policy_file
+        path = env.policy_file
     if path is None:
         raise ConfigError("No policy file: pass --policy FILE or set ACKGATE_POLICY_FILE.")
-    policy = load_policy(path)
+    # Approval channels must be on a configured chat platform; with none configured here (a policy
+    # checked away from its deployment), only their syntax is checked.
+    policy = load_policy(path, platforms=env.chat_platforms or None)
     if args.env:
         # exactly what `serve` checks before it listens
         preflight(load_settings(), policy=policy)

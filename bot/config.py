@@ -11,6 +11,7 @@ from typing import Annotated
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from bot import messages
 from bot.errors import ConfigError
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -134,6 +135,13 @@ class Settings(BaseSettings):
     def slack_enabled(self) -> bool:
         return self.slack_bot_token is not None
 
+    @property
+    def chat_platforms(self) -> tuple[str, ...]:
+        """The chat platforms configured, in a fixed order. A platform joins with a settings block,
+        a line here, and its ``mount`` in ``bot.app.PLATFORM_MOUNTS``."""
+        configured = {"slack": self.slack_enabled}
+        return tuple(name for name, on in configured.items() if on)
+
 
 _FIX = {
     "SLACK_BOT_TOKEN": "set it to the app's Bot User OAuth Token (xoxb-…), from OAuth & Permissions",
@@ -175,6 +183,6 @@ def load_settings(*, require_runtime: bool = True, **overrides: object) -> Setti
         ):
             if value is None:
                 raise ConfigError(f"{name} is not set: {_FIX[name]}.")
-        if not settings.slack_enabled:
-            raise ConfigError(f"SLACK_BOT_TOKEN is not set: {_FIX['SLACK_BOT_TOKEN']}.")
+        if not settings.chat_platforms:
+            raise ConfigError(messages.NO_CHAT_PLATFORM)
     return settings

@@ -6,6 +6,7 @@ Everything here is a frozen value. State changes happen in storage by compare-an
 
 from __future__ import annotations
 
+import re
 import secrets
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -39,6 +40,19 @@ class MessageRef:
     platform: str
     channel: str
     message_id: str
+
+
+BARE_CHANNEL_PLATFORM = "slack"  # a channel written without ``platform:`` (before issue 7) is Slack's
+_PLATFORM_PREFIX = re.compile(r"^([a-z][a-z0-9_]*):(.*)$")
+
+
+def split_channel(text: str) -> tuple[str, str]:
+    """``slack:C0123`` → ("slack", "C0123"); ``teams:19:x@thread.tacv2`` → ("teams", "19:x@thread.tacv2");
+    a bare ``C0123`` → ("slack", "C0123"), as policies and settings wrote it before issue 7."""
+    match = _PLATFORM_PREFIX.match(text)
+    if match is None:
+        return BARE_CHANNEL_PLATFORM, text
+    return match.group(1), match.group(2)
 
 
 # --- PagerDuty facts -----------------------------------------------------------------------

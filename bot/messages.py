@@ -28,7 +28,7 @@ GENERIC_FAILURE = "Something went wrong on Ackgate's side and nothing was change
 WORKING = "Checking PagerDuty…"
 NO_EMAIL = (
     "Ackgate can't see your email address, so it can't match you to PagerDuty. "
-    "Ask a Slack admin to grant the app the users:read.email scope and reinstall it."
+    "Ask a chat admin to make emails visible to the Ackgate app."
 )
 STORAGE_DOWN = "Ackgate's database is not answering, so nothing was changed. Try again in a minute."
 
@@ -264,6 +264,11 @@ def revoking_title(resource: str) -> str:
 
 # --- Slack adapter ---
 
+SLACK_EMAIL_HIDDEN_FIX = "Ask a Slack admin to grant the app the users:read.email scope and reinstall it."
+SLACK_NO_EMAIL = f"Ackgate can't see your email address, so it can't match you to PagerDuty. {SLACK_EMAIL_HIDDEN_FIX}"
+# What an admin does when a platform hides emails, by platform (a platform's adapter section adds its own).
+EMAIL_HIDDEN_FIX = {"slack": SLACK_EMAIL_HIDDEN_FIX}
+
 SLACK_FORM_TITLE = "Request access"  # Slack caps modal titles, submit and close labels at 24 characters
 SLACK_FORM_SUBMIT = "Request"
 SLACK_FORM_CLOSE = "Cancel"
@@ -359,11 +364,9 @@ def auth_unknown_target(target: str) -> str:
     return f"Ackgate can't find the user {target}. Mention them as @name or give their work email. {usage_for('auth')}"
 
 
-def auth_target_no_email(who: str) -> str:
-    return (
-        f"Ackgate can't see {who}'s email address, so it can't send them an authentication request. "
-        "Ask a chat admin to make emails visible to the Ackgate app (Slack: the users:read.email scope)."
-    )
+def auth_target_no_email(who: str, platform: str = "") -> str:
+    fix = EMAIL_HIDDEN_FIX.get(platform, "Ask a chat admin to make emails visible to the Ackgate app.")
+    return f"Ackgate can't see {who}'s email address, so it can't send them an authentication request. {fix}"
 
 
 def auth_context(platform: str, at: datetime) -> str:
@@ -750,4 +753,38 @@ def more_grants(hidden: int) -> str:
     return (
         f"{hidden} more active grant(s) are not shown here. Each holder is told when a grant ends; "
         f"end one early with {COMMAND} revoke <grant id>."
+    )
+
+
+# --- chat platforms (issue 7: the core assumes none) ----------------------------------------------
+
+NO_CHAT_PLATFORM = (
+    "No chat platform is configured: set SLACK_BOT_TOKEN and SLACK_SIGNING_SECRET for Slack "
+    "(Ackgate needs at least one chat platform to take requests)."
+)
+
+
+def policy_channel_unknown(text: str, known: tuple[str, ...]) -> str:
+    return (
+        f"{text!r} does not name a chat platform Ackgate knows. Write it as platform:channel, "
+        f"with one of {', '.join(known)}: e.g. slack:C0123ABCDEF or teams:19:abc@thread.tacv2"
+    )
+
+
+def policy_channel_unconfigured(platform: str, configured: tuple[str, ...]) -> str:
+    others = ", ".join(configured) or "none"
+    return (
+        f"the approval channel is on {platform}, which this deployment does not configure (configured: {others}). "
+        f"Configure {platform}, or move the channel to a configured platform"
+    )
+
+
+CHECKED_NOW = "Success (checked just now)"
+
+
+def mirror_channel_unconfigured(channel: str, configured: tuple[str, ...]) -> str:
+    return (
+        f"ACKGATE_MIRROR_CHANNEL is invalid: {channel!r} is on a chat platform this deployment does not configure "
+        f"(configured: {', '.join(configured) or 'none'}). Write it as platform:channel on a configured platform, "
+        "e.g. slack:C0123ABCDEF."
     )

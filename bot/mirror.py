@@ -26,7 +26,7 @@ from bot import messages
 from bot.access import AccessService
 from bot.bus import MessageBus
 from bot.clock import Clock
-from bot.domain import AuthTransaction, EndReason, Grant, IncidentMirror
+from bot.domain import AuthTransaction, EndReason, Grant, IncidentMirror, split_channel
 from bot.errors import ChatError, PagerDutyError, PagerDutyNotFound
 from bot.grants import isolated
 from bot.ports import ChatNotifier, PagerDutyDirectory, Store
@@ -84,7 +84,7 @@ def mirror_card(mirror: IncidentMirror, transaction: AuthTransaction | None = No
 class MirrorService:
     """Feeds webhook events into the mirror and the incident-bound grants.
 
-    ``channel`` None turns chat mirroring off (grants still end on resolve). ``services`` are
+    ``channel`` (``platform:channel``, a bare id being Slack's) None turns chat mirroring off (grants still end on resolve). ``services`` are
     PagerDuty service ids whose every incident is mirrored, besides those of Ackgate's own
     authentication requests.
     """
@@ -99,7 +99,6 @@ class MirrorService:
         bus: MessageBus,
         clock: Clock,
         channel: str | None,
-        platform: str = "slack",
         services: Sequence[str] = (),
     ) -> None:
         self.store = store
@@ -108,8 +107,10 @@ class MirrorService:
         self.pagerduty = pagerduty
         self.bus = bus
         self.clock = clock
-        self.channel = channel
-        self.platform = platform
+        # ``platform:channel`` (``ACKGATE_MIRROR_CHANNEL=slack:C0123``); a bare id is Slack's, as before.
+        self.platform, self.channel = "", channel
+        if channel:
+            self.platform, self.channel = split_channel(channel)
         self.services = frozenset(services)
         # Serialises one replica's events per incident; across replicas the stored claim
         # (:meth:`bot.ports.MirrorStore.claim_post`) is what keeps the first post single.

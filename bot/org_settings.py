@@ -24,7 +24,6 @@ INTEGRATION_KEY = "org.integration_key"
 RESOLVE_ON_COMPLETE = "org.resolve_on_complete"
 EVENTS_STATUS = "status.pagerduty_events"
 REST_STATUS = "status.pagerduty_rest"
-SLACK_STATUS = "status.slack"
 WEBHOOK_STATUS = "status.webhooks"
 
 V = TypeVar("V")
@@ -192,3 +191,8 @@ def _resolve_on(stored: str | None) -> bool:
 
 def _prefs(stored: str | None) -> UserPrefs:
     return UserPrefs(**json.loads(stored)) if stored else UserPrefs()
+
+
+def chat_status_key(platform: str) -> str:
+    """Where a chat platform's last recorded health is kept (``status.slack``, ``status.teams``)."""
+    return f"status.{platform}"

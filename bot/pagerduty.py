@@ -262,12 +262,14 @@ class PagerDutyClient:
         not_found: str = "PagerDuty has no such object.",
     ) -> Json:
         where = f"{method} {template}"
-        last = "no time was left"
+        last = _NO_TIME
 
         async def attempt() -> Json:
             nonlocal last
             try:
                 response = await self._send(method, template, path, params, body, headers, deadline)
+            except _OutOfTime:
+                raise _unavailable(where, last) from None  # why the earlier attempts failed, if they did
             except (httpx.TransportError, TimeoutError) as exc:
                 reason = (
                     "it timed out" if isinstance(exc, httpx.TimeoutException | TimeoutError) else "it was unreachable"
@@ -275,6 +277,9 @@ class PagerDutyClient:
                 # a POST that may have reached PagerDuty is not repeated: the note would appear twice
                 if method != "GET" and not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
                     raise _unavailable(where, reason) from exc
+                if last != _NO_TIME and self._monotonic() >= deadline:
+                    # our own deadline cut this attempt short: PagerDuty's earlier answer is the reason
+                    raise _unavailable(where, last) from exc
                 last = reason
                 raise Retryable(reason) from exc
             status = response.status_code
@@ -317,15 +322,14 @@ class PagerDutyClient:
         deadline: float,
     ) -> httpx.Response:
         """One attempt: a pooled connection first, then a budget slot, then the call, all within ``deadline``."""
-        no_time = _unavailable(f"{method} {template}", "no time was left")
         try:
             async with asyncio.timeout(max(0.0, deadline - self._monotonic())):
                 await self._connections.acquire()
         except TimeoutError:
-            raise no_time from None
+            raise _OutOfTime from None
         try:
             if deadline <= self._monotonic():
-                raise no_time  # the connection came too late: spend no budget on a call we won't send
+                raise _OutOfTime  # the connection came too late: spend no budget on a call we won't send
             try:
                 await self._limiter.acquire(deadline=deadline)
             except RateBudgetExceeded as exc:
@@ -334,7 +338,7 @@ class PagerDutyClient:
                 ) from exc
             remaining = deadline - self._monotonic()
             if remaining <= 0:
-                raise no_time
+                raise _OutOfTime
             started = time.perf_counter()  # real seconds for metrics, whatever clock drives deadlines
             status: int | None = None
             try:
@@ -398,6 +402,13 @@ def _auth_message(status: int) -> str:
         "PagerDuty refused Ackgate's API token for this request (HTTP 403): it lacks the needed scope or access. "
         "An admin should check PAGERDUTY_API_TOKEN."
     )
+
+
+_NO_TIME = "no time was left"
+
+
+class _OutOfTime(Exception):
+    """No attempt could start before the deadline: the call fails closed with the last reason known."""
 
 
 def _unavailable(where: str, reason: str) -> PagerDutyUnavailable:

@@ -10,10 +10,12 @@ import difflib
 from datetime import timedelta
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from bot import messages
+from bot.domain import split_channel
 from bot.durations import format_duration, parse_duration
-from bot.errors import UsageError
+from bot.errors import ConfigError, UsageError
 
 Loc = tuple[str | int, ...]
 
@@ -34,6 +36,28 @@ def _duration(value: object) -> object:
 
 
 Duration = Annotated[timedelta, BeforeValidator(_duration)]
+
+CHAT_PLATFORMS = ("slack", "teams")  # the platforms a policy may name; settings say which are configured
+
+
+def _channel(value: object, info: ValidationInfo) -> object:
+    """``platform:channel``, stored in that canonical form; a bare id is Slack's (as before issue 7).
+    When validated with ``context={"platforms": [...]}``, a platform not configured is refused."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    platform, channel = split_channel(text)
+    if platform not in CHAT_PLATFORMS or not channel:
+        raise ValueError(messages.policy_channel_unknown(text, CHAT_PLATFORMS))
+    if ":" in channel and text == channel:  # e.g. a bare Teams id 19:…@thread.tacv2
+        raise ValueError(messages.policy_channel_unknown(text, CHAT_PLATFORMS))
+    configured = (info.context or {}).get("platforms")
+    if configured is not None and platform not in configured:
+        raise ValueError(messages.policy_channel_unconfigured(platform, tuple(configured)))
+    return f"{platform}:{channel}"
+
+
+ChatChannel = Annotated[str, BeforeValidator(_channel)]
 
 
 class _Frozen(BaseModel):
@@ -127,7 +151,7 @@ class ApproversApproval(_Frozen):
     approvers: tuple[str, ...] = ()
     groups: tuple[str, ...] = ()
     required: int = Field(default=1, ge=1)
-    channel: str | None = None
+    channel: ChatChannel | None = None
 
     @field_validator("approvers")
     @classmethod
@@ -143,7 +167,7 @@ class OnCallApproval(_Frozen):
     schedule: str | None = None
     max_escalation_level: int | None = Field(default=None, ge=1)
     required: int = Field(default=1, ge=1)
-    channel: str | None = None
+    channel: ChatChannel | None = None
 
     @model_validator(mode="after")
     def _one_target(self) -> OnCallApproval:
@@ -201,6 +225,19 @@ class Policy(_Frozen):
 
     def group_members(self, group: str) -> tuple[str, ...]:
         return self.groups.get(group, ())
+
+    def require_platforms(self, configured: tuple[str, ...]) -> None:
+        """Raise :class:`ConfigError` naming each flow whose approval channel is on a platform that is
+        not configured (a policy file is checked with line numbers by :func:`bot.policy_file.load_policy`)."""
+        problems = [
+            f"flows[{i}] ({flow.name}).approval.channel: {messages.policy_channel_unconfigured(platform, configured)}"
+            for i, flow in enumerate(self.flows)
+            if isinstance(flow.approval, ApproversApproval | OnCallApproval) and flow.approval.channel
+            for platform in [split_channel(flow.approval.channel)[0]]
+            if platform not in configured
+        ]
+        if problems:
+            raise ConfigError("\n".join(problems))
 
 
 class PolicyReferenceError(ValueError):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import re
 import types
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Union, get_args, get_origin
@@ -56,8 +57,11 @@ class _Problem:
         return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
 
 
-def load_policy(path: Path) -> Policy:
-    """Read and validate the policy file. Raises :class:`ConfigError` listing every problem."""
+def load_policy(path: Path, *, platforms: Collection[str] | None = None) -> Policy:
+    """Read and validate the policy file. Raises :class:`ConfigError` listing every problem.
+
+    With ``platforms`` (the chat platforms configured), an approval channel on another platform is
+    one of those problems."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -68,10 +72,10 @@ def load_policy(path: Path) -> Policy:
         raise ConfigError(f"{path}: byte {exc.start} is not UTF-8 text. Save the file as UTF-8.") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot be read ({exc.strerror}). Check that Ackgate's user may read it.") from None
-    return parse_policy(text, source=str(path))
+    return parse_policy(text, source=str(path), platforms=platforms)
 
 
-def parse_policy(text: str, *, source: str = "policy.yaml") -> Policy:
+def parse_policy(text: str, *, source: str = "policy.yaml", platforms: Collection[str] | None = None) -> Policy:
     """Validate policy YAML given as text; ``source`` names it in error messages."""
     loader = yaml.SafeLoader(text)
     try:
@@ -85,7 +89,7 @@ def parse_policy(text: str, *, source: str = "policy.yaml") -> Policy:
     if root is None:
         raise ConfigError(f"{source}:1:1: the file is empty. Add resources: and flows:; {_EXAMPLE}.")
     try:
-        policy = Policy.model_validate(data)
+        policy = Policy.model_validate(data, context=None if platforms is None else {"platforms": tuple(platforms)})
     except ValidationError as exc:
         problems += _explain(exc.errors(), root)
     if problems:

@@ -475,6 +475,7 @@ class Store(Protocol):
     commands: CommandInbox
     inbox: WebhookInbox
     outbox: ChatOutbox
+    address_book: AddressBook
 
     async def open(self) -> None:
         """Connect and apply pending migrations (idempotent; safe with several replicas)."""
@@ -595,4 +596,53 @@ class CommandInbox(Protocol):
 
     async def prune(self, before: datetime) -> int:
         """Delete the commands received strictly before ``before``; return how many went."""
+        ...
+
+
+# --- chat platforms (issue 7: the core assumes none) ---------------------------------------
+
+
+class ChatHealth(Protocol):
+    """A chat platform's own health check, for ``/access admin status`` and ``/metrics``."""
+
+    async def health(self) -> None:
+        """Return when the platform answers and accepts Ackgate's credentials; raise
+        :class:`bot.errors.ChatError` (with a sentence for an admin) otherwise."""
+        ...
+
+
+class AdminCheck(Protocol):
+    """Whether a principal is an Ackgate admin by a platform's own group (e.g. a Slack user group)."""
+
+    async def __call__(self, principal: Principal) -> bool:
+        """False for a principal of another platform; raises ``ChatError`` when the platform fails."""
+        ...
+
+
+@dataclass(frozen=True)
+class ChatAddress:
+    """How Ackgate reaches one chat user: the platform's user id, the email (lower-cased, the join
+    key with PagerDuty), a display name, and the platform's conversation data (opaque JSON, e.g. a
+    Teams conversation reference; ``""`` when the platform needs none)."""
+
+    platform: str
+    user_id: str
+    email: str
+    display_name: str = ""
+    conversation: str = ""
+    updated_at: datetime | None = None
+
+
+class AddressBook(Protocol):
+    """Chat users Ackgate has seen, one row per (platform, user id); emails match case-insensitively."""
+
+    async def upsert(self, address: ChatAddress, *, at: datetime) -> None:
+        """Insert or replace the row for (platform, user id), stamped ``at``. An empty
+        ``conversation`` keeps the stored one (a lookup by email must not forget a Teams reference)."""
+        ...
+
+    async def by_user(self, platform: str, user_id: str) -> ChatAddress | None: ...
+
+    async def by_email(self, email: str, *, platform: str | None = None) -> list[ChatAddress]:
+        """The rows with this email (any case), newest first; only ``platform``'s when given."""
         ...

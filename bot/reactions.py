@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 
 from bot import cards
 from bot.bus import Reaction
-from bot.domain import EndReason, Principal
+from bot.domain import EndReason, Principal, split_channel
 from bot.errors import ChatError
 from bot.events import (
     SYSTEM,
@@ -28,7 +28,7 @@ from bot.events import (
     RequestTimedOut,
     RevokeFailed,
 )
-from bot.ports import ChatNotifier, MessageStore
+from bot.ports import AddressBook, ChatNotifier, MessageStore
 from bot.views import Card
 
 log = logging.getLogger("ackgate.reactions")
@@ -55,17 +55,34 @@ class Reactions:
         messages: MessageStore,
         metrics: Metrics | None = None,
         wake_scheduler: Callable[[], None] = lambda: None,
+        address_book: AddressBook | None = None,
     ) -> None:
         self.notifiers = notifiers
         self.messages = messages
         self.metrics = metrics or Metrics()
         self.wake_scheduler = wake_scheduler
+        self.address_book = address_book
 
     def _notifier(self, platform: str) -> ChatNotifier | None:
         notifier = self.notifiers.get(platform)
         if notifier is None:
             log.warning("no chat notifier for platform %s", platform)
         return notifier
+
+    async def _approver(self, email: str, *, fallback: str) -> Principal | None:
+        """A named approver on the platform the address book knows them on (newest first, when several
+        platforms are configured), else on ``fallback`` (the requester's), looked up by email."""
+        if self.address_book is not None and len(self.notifiers) > 1:
+            for address in await self.address_book.by_email(email):
+                if address.platform in self.notifiers:
+                    return Principal(address.platform, address.user_id, address.email, address.display_name)
+        notifier = self._notifier(fallback)
+        if notifier is None:
+            return None
+        approver = await notifier.user_by_email(email)
+        if approver is None:
+            log.warning("approver %s has no %s account; not notified", email, fallback)
+        return approver
 
     async def _tell(self, who: Principal, card: Card) -> None:
         notifier = self._notifier(who.platform)
@@ -77,19 +94,19 @@ class Reactions:
     async def post_approval_request(self, event: ApprovalRequested) -> None:
         """Post the Approve/Deny card to the flow's channel, or DM each eligible approver."""
         request = event.request
-        notifier = self._notifier(request.requester.platform)
-        if notifier is None:
-            return
         card = cards.approval_card(request)
         if request.approval_channel:
-            ref = await notifier.send_to_channel(request.approval_channel, card)
-            await self.messages.add(request.id, ref)
+            # The channel names its platform (a bare id is Slack's): not necessarily the requester's.
+            platform, channel = split_channel(request.approval_channel)
+            notifier = self._notifier(platform)
+            if notifier is not None:
+                await self.messages.add(request.id, await notifier.send_to_channel(channel, card))
             return
         for email in request.approvers:
             try:
-                approver = await notifier.user_by_email(email)
-                if approver is None:
-                    log.warning("approver %s has no %s account; not notified", email, request.requester.platform)
+                approver = await self._approver(email, fallback=request.requester.platform)
+                notifier = None if approver is None else self._notifier(approver.platform)
+                if approver is None or notifier is None:
                     continue
                 await self.messages.add(request.id, await notifier.send_to_user(approver, card))
             except ChatError:
@@ -101,12 +118,12 @@ class Reactions:
         """Redraw every approver's card: the count, the decision, or (after a failed provisioning)
         that the approved access could not be given, so no card still says "Approved"."""
         request = event.request
-        notifier = self._notifier(request.requester.platform)
-        if notifier is None:
-            return
         failed = event.grant if isinstance(event, ProvisioningFailed) else None
         card = cards.approval_card(request, failed=failed)
         for ref in await self.messages.refs(request.id):
+            notifier = self._notifier(ref.platform)  # where the message is, whoever asked
+            if notifier is None:
+                continue
             try:
                 await notifier.update(ref, card)
             except ChatError:
@@ -126,12 +143,10 @@ class Reactions:
         card = cards.failed_card(event.grant, event.error)
         if event.grant.approved_by or event.recovered:
             await self._tell(event.grant.holder, card)
-        notifier = self._notifier(event.request.requester.platform)
-        if notifier is None:
-            return
         for email in event.grant.approved_by:
-            approver = await notifier.user_by_email(email)
-            if approver is not None:
+            approver = await self._approver(email, fallback=event.request.requester.platform)
+            notifier = None if approver is None else self._notifier(approver.platform)
+            if approver is not None and notifier is not None:
                 await notifier.send_to_user(approver, card)
 
     async def tell_holder_ended(self, event: GrantEnded) -> None:

@@ -43,7 +43,7 @@ def preflight(settings: Settings, *, policy: Policy | None = None) -> web.Applic
     if policy is None:
         if settings.policy_file is None:
             raise ConfigError("ACKGATE_POLICY_FILE is not set: point it at your policy YAML.")
-        policy = load_policy(settings.policy_file)
+        policy = load_policy(settings.policy_file, platforms=settings.chat_platforms)
     # build_app refuses these too; named here so the order of the refusals does not depend on it
     open_store(settings.database_url)  # a URL Ackgate cannot use
     if settings.secret_key is not None:
@@ -68,7 +68,7 @@ def storage_description(url: str) -> str:
 
 
 def platforms(settings: Settings) -> list[str]:
-    return ["slack"] if settings.slack_enabled else []
+    return list(settings.chat_platforms)
 
 
 def _bind(host: str, port: int) -> socket.socket:

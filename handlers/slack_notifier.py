@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
 from typing import Any
 
@@ -22,7 +23,8 @@ from slack_sdk.webhook.async_client import AsyncWebhookClient
 from bot import messages
 from bot.cache import CoalescingCache
 from bot.domain import MessageRef, Principal
-from bot.errors import ChatError, IdentityError
+from bot.errors import ChatError, IdentityError, StorageError
+from bot.ports import AddressBook, ChatAddress
 from bot.views import Card
 from handlers.slack_blocks import render_card
 from handlers.slack_retry import ATTEMPT_TIMEOUT_SECONDS, retry_handlers
@@ -30,6 +32,9 @@ from handlers.slack_retry import ATTEMPT_TIMEOUT_SECONDS, retry_handlers
 _log = logging.getLogger(__name__)
 
 PLATFORM = "slack"
+TITLE = "Slack"  # its row in /access admin status
+# How long the address book's email ↔ user id pair is trusted before users.lookupByEmail is asked again.
+ADDRESS_FRESH = timedelta(hours=1)
 
 # Every Web API method Ackgate calls, with the bot scopes it needs. The manifest's scopes are
 # derived from (and tested against) this table, so a new call cannot ship without its scope.
@@ -97,16 +102,45 @@ def principal_from_user(user: Mapping[str, Any]) -> Principal:
     profile = user.get("profile") or {}
     email = str(profile.get("email") or "").strip().lower()
     if not email:
-        raise IdentityError(messages.NO_EMAIL)
+        raise IdentityError(messages.SLACK_NO_EMAIL)
     name = profile.get("real_name") or user.get("real_name") or user.get("name") or ""
     return Principal(platform=PLATFORM, user_id=str(user["id"]), email=email, name=str(name))
 
 
-class SlackNotifier:
-    """:class:`bot.ports.ChatNotifier` for Slack, through the Web API."""
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
 
-    def __init__(self, client: AsyncWebClient) -> None:
+
+async def remember(book: AddressBook | None, principal: Principal, *, at: datetime) -> None:
+    """Keep a Slack user's email ↔ user id in the address book; a storage failure only costs a lookup."""
+    if book is None or not principal.email:
+        return
+    try:
+        await book.upsert(ChatAddress(PLATFORM, principal.user_id, principal.email, principal.name), at=at)
+    except StorageError:
+        _log.info("Could not record Slack user %s in the address book", principal.user_id, exc_info=True)
+
+
+class SlackNotifier:
+    """:class:`bot.ports.ChatNotifier` and :class:`bot.ports.ChatHealth` for Slack, through the Web API.
+
+    With an ``address_book``, :meth:`user_by_email` answers from it while the stored pair is younger
+    than :data:`ADDRESS_FRESH`, and records what users.lookupByEmail finds."""
+
+    def __init__(
+        self,
+        client: AsyncWebClient,
+        *,
+        address_book: AddressBook | None = None,
+        now: Callable[[], datetime] = _utc_now,
+    ) -> None:
         self._client = client
+        self._book = address_book
+        self._now = now
+
+    async def health(self) -> None:
+        """auth.test: Slack answers and accepts the bot token. Raises ``ChatError`` otherwise."""
+        await call_slack("auth.test", self._client.auth_test())
 
     async def send_to_user(self, user: Principal, card: Card) -> MessageRef:
         # chat.update needs the D… conversation id, not the user id, so open the DM first.
@@ -125,6 +159,28 @@ class SlackNotifier:
         )
 
     async def user_by_email(self, email: str) -> Principal | None:
+        known = await self._known(email)
+        if known is not None:
+            return known
+        found_user = await self._lookup_by_email(email)
+        if found_user is not None:
+            await remember(self._book, found_user, at=self._now())
+        return found_user
+
+    async def _known(self, email: str) -> Principal | None:
+        if self._book is None:
+            return None
+        try:
+            rows = await self._book.by_email(email, platform=PLATFORM)
+        except StorageError:
+            _log.info("Could not read the address book; asking Slack", exc_info=True)
+            return None
+        fresh = [a for a in rows if a.updated_at is not None and self._now() - a.updated_at < ADDRESS_FRESH]
+        if not fresh:
+            return None
+        return Principal(platform=PLATFORM, user_id=fresh[0].user_id, email=fresh[0].email, name=fresh[0].display_name)
+
+    async def _lookup_by_email(self, email: str) -> Principal | None:
         try:
             found = await self._client.users_lookupByEmail(email=email)
         except SlackApiError as exc:
@@ -168,10 +224,14 @@ class SlackIdentity:
         *,
         ttl_seconds: float = 600.0,
         monotonic: Callable[[], float] = time.monotonic,
+        address_book: AddressBook | None = None,
+        now: Callable[[], datetime] = _utc_now,
     ) -> None:
         self._client = client
         self._ttl = ttl_seconds
         self._cache = CoalescingCache(monotonic=monotonic)
+        self._book = address_book
+        self._now = now
 
     async def principal(self, user_id: str) -> Principal:
         """Raises ``IdentityError`` when the user has no visible email, ``ChatError`` when Slack fails."""
@@ -179,7 +239,9 @@ class SlackIdentity:
 
     async def _fetch(self, user_id: str) -> Principal:
         found = await call_slack("users.info", self._client.users_info(user=user_id))
-        return principal_from_user(found["user"])
+        principal = principal_from_user(found["user"])
+        await remember(self._book, principal, at=self._now())  # so approvers are found by email later
+        return principal
 
 
 class SlackAdminGroup:

@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Generic, Protocol, TypeVar
 
 from bot.ports import (
+    AddressBook,
     AuditLog,
     ChatOutbox,
     CommandInbox,
@@ -68,6 +69,7 @@ class Roles(Generic[DbT]):
     commands: Callable[[DbT], CommandInbox]
     inbox: Callable[[DbT], WebhookInbox]
     outbox: Callable[[DbT], ChatOutbox]
+    address_book: Callable[[DbT], AddressBook]
 
 
 class RoleStore(abc.ABC, Generic[DbT]):
@@ -87,6 +89,7 @@ class RoleStore(abc.ABC, Generic[DbT]):
         self.commands = roles.commands(db)
         self.inbox = roles.inbox(db)
         self.outbox = roles.outbox(db)
+        self.address_book = roles.address_book(db)
 
     async def open(self, *, migrate_up_to: int | None = None) -> None:
         """Connect and apply pending migrations: all of them, or only up to ``migrate_up_to``

@@ -32,6 +32,7 @@ from bot.domain import (
 )
 from bot.errors import ConfigError, StorageError
 from bot.ports import AuditFor, InboxDelivery, OutboxDelivery
+from storage.address_book import PostgresAddressBook
 from storage.codec import (
     Codec,
     Row,
@@ -810,6 +811,7 @@ _ROLES = Roles(
     commands=_Commands,
     inbox=_Inbox,
     outbox=_Outbox,
+    address_book=PostgresAddressBook,
 )
 
 

@@ -32,6 +32,7 @@ from bot.domain import (
 )
 from bot.errors import StorageError
 from bot.ports import AuditFor, InboxDelivery, OutboxDelivery
+from storage.address_book import SqliteAddressBook
 from storage.codec import (
     Codec,
     audit_rows,
@@ -850,6 +851,7 @@ _ROLES = Roles(
     commands=_Commands,
     inbox=_Inbox,
     outbox=_Outbox,
+    address_book=SqliteAddressBook,
 )
 
 

@@ -15,7 +15,6 @@ from bot.admin import (
     OPEN_KEY_FORM,
     PAGERDUTY_EVENTS,
     PAGERDUTY_REST,
-    SLACK,
     WEBHOOKS,
     AdminService,
     opens_key_form,
@@ -26,12 +25,15 @@ from bot.commands import Admin, SetPrefs, parse_command
 from bot.domain import AuditEvent, Principal
 from bot.errors import ChatError, NotAuthorized, UsageError, UserError
 from bot.integration_status import IntegrationStatus
-from bot.org_settings import EVENTS_STATUS, INTEGRATION_KEY, REST_STATUS, SLACK_STATUS, OrgSettings
+from bot.org_settings import EVENTS_STATUS, INTEGRATION_KEY, REST_STATUS, OrgSettings, chat_status_key
 from bot.ports import Store
 from bot.secrets import SecretBox
 from bot.views import Card
+from handlers.slack_notifier import TITLE as SLACK
 from storage import open_store
 from tests.fakes.world import person
+
+SLACK_STATUS = chat_status_key("slack")
 
 KEY = "a1B2c3D4e5F6g7H8i9J0k1L2m3N4ab12"  # the shape of an Events API v2 integration key
 OTHER_KEY = "Zz9Yy8Xx7Ww6Vv5Uu4Tt3Ss2Rr1Qq0cd34"[:32]
@@ -120,6 +122,7 @@ async def build(tmp_path: Path) -> AsyncIterator[Build]:
             is_group_admin=is_group_admin,
             auth_test=auth_test if with_auth_test else None,
             health=health,
+            chat_platforms={SLACK: SLACK_STATUS},
         )
         return AdminWorld(store, org, clock, service, tested)
 

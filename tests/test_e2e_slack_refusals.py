@@ -129,7 +129,7 @@ async def test_a_slack_user_whose_email_is_hidden_is_told_about_users_read_email
 
     reply = await stage.command(ghost, "prod-db 1h replication lag")
 
-    assert reply.text == messages.NO_EMAIL
+    assert reply.text == messages.SLACK_NO_EMAIL
     assert "users:read.email" in reply.text
     assert await audit_kinds(stage) == []
     assert stage.pd.requests == []

@@ -18,6 +18,7 @@ from bot.webhook_inbox import Inbox
 from bot.webhooks import parse_event
 from handlers.pagerduty_webhooks import mount_pagerduty_webhooks
 from tests.fakes import incident_world
+from tests.fakes.chat import RecordingNotifier
 from tests.fakes.incident_world import CHANNEL, WATCHED_SERVICE, IncidentWorld, webhook_body
 from tests.fakes.storage_fixtures import make_grant, make_incident
 from tests.fakes.world import person
@@ -263,3 +264,26 @@ async def test_signed_webhooks_through_the_real_endpoint_update_one_message(iw: 
     [message] = iw.chat.sent
     assert [status_of(c) for c in [*message.history, message.card]] == ["Triggered", "Acknowledged by Bob", "Resolved"]
     assert json.loads(bodies[0])["event"]["data"]["incident_key"] == KEY
+
+
+async def test_a_mirror_channel_names_its_platform_and_posts_and_updates_there(iw: IncidentWorld) -> None:
+    """``ACKGATE_MIRROR_CHANNEL=teams:19:…`` mirrors on that platform, not on Slack."""
+    teams = RecordingNotifier(platform="teams")
+    mirror = MirrorService(
+        store=iw.store,
+        notifiers={"slack": iw.chat, "teams": teams},
+        access=iw.service,
+        pagerduty=iw.client,
+        bus=iw.service.bus,
+        clock=iw.clock,
+        channel="teams:19:incidents@thread.tacv2",
+        services=[WATCHED_SERVICE],
+    )
+    t0 = iw.clock.now()
+    for kind, at in (("incident.triggered", t0), ("incident.acknowledged", t0 + timedelta(minutes=1))):
+        await mirror.on_event(parse_event(webhook_body(kind, incident_id="PTEAMS1", at=at, service_id=WATCHED_SERVICE)))
+
+    [message] = teams.sent
+    assert (message.to, message.ref.platform) == ("19:incidents@thread.tacv2", "teams")
+    assert status_of(message.card) == "Acknowledged" and message.history
+    assert iw.chat.sent == []

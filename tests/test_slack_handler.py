@@ -289,7 +289,7 @@ async def test_a_storage_failure_says_the_database_is_down(rig: Rig) -> None:
 async def test_a_user_without_a_visible_email_is_told_how_to_fix_it(rig: Rig) -> None:
     _, _, token = await rig.command("list", user=NOEMAIL)
     (answer,) = await rig.answers(token)
-    assert answer["text"] == messages.NO_EMAIL
+    assert answer["text"] == messages.SLACK_NO_EMAIL
     assert rig.service.executed == []
 
 

@@ -170,7 +170,7 @@ async def test_a_user_without_visible_email_is_an_identity_error_and_not_cached(
     identity = SlackIdentity(client)
     with pytest.raises(IdentityError) as caught:
         await identity.principal("U0GUEST")
-    assert caught.value.message == messages.NO_EMAIL
+    assert caught.value.message == messages.SLACK_NO_EMAIL
     slack.add_user("U0GUEST", "guest@example.com", "Guest")
     assert (await identity.principal("U0GUEST")).email == "guest@example.com"
 

@@ -80,6 +80,11 @@ def corrected(document: dict[str, Any]) -> dict[str, Any]:
     return spec
 
 
+def warm_up() -> None:
+    """Compile the document now (once per process) rather than on the first validated request."""
+    _spec()
+
+
 @functools.cache
 def _spec() -> tuple[OpenAPI, dict[str, Any]]:
     spec = corrected(spec_document())
