@@ -23,6 +23,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot import messages
 from bot.access import AccessService
 from bot.admin import PAGERDUTY_REST, SLACK, AdminService
+from bot.approval_cards import ApprovalCards
 from bot.auth import AuthService
 from bot.auth_reactions import AuthReactions, auth_registry
 from bot.bus import MessageBus, merge
@@ -289,7 +290,9 @@ def build_app(
         jobs.append(every(settings.incident_check_seconds, clock, mirror.check_incidents))
     if isinstance(store, PrunesSeen):
         jobs.append(every(3600, clock, _pruner(store, clock)))
-    reconciler = Reconciler(service, store=store, clock=clock)
+    instance = instance_id(settings)
+    card_claims = ApprovalCards(messages=store.messages, requests=store.requests, clock=clock, instance=instance)
+    reconciler = Reconciler(service, store=store, clock=clock, cards=card_claims)
     scheduler = ExpiryScheduler(service, grants=store.grants, clock=clock, jobs=jobs, reconciler=reconciler)
     inflight = InFlight()
     app = web.Application(client_max_size=1024 * 1024, middlewares=[_tracked(inflight)])
@@ -309,7 +312,7 @@ def build_app(
             notifier, outbox=store.outbox, clock=clock, platform=platform, on_queued=metrics.chat_messages_queued.inc
         )
     outbox_worker = OutboxWorker(
-        store.outbox, notifiers=direct, clock=clock, on_expired=metrics.chat_messages_expired.inc
+        store.outbox, notifiers=direct, clock=clock, on_expired=metrics.chat_messages_expired.inc, instance=instance
     )
     scheduler.jobs.append(outbox_worker.run_once)
     scheduler.jobs.append(every(3600, clock, lambda: outbox_worker.prune(kept=SEEN_KEPT)))
@@ -332,6 +335,7 @@ def build_app(
             identity=identity,
             inbox=store.commands,
             clock=clock,
+            instance=instance,
         )
         mount_slack(app, bolt_app=bolt, signing_secret=settings.slack_signing_secret)
         recovery = SlackRecovery(
@@ -341,10 +345,18 @@ def build_app(
             identity=identity,
             answerer=Answerer(inbox=store.commands, notifier=notifiers["slack"], clock=clock, logger=recovery_log),
             clock=clock,
+            instance=instance,
         )
         # At start-up (the scheduler's first pass), then every PASS_SECONDS: answer what a crash left.
         scheduler.jobs.append(every(RECOVERY_PASS_SECONDS, clock, recovery.run_once))
-    reactions = Reactions(notifiers=notifiers, messages=store.messages, metrics=metrics, wake_scheduler=scheduler.wake)
+    reactions = Reactions(
+        notifiers=notifiers,
+        messages=store.messages,
+        metrics=metrics,
+        wake_scheduler=scheduler.wake,
+        card_claims=card_claims,
+    )
+    card_claims.post = reactions.show_approvers  # the reconciler posts what a crash left unposted
     auth_reactions = AuthReactions(notifiers=notifiers, messages=store.messages, org=org, events=events, clock=clock)
     bus.use(
         merge(
@@ -359,6 +371,7 @@ def build_app(
         on_event=webhook_health.delivered(mirror.on_event),
         clock=clock,
         on_parked=metrics.webhook_events_parked.inc,
+        instance=instance,
     )
     # At start-up (the scheduler's first pass) and every few seconds after: events a crash or a
     # failure left in the inbox. Done events are kept as long as PagerDuty may redeliver them.

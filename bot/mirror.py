@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -26,7 +25,7 @@ from bot import messages
 from bot.access import AccessService
 from bot.bus import MessageBus
 from bot.clock import Clock
-from bot.domain import AuthTransaction, EndReason, Grant, IncidentMirror
+from bot.domain import AuthTransaction, EndReason, Grant, IncidentMirror, claim_token
 from bot.errors import AlreadyDecided, ChatError, PagerDutyError, PagerDutyNotFound
 from bot.ports import ChatNotifier, PagerDutyDirectory, Store
 from bot.views import Card, Fact, Link, Tone
@@ -219,7 +218,7 @@ class MirrorService:
         claimant draws the newest stored state once its message exists. The claim is released
         only after the message's ref is stored, so a later claimant finds the ref and updates.
         """
-        token = secrets.token_hex(8)
+        token = claim_token(self.access.instance)  # names this instance: a restart drops its dead claims
         now = self.clock.now()
         if not await self.store.mirrors.claim_post(incident_id, token=token, now=now, until=now + POST_CLAIM_LEASE):
             log.debug("incident %s: another replica is posting its message", incident_id)

@@ -46,6 +46,9 @@ class DeliverySql:
     outbox_due: str
     outbox_count_pending: str
     outbox_prune: str
+    inbox_release: str
+    outbox_release: str
+    release_posts: str
 
 
 def delivery_sql(mark: Mark) -> DeliverySql:
@@ -53,6 +56,7 @@ def delivery_sql(mark: Mark) -> DeliverySql:
     p = [mark(n) for n in range(0, 12)]
     claimable = f"state = 'pending' AND next_attempt_at <= {p[2]} AND (lease_until IS NULL OR lease_until <= {p[2]})"
     held = f"state = 'pending' AND claim = {p[2]}"
+    owned = f"substr(claim, 1, length(CAST({p[1]} AS text))) = CAST({p[1]} AS text)"
     return DeliverySql(
         inbox_add=(
             "INSERT INTO webhook_inbox (event_id, event_type, body, received_at, next_attempt_at)"
@@ -129,6 +133,16 @@ def delivery_sql(mark: Mark) -> DeliverySql:
         outbox_due=f"SELECT * FROM chat_outbox WHERE {claimable} ORDER BY next_attempt_at, created_at, id LIMIT {p[1]}",
         outbox_count_pending="SELECT count(*) AS n FROM chat_outbox WHERE state = 'pending'",
         outbox_prune=f"DELETE FROM chat_outbox WHERE state <> 'pending' AND finished_at < {p[1]} RETURNING id",
+        # p1 the owner's token prefix (bot.domain.claim_prefix): its holder restarted, so its leases are void
+        inbox_release=(
+            "UPDATE webhook_inbox SET lease_until = NULL"
+            f" WHERE state = 'pending' AND lease_until IS NOT NULL AND {owned} RETURNING event_id"
+        ),
+        outbox_release=(
+            f"UPDATE chat_outbox SET lease_until = NULL WHERE state = 'pending' AND lease_until IS NOT NULL AND {owned}"
+            " RETURNING id"
+        ),
+        release_posts=f"DELETE FROM incident_mirror_claims WHERE {owned} RETURNING incident_id",
     )
 
 
