@@ -136,7 +136,8 @@ class MirrorService:
             changed = await self._remember(event, incident, status, current)
             if status == "resolved":
                 await self.revoke_for_incident(incident.id)
-            if changed:
+            # A re-run after a crash may change nothing stored, while the message was never posted.
+            if changed or (current is not None and not await self.store.messages.refs(subject(incident.id))):
                 await self._render(incident.id)
 
     async def _remember(
@@ -231,6 +232,10 @@ class MirrorService:
             if refs:  # posted by a claimant that finished between our first look and our claim
                 for ref in refs:
                     await notifier.update(ref, card)
+                return
+            # From here a death leaves a message that may exist: the claim then keeps its lease.
+            if not await self.store.mirrors.sending(incident_id, token=token):
+                log.debug("incident %s: lost the claim on its first message", incident_id)
                 return
             ref = await notifier.send_to_channel(channel, card)
             await self.store.messages.add(subject(incident_id), ref)

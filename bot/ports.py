@@ -334,7 +334,13 @@ class MirrorStore(Protocol):
         ...
 
     async def release_posts(self, owner: str) -> int:
-        """``owner`` restarted: drop every post claim it holds (see :func:`bot.domain.claim_token`)."""
+        """``owner`` restarted: drop the post claims it holds (see :func:`bot.domain.claim_token`)
+        whose chat call had not begun (:meth:`sending`); the others keep their lease."""
+        ...
+
+    async def sending(self, incident_id: str, *, token: str) -> bool:
+        """The holder of ``token`` is about to call the chat platform: from now on its claim, if it
+        dies, is not dropped at its restart (the message may exist)."""
         ...
 
 

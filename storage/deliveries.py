@@ -49,6 +49,7 @@ class DeliverySql:
     inbox_release: str
     outbox_release: str
     release_posts: str
+    post_sending: str
 
 
 def delivery_sql(mark: Mark) -> DeliverySql:
@@ -90,7 +91,8 @@ def delivery_sql(mark: Mark) -> DeliverySql:
         # p1 incident, p2 now, p3 token, p4 until
         claim_post=(
             f"INSERT INTO incident_mirror_claims (incident_id, claim, lease_until) VALUES ({p[1]}, {p[3]}, {p[4]})"
-            " ON CONFLICT (incident_id) DO UPDATE SET claim = EXCLUDED.claim, lease_until = EXCLUDED.lease_until"
+            " ON CONFLICT (incident_id) DO UPDATE SET claim = EXCLUDED.claim, lease_until = EXCLUDED.lease_until,"
+            " sending = FALSE"
             f" WHERE incident_mirror_claims.lease_until <= {p[2]} RETURNING incident_id"
         ),
         release_post=f"DELETE FROM incident_mirror_claims WHERE incident_id = {p[1]} AND claim = {p[2]}",
@@ -142,7 +144,13 @@ def delivery_sql(mark: Mark) -> DeliverySql:
             f"UPDATE chat_outbox SET lease_until = NULL WHERE state = 'pending' AND lease_until IS NOT NULL AND {owned}"
             " RETURNING id"
         ),
-        release_posts=f"DELETE FROM incident_mirror_claims WHERE {owned} RETURNING incident_id",
+        # A claim whose chat call began stays: its message may exist (the lease decides, as for a rival).
+        release_posts=f"DELETE FROM incident_mirror_claims WHERE {owned} AND NOT sending RETURNING incident_id",
+        # p1 incident, p2 token
+        post_sending=(
+            f"UPDATE incident_mirror_claims SET sending = TRUE WHERE incident_id = {p[1]} AND claim = {p[2]}"
+            " RETURNING incident_id"
+        ),
     )
 
 

@@ -620,6 +620,10 @@ class _Mirrors(Role[_Pool]):
         async with self._db.connection(f"release the first message of incident {incident_id}") as conn:
             await conn.execute(_DELIVERIES.release_post, incident_id, token)
 
+    async def sending(self, incident_id: str, *, token: str) -> bool:
+        async with self._db.connection(f"mark the first message of incident {incident_id} as being sent") as conn:
+            return await conn.fetchrow(_DELIVERIES.post_sending, incident_id, token) is not None
+
     async def release_posts(self, owner: str) -> int:
         async with self._db.connection(f"release the mirror post claims of {owner}") as conn:
             return len(await conn.fetch(_DELIVERIES.release_posts, claim_prefix(owner)))

@@ -667,6 +667,10 @@ class _Mirrors(Role[_Db]):
         async with self._db.writing(f"release the first message of incident {incident_id}") as conn:
             await conn.execute(_DELIVERIES.release_post, (incident_id, token))
 
+    async def sending(self, incident_id: str, *, token: str) -> bool:
+        async with self._db.writing(f"mark the first message of incident {incident_id} as being sent") as conn:
+            return await _row(conn, _DELIVERIES.post_sending, (incident_id, token)) is not None
+
     async def release_posts(self, owner: str) -> int:
         async with self._db.writing(f"release the mirror post claims of {owner}") as conn:
             return len(await _rows(conn, _DELIVERIES.release_posts, [claim_prefix(owner)]))

@@ -169,3 +169,22 @@ async def test_two_stores_racing_for_one_requests_cards_let_exactly_one_post(dat
                 for s, o in ((one, ME), (two, RIVAL)) * 3
             ]
             assert (await asyncio.gather(*claims)).count(True) == 1
+
+
+async def test_a_mirror_post_claim_whose_chat_call_began_outlives_its_owners_restart(store: Store) -> None:
+    """The message may exist: only the lease ends such a claim, so a restart never posts a second one."""
+    now = T0
+    began, idle = claim_token(ME), claim_token(ME)
+    assert await store.mirrors.claim_post("PBEGAN", token=began, now=now, until=now + LEASE)
+    assert await store.mirrors.claim_post("PIDLE", token=idle, now=now, until=now + LEASE)
+    assert not await store.mirrors.sending("PBEGAN", token=claim_token(RIVAL))  # not the holder
+    assert await store.mirrors.sending("PBEGAN", token=began)
+    assert await store.mirrors.release_posts(ME) == 1
+    later = now + timedelta(seconds=1)
+    assert await store.mirrors.claim_post("PIDLE", token=claim_token(ME), now=later, until=later + LEASE)
+    assert not await store.mirrors.claim_post("PBEGAN", token=claim_token(ME), now=later, until=later + LEASE)
+    # Once the lease ends it is taken over as before, and the new holder has not begun.
+    end = now + LEASE
+    taken = claim_token(ME)
+    assert await store.mirrors.claim_post("PBEGAN", token=taken, now=end, until=end + LEASE)
+    assert await store.mirrors.release_posts(ME) == 2

@@ -19,3 +19,7 @@ CREATE INDEX approval_card_posts_by_claimant ON approval_card_posts (claimed_by)
 -- Requests pending before this version had their cards posted by the path that stored them.
 INSERT INTO approval_card_posts (request_id, claimed_by, lease_until, posted_at)
     SELECT id, '', created_at, created_at FROM requests WHERE status = 'pending';
+
+-- A mirror post claim whose holder began the chat call: if the holder died, the message may exist,
+-- so a restart does not drop that claim (its lease still runs); one that never began is dropped.
+ALTER TABLE incident_mirror_claims ADD COLUMN sending boolean NOT NULL DEFAULT false;
