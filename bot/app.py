@@ -22,6 +22,7 @@ from pydantic import SecretStr
 from bot import messages
 from bot.access import AccessService
 from bot.admin import PAGERDUTY_REST, AdminService
+from bot.approval_cards import ApprovalCards
 from bot.auth import AuthService
 from bot.auth_reactions import AuthReactions, auth_registry
 from bot.bus import MessageBus, merge
@@ -287,7 +288,9 @@ def build_app(
         jobs.append(every(settings.incident_check_seconds, clock, mirror.check_incidents))
     if isinstance(store, PrunesSeen):
         jobs.append(every(3600, clock, _pruner(store, clock)))
-    reconciler = Reconciler(service, store=store, clock=clock)
+    instance = instance_id(settings)
+    card_claims = ApprovalCards(messages=store.messages, requests=store.requests, clock=clock, instance=instance)
+    reconciler = Reconciler(service, store=store, clock=clock, cards=card_claims)
     scheduler = ExpiryScheduler(service, grants=store.grants, clock=clock, jobs=jobs, reconciler=reconciler)
     inflight = InFlight()
     app = web.Application(client_max_size=1024 * 1024, middlewares=[_tracked(inflight)])
@@ -305,7 +308,7 @@ def build_app(
         return notifiers[name]
 
     outbox_worker = OutboxWorker(
-        store.outbox, notifiers=direct, clock=clock, on_expired=metrics.chat_messages_expired.inc
+        store.outbox, notifiers=direct, clock=clock, on_expired=metrics.chat_messages_expired.inc, instance=instance
     )
     scheduler.jobs.append(outbox_worker.run_once)
     scheduler.jobs.append(every(3600, clock, lambda: outbox_worker.prune(kept=SEEN_KEPT)))
@@ -326,7 +329,7 @@ def build_app(
     def add_job(job: Job) -> None:
         scheduler.jobs.append(job)
 
-    parts = PlatformParts(store=store, clock=clock, router=router, add_job=add_job, deliver=deliver)
+    parts = PlatformParts(store=store, clock=clock, router=router, add_job=add_job, deliver=deliver, instance=instance)
     for name in settings.chat_platforms:
         platform = PLATFORM_MOUNTS[name](app, settings, parts)
         platforms.append(platform)
@@ -337,7 +340,9 @@ def build_app(
         metrics=metrics,
         wake_scheduler=scheduler.wake,
         address_book=store.address_book,
+        card_claims=card_claims,
     )
+    card_claims.post = reactions.show_approvers  # the reconciler posts what a crash left unposted
     auth_reactions = AuthReactions(notifiers=notifiers, messages=store.messages, org=org, events=events, clock=clock)
     bus.use(
         merge(
@@ -352,6 +357,7 @@ def build_app(
         on_event=webhook_health.delivered(mirror.on_event),
         clock=clock,
         on_parked=metrics.webhook_events_parked.inc,
+        instance=instance,
     )
     # At start-up (the scheduler's first pass) and every few seconds after: events a crash or a
     # failure left in the inbox. Done events are kept as long as PagerDuty may redeliver them.

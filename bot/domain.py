@@ -259,3 +259,19 @@ class ReceivedCommand:
     response_url: str = ""
     attempts: int = 0
     answered_at: datetime | None = None
+    claimed_by: str = ""  # the instance owing the answer (see ``CommandInbox.release_claims``)
+
+
+CLAIM_OWNER_END = "/"
+
+
+def claim_token(owner: str) -> str:
+    """A fresh claim token that names its holder: ``<owner>/<random>``, so the owner, restarted, can
+    take back the claims its previous run died holding (``release_claims``). Random alone without an owner."""
+    random_part = secrets.token_hex(8)
+    return f"{owner}{CLAIM_OWNER_END}{random_part}" if owner else random_part
+
+
+def claim_prefix(owner: str) -> str:
+    """What every token :func:`claim_token` makes for ``owner`` starts with."""
+    return f"{owner}{CLAIM_OWNER_END}"

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -26,7 +25,7 @@ from bot import messages
 from bot.access import AccessService
 from bot.bus import MessageBus
 from bot.clock import Clock
-from bot.domain import AuthTransaction, EndReason, Grant, IncidentMirror, split_channel
+from bot.domain import AuthTransaction, EndReason, Grant, IncidentMirror, claim_token, split_channel
 from bot.errors import ChatError, PagerDutyError, PagerDutyNotFound
 from bot.grants import isolated
 from bot.ports import ChatNotifier, PagerDutyDirectory, Store
@@ -139,7 +138,8 @@ class MirrorService:
             changed = await self._remember(event, incident, status, current)
             if status == "resolved":
                 await self.revoke_for_incident(incident.id)
-            if changed:
+            # A re-run after a crash may change nothing stored, while the message was never posted.
+            if changed or (current is not None and not await self.store.messages.refs(subject(incident.id))):
                 await self._render(incident.id)
 
     async def _remember(
@@ -221,7 +221,7 @@ class MirrorService:
         claimant draws the newest stored state once its message exists. The claim is released
         only after the message's ref is stored, so a later claimant finds the ref and updates.
         """
-        token = secrets.token_hex(8)
+        token = claim_token(self.access.instance)  # names this instance: a restart drops its dead claims
         now = self.clock.now()
         if not await self.store.mirrors.claim_post(incident_id, token=token, now=now, until=now + POST_CLAIM_LEASE):
             log.debug("incident %s: another replica is posting its message", incident_id)
@@ -234,6 +234,10 @@ class MirrorService:
             if refs:  # posted by a claimant that finished between our first look and our claim
                 for ref in refs:
                     await notifier.update(ref, card)
+                return
+            # From here a death leaves a message that may exist: the claim then keeps its lease.
+            if not await self.store.mirrors.sending(incident_id, token=token):
+                log.debug("incident %s: lost the claim on its first message", incident_id)
                 return
             ref = await notifier.send_to_channel(channel, card)
             await self.store.messages.add(subject(incident_id), ref)

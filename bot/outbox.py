@@ -26,7 +26,7 @@ from datetime import timedelta
 from typing import Any, Final
 
 from bot.clock import Clock
-from bot.domain import MessageRef, Principal
+from bot.domain import MessageRef, Principal, claim_token
 from bot.errors import ChatError, StorageError
 from bot.ports import ChatNotifier, ChatOutbox, OutboxDelivery
 from bot.views import Action, Card, Fact, Link, Tone
@@ -209,8 +209,10 @@ class OutboxWorker:
         backoff: timedelta = DEFAULT_BACKOFF,
         max_age: timedelta = DEFAULT_MAX_AGE,
         on_expired: Callable[[], None] = lambda: None,
+        instance: str = "",
     ) -> None:
         self.outbox = outbox
+        self.instance = instance  # named in its claims, so a restart takes back its dead ones at once
         self.notifiers = notifiers
         self.clock = clock
         self.lease = lease
@@ -233,7 +235,7 @@ class OutboxWorker:
         return sent
 
     async def _attempt(self, delivery_id: str) -> bool:
-        token = secrets.token_hex(8)
+        token = claim_token(self.instance)
         now = self.clock.now()
         delivery = await self.outbox.claim(delivery_id, token=token, now=now, until=now + self.lease)
         if delivery is None:

@@ -31,6 +31,8 @@ class PlatformParts:
     deliver: Callable[[str, ChatNotifier], ChatNotifier]
     """Registers the platform's notifier under its name; returns the one the core uses (sends the
     platform does not take are queued in the outbox and sent later)."""
+    instance: str = ""
+    """This process's name in the claims it takes (``ACKGATE_INSTANCE_ID``), for the platform's inbox."""
 
 
 @dataclass(frozen=True)

@@ -120,6 +120,13 @@ class RequestStore(Protocol):
         """APPROVED requests with no grant at all (left by a crash of an older version), oldest first."""
         ...
 
+    async def pending_without_cards(
+        self, now: datetime, *, created_before: datetime, limit: int = 100
+    ) -> list[AccessRequest]:
+        """PENDING requests created before ``created_before`` whose approval cards nobody posted and
+        nobody is posting (no claim, or an unposted claim whose lease ended by ``now``), oldest first."""
+        ...
+
 
 class GrantStore(Protocol):
     async def add(self, grant: Grant, *, audit: AuditFor[None] | None = None) -> None:
@@ -261,6 +268,19 @@ class MessageStore(Protocol):
 
     async def refs(self, subject: str) -> list[MessageRef]: ...
 
+    async def claim_cards(self, request_id: str, *, owner: str, now: datetime, until: datetime) -> bool:
+        """Claim the right to post a request's approval cards: atomic, True for one caller until
+        ``until``; an unposted claim whose lease ended by ``now`` can be taken over; never once posted."""
+        ...
+
+    async def cards_posted(self, request_id: str, *, owner: str, at: datetime) -> bool:
+        """Mark the request's cards posted, if ``owner`` holds its claim."""
+        ...
+
+    async def release_card_claims(self, owner: str, *, now: datetime) -> int:
+        """``owner`` restarted: its unposted claims lapse at ``now``, for the reconciler to post."""
+        ...
+
 
 class TransactionStore(Protocol):
     """Authentication transactions."""
@@ -327,6 +347,16 @@ class MirrorStore(Protocol):
         """Drop the claim, if ``token`` holds it."""
         ...
 
+    async def release_posts(self, owner: str) -> int:
+        """``owner`` restarted: drop the post claims it holds (see :func:`bot.domain.claim_token`)
+        whose chat call had not begun (:meth:`sending`); the others keep their lease."""
+        ...
+
+    async def sending(self, incident_id: str, *, token: str) -> bool:
+        """The holder of ``token`` is about to call the chat platform: from now on its claim, if it
+        dies, is not dropped at its restart (the message may exist)."""
+        ...
+
 
 class SeenStore(Protocol):
     """Keys of deliveries already processed (webhook ids, event ids)."""
@@ -388,6 +418,11 @@ class WebhookInbox(Protocol):
 
     async def prune(self, before: datetime) -> int:
         """Delete the deliveries done before ``before``; return how many went. Pending and parked stay."""
+        ...
+
+    async def release_claims(self, owner: str) -> int:
+        """``owner`` restarted: drop the leases of the pending deliveries it holds (tokens made by
+        :func:`bot.domain.claim_token` for it), so they are claimable at once. Returns how many."""
         ...
 
 
@@ -458,6 +493,10 @@ class ChatOutbox(Protocol):
 
     async def prune(self, before: datetime) -> int:
         """Delete the deliveries finished (done or expired) before ``before``."""
+        ...
+
+    async def release_claims(self, owner: str) -> int:
+        """As :meth:`WebhookInbox.release_claims`."""
         ...
 
 
@@ -586,12 +625,24 @@ class CommandInbox(Protocol):
         ...
 
     async def claim_unanswered(
-        self, now: datetime, *, lease_until: datetime, received_after: datetime, max_attempts: int, limit: int = 20
+        self,
+        now: datetime,
+        *,
+        lease_until: datetime,
+        received_after: datetime,
+        max_attempts: int,
+        limit: int = 20,
+        owner: str = "",
     ) -> list[ReceivedCommand]:
         """Compare-and-set take-over: every unanswered command whose lease lapsed (``lease_until <= now``),
         received after ``received_after`` and taken over fewer than ``max_attempts`` times gets
-        ``lease_until`` and one more attempt, and is returned. Two callers never get the same row
-        for the same lease."""
+        ``lease_until``, ``claimed_by = owner`` and one more attempt, and is returned. Two callers
+        never get the same row for the same lease."""
+        ...
+
+    async def release_claims(self, owner: str, *, now: datetime) -> int:
+        """``owner`` restarted: its unanswered commands (recorded or taken over by it) get a lapsed
+        lease (``now``), so the next recovery pass answers them. Other owners' rows are untouched."""
         ...
 
     async def prune(self, before: datetime) -> int:

@@ -8,8 +8,9 @@ import logging
 from collections.abc import Callable, Mapping
 
 from bot import cards
+from bot.approval_cards import ApprovalCards
 from bot.bus import Reaction
-from bot.domain import EndReason, Principal, split_channel
+from bot.domain import AccessRequest, EndReason, Principal, split_channel
 from bot.errors import ChatError
 from bot.events import (
     SYSTEM,
@@ -56,7 +57,9 @@ class Reactions:
         metrics: Metrics | None = None,
         wake_scheduler: Callable[[], None] = lambda: None,
         address_book: AddressBook | None = None,
+        card_claims: ApprovalCards | None = None,
     ) -> None:
+        self.card_claims = card_claims  # the claim that posts each request's approval cards once
         self.notifiers = notifiers
         self.messages = messages
         self.metrics = metrics or Metrics()
@@ -92,8 +95,20 @@ class Reactions:
     # --- approvals ------------------------------------------------------------------------
 
     async def post_approval_request(self, event: ApprovalRequested) -> None:
-        """Post the Approve/Deny card to the flow's channel, or DM each eligible approver."""
-        request = event.request
+        await self.show_approvers(event.request)
+
+    async def show_approvers(self, request: AccessRequest) -> bool:
+        """Post the Approve/Deny card to the flow's channel, or DM each eligible approver, once:
+        only the holder of the request's card claim posts (see :mod:`bot.approval_cards`).
+        Returns whether this caller posted."""
+        if self.card_claims is not None and not await self.card_claims.claim(request.id):
+            return False
+        await self._post_approval_cards(request)
+        if self.card_claims is not None:
+            await self.card_claims.posted(request.id)
+        return True
+
+    async def _post_approval_cards(self, request: AccessRequest) -> None:
         card = cards.approval_card(request)
         if request.approval_channel:
             # The channel names its platform (a bare id is Slack's): not necessarily the requester's.

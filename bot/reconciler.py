@@ -8,6 +8,8 @@ It finds, in small pages:
 - APPROVED requests without a grant (left by an older version): the grant is created and provisioned;
 - PENDING requests that already have all their approvals (an older version crashed between the
   last approval and the decision): approved by their last approver, then granted as above.
+- PENDING requests no approver was shown (a kill between storing the request and posting its
+  cards): the cards are posted, under the request's card claim (:mod:`bot.approval_cards`).
 
 Each action commits with its audit rows. It runs once at start-up (bounded: the app waits for it
 only briefly, see :func:`start_up`), first taking back the claims this instance held before it
@@ -20,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from bot.approval_cards import ApprovalCards
 from bot.clock import Clock
 from bot.domain import GrantStatus
 from bot.grants import GrantLifecycle, isolated
@@ -32,26 +35,50 @@ START_UP_WAIT_SECONDS = 5.0
 
 
 class Reconciler:
-    def __init__(self, lifecycle: GrantLifecycle, *, store: Store, clock: Clock, page: int = PAGE) -> None:
+    def __init__(
+        self,
+        lifecycle: GrantLifecycle,
+        *,
+        store: Store,
+        clock: Clock,
+        page: int = PAGE,
+        cards: ApprovalCards | None = None,
+    ) -> None:
         self.lifecycle = lifecycle
         self.store = store
         self.clock = clock
         self.page = page
+        self.cards = cards
 
     async def release_own_claims(self) -> int:
         """This instance (re)started: the claims its previous run held died with it, so they are
         taken over now rather than when their leases run out."""
-        if not self.lifecycle.instance:
+        owner = self.lifecycle.instance
+        if not owner:
             return 0
-        released = await self.store.grants.release_claims(self.lifecycle.instance, now=self.clock.now())
+        released = await self.store.grants.release_claims(owner, now=self.clock.now())
         if released:
             ids = ", ".join(g.id for g in released)
             log.info("took back %d claim(s) of this instance's previous run: %s", len(released), ids)
-        return len(released)
+        # The other work it held: commands owed an answer, webhook events, queued chat messages,
+        # mirror posts and approval cards; their recovery passes take them at once now.
+        others = {
+            "chat command": await self.store.commands.release_claims(owner, now=self.clock.now()),
+            "webhook event": await self.store.inbox.release_claims(owner),
+            "chat message": await self.store.outbox.release_claims(owner),
+            "mirror post": await self.store.mirrors.release_posts(owner),
+            "approval card": await self.store.messages.release_card_claims(owner, now=self.clock.now()),
+        }
+        for what, count in others.items():
+            if count:
+                log.info("took back %d %s claim(s) of this instance's previous run", count, what)
+        return len(released) + sum(others.values())
 
     async def run_once(self) -> int:
         """One bounded pass; returns how many grants it finished, rolled back or created."""
         repaired = await self.finish_provisioning() + await self.grant_approved() + await self.approve_stranded()
+        if self.cards is not None:
+            repaired += await isolated("posting missing approval cards", "the store", self.cards.post_missing()) or 0
         if repaired:
             log.info("reconciler repaired %d grant(s) left by a crash", repaired)
         return repaired

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Final
 
 from bot.clock import Clock
+from bot.domain import claim_token
 from bot.errors import StorageError
 from bot.ports import InboxDelivery, WebhookInbox
 from bot.webhooks import MalformedWebhook, WebhookEvent, parse_event
@@ -47,8 +47,10 @@ class Inbox:
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         backoff: timedelta = DEFAULT_BACKOFF,
         on_parked: Callable[[], None] = lambda: None,
+        instance: str = "",
     ) -> None:
         self.store = store
+        self.instance = instance  # named in its claims, so a restart takes back its dead ones at once
         self.on_event = on_event
         self.clock = clock
         self.lease = lease
@@ -70,7 +72,7 @@ class Inbox:
         A delivery another replica (or an earlier call) holds or finished is left alone: a lost
         claim is the normal outcome of a duplicate, logged at DEBUG.
         """
-        token = secrets.token_hex(8)
+        token = claim_token(self.instance)
         now = self.clock.now()
         try:
             delivery = await self.store.claim(event_id, token=token, now=now, until=now + self.lease)

@@ -42,7 +42,7 @@ from bot.errors import ChatError, StorageError, UpstreamError, UsageError, UserE
 from bot.ports import ChatNotifier, CommandInbox
 from bot.secrets import validate_integration_key
 from bot.views import Card, RequestForm
-from handlers.slack_answers import COMMAND_LEASE, Answerer, command_key, form_text, submission_key
+from handlers.slack_answers import COMMAND_LEASE, Answerer, click_key, command_key, form_text, submission_key
 from handlers.slack_blocks import (
     ACTION_PREFIX,
     FORM_CALLBACK_ID,
@@ -112,12 +112,14 @@ class _Listeners:
         answerer: Answerer,
         clock: Clock,
         logger: logging.Logger,
+        instance: str = "",
     ) -> None:
         self._service = service
         self._identity = identity
         self._answerer = answerer
         self._clock = clock
         self._log = logger
+        self._instance = instance  # named on each inbox row: a restart takes back what it owed at once
 
     def _received(
         self, key: str, kind: str, *, user_id: str, channel_id: str = "", text: str = "", response_url: str = ""
@@ -132,6 +134,7 @@ class _Listeners:
             response_url=response_url,
             received_at=now,
             lease_until=now + COMMAND_LEASE,
+            claimed_by=self._instance,
         )
 
     # --- /access --------------------------------------------------------------------------
@@ -246,28 +249,32 @@ class _Listeners:
     # --- buttons ----------------------------------------------------------------------------
 
     async def button(self, ack: AsyncAck, body: Body, action: Body) -> None:
-        # No inbox row: a decision is a compare-and-set in the core, so a repeated click counts once.
-        await ack()
+        # The click gets an inbox row under its trigger id, so one acknowledged and then lost to a
+        # crash is answered by the recovery pass (which clicks again: a decision is a compare-and-set
+        # in the core, so it counts once); a retry of the same click runs once.
         kind = str(action.get("action_id") or "").removeprefix(ACTION_PREFIX)
         target = str(action.get("value") or "")
         user_id = str((body.get("user") or {}).get("id") or "")
-        if not target or not user_id:
-            card = _notice(messages.SLACK_BUTTON_WITHOUT_TARGET)
-        elif kind in ("approve", "deny"):
-            card = await self._outcome(self._decide(user_id, target, approve=kind == "approve"))
-        elif kind == "revoke":
-            card = await self._outcome(self._execute(user_id, Revoke(grant_id=target)))
-        else:
-            card = _notice(messages.SLACK_BUTTON_UNKNOWN)
-        # Ephemeral, beside the shared message: the core updates that one for everyone.
         url = str(body.get("response_url") or "")
+        trigger_id = str(body.get("trigger_id") or "")
+        new: bool | None = None
+        received = self._received(
+            click_key(trigger_id), "click", user_id=user_id, text=f"{kind} {target}", response_url=url
+        )
+        if trigger_id and target and user_id:
+            new = await self._answerer.record(received)
+        await ack()
+        if new is False:
+            self._log.info("Slack sent click %s again (a retry or a replay); it runs once", received.key)
+            return
+        card = await click(self._service, self._identity, user_id, kind, target, self._log)
+        if new:
+            await self._answerer.answer(received, card)
+            return
+        # Ephemeral, beside the shared message: the core updates that one for everyone.
         message = {**render_card(card), "response_type": "ephemeral", "replace_original": False}
         if not url or not await self._answerer.post(url, message):
             await self._answerer.dm(user_id, card)
-
-    async def _decide(self, user_id: str, request_id: str, *, approve: bool) -> Card:
-        actor = await self._identity.principal(user_id)
-        return await self._service.decide(request_id, actor=actor, approve=approve)
 
     # --- the request form -------------------------------------------------------------------
 
@@ -301,6 +308,25 @@ class _Listeners:
         self._log.error("Unhandled error in a Slack listener (%s)", body.get("type"), exc_info=error)
 
 
+async def click(
+    service: AccessUseCases, identity: SlackIdentity, user_id: str, kind: str, target: str, log: logging.Logger
+) -> Card:
+    """The answer to a click on an ``ackgate.<kind>`` button for ``target``; the recovery pass runs
+    it again for a click a crash left unanswered (deciding twice counts once: compare-and-set)."""
+    if not target or not user_id:
+        return _notice(messages.SLACK_BUTTON_WITHOUT_TARGET)
+    if kind not in ("approve", "deny", "revoke"):
+        return _notice(messages.SLACK_BUTTON_UNKNOWN)
+
+    async def run() -> Card:
+        actor = await identity.principal(user_id)
+        if kind == "revoke":
+            return await service.execute(actor, Revoke(grant_id=target))
+        return await service.decide(target, actor=actor, approve=kind == "approve")
+
+    return await outcome(run(), log)
+
+
 async def outcome(work: Awaitable[Card], log: logging.Logger) -> Card:
     """Run a use case: its card, or the card with the sentence the user should see instead."""
     try:
@@ -325,6 +351,7 @@ def build_bolt_app(
     clock: Clock | None = None,
     notifier: ChatNotifier | None = None,
     logger: logging.Logger | None = None,
+    instance: str = "",
 ) -> AsyncApp:
     """A bolt app verifying Slack's signatures (401 otherwise) with Ackgate's listeners:
     the ``/access`` command, ``ackgate.*`` buttons and the ``ackgate.request`` form.
@@ -343,7 +370,9 @@ def build_bolt_app(
     log = logger or _log
     clock = clock or SystemClock()
     answerer = Answerer(inbox=inbox, notifier=notifier or SlackNotifier(client), clock=clock, logger=log)
-    listeners = _Listeners(service=service, identity=identity, answerer=answerer, clock=clock, logger=log)
+    listeners = _Listeners(
+        service=service, identity=identity, answerer=answerer, clock=clock, logger=log, instance=instance
+    )
 
     # bolt injects arguments by parameter name, so it is given plain functions, not bound methods.
     async def on_command(ack: AsyncAck, command: Body, client: AsyncWebClient) -> None:

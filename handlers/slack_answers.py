@@ -30,6 +30,10 @@ def command_key(trigger_id: str) -> str:
     return f"command:{trigger_id}"
 
 
+def click_key(trigger_id: str) -> str:
+    return f"click:{trigger_id}"
+
+
 def submission_key(view: Body, trigger_id: str) -> str:
     """A form submission's id: its trigger id (new for each press of Submit), else the view's version."""
     if trigger_id:

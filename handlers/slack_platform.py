@@ -37,6 +37,7 @@ def mount(app: web.Application, settings: Settings, parts: PlatformParts) -> Cha
         identity=identity,
         inbox=parts.store.commands,
         clock=clock,
+        instance=parts.instance,
     )
     mount_slack(app, bolt_app=bolt, signing_secret=settings.slack_signing_secret)
     recovery = SlackRecovery(
@@ -46,6 +47,7 @@ def mount(app: web.Application, settings: Settings, parts: PlatformParts) -> Cha
         identity=identity,
         answerer=Answerer(inbox=parts.store.commands, notifier=notifier, clock=clock, logger=recovery_log),
         clock=clock,
+        instance=parts.instance,
     )
     # At start-up (the scheduler's first pass), then every PASS_SECONDS: answer what a crash left.
     parts.add_job(every(PASS_SECONDS, clock, recovery.run_once))

@@ -21,7 +21,7 @@ from bot.domain import ReceivedCommand
 from bot.errors import UsageError
 from bot.ports import CommandInbox, RequestStore
 from bot.views import Card
-from handlers.slack import AccessUseCases, normalise_mentions, outcome
+from handlers.slack import AccessUseCases, click, normalise_mentions, outcome
 from handlers.slack_answers import COMMAND_LEASE, Answerer
 from handlers.slack_notifier import SlackIdentity
 
@@ -44,7 +44,9 @@ class SlackRecovery:
         identity: SlackIdentity,
         answerer: Answerer,
         clock: Clock,
+        instance: str = "",
     ) -> None:
+        self._instance = instance
         self._inbox = inbox
         self._requests = requests
         self._service = service
@@ -58,7 +60,11 @@ class SlackRecovery:
         now = self._clock.now()
         await self._prune(now)
         taken = await self._inbox.claim_unanswered(
-            now, lease_until=now + COMMAND_LEASE, received_after=now - GIVE_UP_AFTER, max_attempts=MAX_ATTEMPTS
+            now,
+            lease_until=now + COMMAND_LEASE,
+            received_after=now - GIVE_UP_AFTER,
+            max_attempts=MAX_ATTEMPTS,
+            owner=self._instance,
         )
         answered = 0
         for command in taken:
@@ -71,6 +77,9 @@ class SlackRecovery:
     async def _answer_for(self, command: ReceivedCommand) -> Card:
         if command.kind == "key_form":
             return Card(title="", text=messages.KEY_FORM_INTERRUPTED)
+        if command.kind == "click":  # clicked again: a decision or a revoke counts once
+            kind, _, target = command.text.partition(" ")
+            return await click(self._service, self._identity, command.user_id, kind, target, log)
         try:
             parsed = parse_command(normalise_mentions(command.text))
         except UsageError as exc:  # cannot happen for a recorded command, but answers anyway

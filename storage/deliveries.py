@@ -46,6 +46,10 @@ class DeliverySql:
     outbox_due: str
     outbox_count_pending: str
     outbox_prune: str
+    inbox_release: str
+    outbox_release: str
+    release_posts: str
+    post_sending: str
 
 
 def delivery_sql(mark: Mark) -> DeliverySql:
@@ -53,6 +57,7 @@ def delivery_sql(mark: Mark) -> DeliverySql:
     p = [mark(n) for n in range(0, 12)]
     claimable = f"state = 'pending' AND next_attempt_at <= {p[2]} AND (lease_until IS NULL OR lease_until <= {p[2]})"
     held = f"state = 'pending' AND claim = {p[2]}"
+    owned = f"substr(claim, 1, length(CAST({p[1]} AS text))) = CAST({p[1]} AS text)"
     return DeliverySql(
         inbox_add=(
             "INSERT INTO webhook_inbox (event_id, event_type, body, received_at, next_attempt_at)"
@@ -86,7 +91,8 @@ def delivery_sql(mark: Mark) -> DeliverySql:
         # p1 incident, p2 now, p3 token, p4 until
         claim_post=(
             f"INSERT INTO incident_mirror_claims (incident_id, claim, lease_until) VALUES ({p[1]}, {p[3]}, {p[4]})"
-            " ON CONFLICT (incident_id) DO UPDATE SET claim = EXCLUDED.claim, lease_until = EXCLUDED.lease_until"
+            " ON CONFLICT (incident_id) DO UPDATE SET claim = EXCLUDED.claim, lease_until = EXCLUDED.lease_until,"
+            " sending = FALSE"
             f" WHERE incident_mirror_claims.lease_until <= {p[2]} RETURNING incident_id"
         ),
         release_post=f"DELETE FROM incident_mirror_claims WHERE incident_id = {p[1]} AND claim = {p[2]}",
@@ -129,6 +135,22 @@ def delivery_sql(mark: Mark) -> DeliverySql:
         outbox_due=f"SELECT * FROM chat_outbox WHERE {claimable} ORDER BY next_attempt_at, created_at, id LIMIT {p[1]}",
         outbox_count_pending="SELECT count(*) AS n FROM chat_outbox WHERE state = 'pending'",
         outbox_prune=f"DELETE FROM chat_outbox WHERE state <> 'pending' AND finished_at < {p[1]} RETURNING id",
+        # p1 the owner's token prefix (bot.domain.claim_prefix): its holder restarted, so its leases are void
+        inbox_release=(
+            "UPDATE webhook_inbox SET lease_until = NULL"
+            f" WHERE state = 'pending' AND lease_until IS NOT NULL AND {owned} RETURNING event_id"
+        ),
+        outbox_release=(
+            f"UPDATE chat_outbox SET lease_until = NULL WHERE state = 'pending' AND lease_until IS NOT NULL AND {owned}"
+            " RETURNING id"
+        ),
+        # A claim whose chat call began stays: its message may exist (the lease decides, as for a rival).
+        release_posts=f"DELETE FROM incident_mirror_claims WHERE {owned} AND NOT sending RETURNING incident_id",
+        # p1 incident, p2 token
+        post_sending=(
+            f"UPDATE incident_mirror_claims SET sending = TRUE WHERE incident_id = {p[1]} AND claim = {p[2]}"
+            " RETURNING incident_id"
+        ),
     )
 
 

@@ -29,6 +29,7 @@ from bot.domain import (
     MessageRef,
     ReceivedCommand,
     RequestStatus,
+    claim_prefix,
 )
 from bot.errors import ConfigError, StorageError
 from bot.ports import AuditFor, InboxDelivery, OutboxDelivery
@@ -92,6 +93,11 @@ PROVISIONING_DUE_SQL = (
 APPROVED_WITHOUT_GRANT_SQL = (
     "SELECT * FROM requests WHERE status = 'approved' AND grant_id IS NULL"
     " AND NOT EXISTS (SELECT 1 FROM grants WHERE grants.request_id = requests.id) ORDER BY created_at, id LIMIT $1"
+)
+PENDING_WITHOUT_CARDS_SQL = (
+    "SELECT * FROM requests WHERE status = 'pending' AND created_at < $1 AND NOT EXISTS ("
+    " SELECT 1 FROM approval_card_posts p WHERE p.request_id = requests.id"
+    " AND (p.posted_at IS NOT NULL OR p.lease_until > $2)) ORDER BY created_at, id LIMIT $3"
 )
 
 
@@ -228,6 +234,13 @@ class _Requests(Role[_Pool]):
     async def approved_without_grant(self, *, limit: int = 100) -> list[AccessRequest]:
         async with self._db.connection("list approved requests without a grant") as conn:
             return await self._complete(conn, await conn.fetch(APPROVED_WITHOUT_GRANT_SQL, limit))
+
+    async def pending_without_cards(
+        self, now: datetime, *, created_before: datetime, limit: int = 100
+    ) -> list[AccessRequest]:
+        async with self._db.connection("list pending requests no approver was shown") as conn:
+            rows = await conn.fetch(PENDING_WITHOUT_CARDS_SQL, utc(created_before), utc(now), limit)
+            return await self._complete(conn, rows)
 
     async def get(self, request_id: str) -> AccessRequest | None:
         async with self._db.connection(f"read request {request_id}") as conn:
@@ -501,6 +514,32 @@ class _Messages(Role[_Pool]):
             rows = await conn.fetch("SELECT * FROM message_refs WHERE subject = $1 ORDER BY seq", subject)
         return [_CODEC.message_ref(row) for row in rows]
 
+    async def claim_cards(self, request_id: str, *, owner: str, now: datetime, until: datetime) -> bool:
+        # A rival's insert of the same id waits for the first to commit, then re-checks the WHERE.
+        sql = (
+            "INSERT INTO approval_card_posts (request_id, claimed_by, lease_until) VALUES ($1, $2, $3)"
+            " ON CONFLICT (request_id) DO UPDATE SET claimed_by = EXCLUDED.claimed_by, lease_until = EXCLUDED.lease_until"
+            " WHERE approval_card_posts.posted_at IS NULL AND approval_card_posts.lease_until <= $4 RETURNING request_id"
+        )
+        async with self._db.connection(f"claim the approval cards of {request_id}") as conn:
+            return await conn.fetchrow(sql, request_id, owner, utc(until), utc(now)) is not None
+
+    async def cards_posted(self, request_id: str, *, owner: str, at: datetime) -> bool:
+        sql = (
+            "UPDATE approval_card_posts SET posted_at = $1 WHERE request_id = $2 AND claimed_by = $3"
+            " AND posted_at IS NULL RETURNING request_id"
+        )
+        async with self._db.connection(f"record the approval cards of {request_id} as posted") as conn:
+            return await conn.fetchrow(sql, utc(at), request_id, owner) is not None
+
+    async def release_card_claims(self, owner: str, *, now: datetime) -> int:
+        sql = (
+            "UPDATE approval_card_posts SET lease_until = $1 WHERE claimed_by = $2 AND claimed_by != ''"
+            " AND posted_at IS NULL AND lease_until > $1 RETURNING request_id"
+        )
+        async with self._db.connection(f"release the approval card claims of {owner}") as conn:
+            return len(await conn.fetch(sql, utc(now), owner))
+
 
 class _Transactions(Role[_Pool]):
     async def _one(self, doing: str, sql: str, *params: object) -> AuthTransaction | None:
@@ -604,6 +643,14 @@ class _Mirrors(Role[_Pool]):
         async with self._db.connection(f"release the first message of incident {incident_id}") as conn:
             await conn.execute(_DELIVERIES.release_post, incident_id, token)
 
+    async def sending(self, incident_id: str, *, token: str) -> bool:
+        async with self._db.connection(f"mark the first message of incident {incident_id} as being sent") as conn:
+            return await conn.fetchrow(_DELIVERIES.post_sending, incident_id, token) is not None
+
+    async def release_posts(self, owner: str) -> int:
+        async with self._db.connection(f"release the mirror post claims of {owner}") as conn:
+            return len(await conn.fetch(_DELIVERIES.release_posts, claim_prefix(owner)))
+
 
 class _Seen(Role[_Pool]):
     """Deliveries already processed, as rows of ``webhook_seen``."""
@@ -631,6 +678,7 @@ def _command(row: Row) -> ReceivedCommand:
         lease_until=_load_time(row["lease_until"]),
         attempts=int(row["attempts"]),
         answered_at=None if row["answered_at"] is None else _load_time(row["answered_at"]),
+        claimed_by=row["claimed_by"],
     )
 
 
@@ -641,8 +689,9 @@ class _Commands(Role[_Pool]):
         # ON CONFLICT DO NOTHING: a concurrent insert of the same key waits for the first to commit,
         # then inserts nothing, so exactly one of two replicas gets the row back.
         sql = (
-            "INSERT INTO slack_commands (key, kind, user_id, channel_id, text, response_url, received_at, lease_until)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (key) DO NOTHING RETURNING key"
+            "INSERT INTO slack_commands"
+            " (key, kind, user_id, channel_id, text, response_url, received_at, lease_until, claimed_by)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (key) DO NOTHING RETURNING key"
         )
         async with self._db.connection("record a chat command") as conn:
             row = await conn.fetchrow(
@@ -655,6 +704,7 @@ class _Commands(Role[_Pool]):
                 command.response_url,
                 utc(command.received_at),
                 utc(command.lease_until),
+                command.claimed_by,
             )
         return row is not None
 
@@ -664,19 +714,34 @@ class _Commands(Role[_Pool]):
             return await conn.fetchrow(sql, utc(at), key) is not None
 
     async def claim_unanswered(
-        self, now: datetime, *, lease_until: datetime, received_after: datetime, max_attempts: int, limit: int = 20
+        self,
+        now: datetime,
+        *,
+        lease_until: datetime,
+        received_after: datetime,
+        max_attempts: int,
+        limit: int = 20,
+        owner: str = "",
     ) -> list[ReceivedCommand]:
         # SKIP LOCKED: a rival replica's pass skips the rows this one is taking; the outer WHERE
         # re-checks the lease after any wait, so a row is never taken twice for one lease.
         sql = (
-            "UPDATE slack_commands SET lease_until = $1, attempts = attempts + 1 WHERE key IN ("
+            "UPDATE slack_commands SET lease_until = $1, claimed_by = $6, attempts = attempts + 1 WHERE key IN ("
             " SELECT key FROM slack_commands WHERE answered_at IS NULL AND lease_until <= $2"
             " AND received_at > $3 AND attempts < $4 ORDER BY lease_until, key LIMIT $5 FOR UPDATE SKIP LOCKED)"
             " AND answered_at IS NULL AND lease_until <= $2 RETURNING *"
         )
         async with self._db.connection("take over unanswered chat commands") as conn:
-            rows = await conn.fetch(sql, utc(lease_until), utc(now), utc(received_after), max_attempts, limit)
+            rows = await conn.fetch(sql, utc(lease_until), utc(now), utc(received_after), max_attempts, limit, owner)
         return sorted((_command(r) for r in rows), key=lambda c: (c.received_at, c.key))
+
+    async def release_claims(self, owner: str, *, now: datetime) -> int:
+        sql = (
+            "UPDATE slack_commands SET lease_until = $1 WHERE claimed_by = $2 AND claimed_by != ''"
+            " AND answered_at IS NULL AND lease_until > $1 RETURNING key"
+        )
+        async with self._db.connection(f"release the chat commands of {owner}") as conn:
+            return len(await conn.fetch(sql, utc(now), owner))
 
     async def prune(self, before: datetime) -> int:
         sql = "WITH gone AS (DELETE FROM slack_commands WHERE received_at < $1 RETURNING 1) SELECT count(*) FROM gone"
@@ -725,6 +790,10 @@ class _Inbox(Role[_Pool]):
     async def prune(self, before: datetime) -> int:
         async with self._db.connection("forget processed webhook deliveries") as conn:
             return len(await conn.fetch(_DELIVERIES.inbox_prune, utc(before)))
+
+    async def release_claims(self, owner: str) -> int:
+        async with self._db.connection(f"release the webhook claims of {owner}") as conn:
+            return len(await conn.fetch(_DELIVERIES.inbox_release, claim_prefix(owner)))
 
 
 class _Outbox(Role[_Pool]):
@@ -797,6 +866,10 @@ class _Outbox(Role[_Pool]):
     async def prune(self, before: datetime) -> int:
         async with self._db.connection("forget sent chat messages") as conn:
             return len(await conn.fetch(_DELIVERIES.outbox_prune, utc(before)))
+
+    async def release_claims(self, owner: str) -> int:
+        async with self._db.connection(f"release the chat message claims of {owner}") as conn:
+            return len(await conn.fetch(_DELIVERIES.outbox_release, claim_prefix(owner)))
 
 
 _ROLES = Roles(

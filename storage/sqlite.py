@@ -29,6 +29,7 @@ from bot.domain import (
     MessageRef,
     ReceivedCommand,
     RequestStatus,
+    claim_prefix,
 )
 from bot.errors import StorageError
 from bot.ports import AuditFor, InboxDelivery, OutboxDelivery
@@ -97,6 +98,11 @@ PROVISIONING_DUE_SQL = (
 APPROVED_WITHOUT_GRANT_SQL = (
     "SELECT * FROM requests WHERE status = 'approved' AND grant_id IS NULL"
     " AND NOT EXISTS (SELECT 1 FROM grants WHERE grants.request_id = requests.id) ORDER BY created_at, id LIMIT ?"
+)
+PENDING_WITHOUT_CARDS_SQL = (
+    "SELECT * FROM requests WHERE status = 'pending' AND created_at < ?1 AND NOT EXISTS ("
+    " SELECT 1 FROM approval_card_posts p WHERE p.request_id = requests.id"
+    " AND (p.posted_at IS NOT NULL OR p.lease_until > ?2)) ORDER BY created_at, id LIMIT ?3"
 )
 
 
@@ -276,6 +282,13 @@ class _Requests(Role[_Db]):
     async def approved_without_grant(self, *, limit: int = 100) -> list[AccessRequest]:
         async with self._db.reading("list approved requests without a grant") as conn:
             return await self._complete(conn, await _rows(conn, APPROVED_WITHOUT_GRANT_SQL, [limit]))
+
+    async def pending_without_cards(
+        self, now: datetime, *, created_before: datetime, limit: int = 100
+    ) -> list[AccessRequest]:
+        params = (iso(created_before), iso(now), limit)
+        async with self._db.reading("list pending requests no approver was shown") as conn:
+            return await self._complete(conn, await _rows(conn, PENDING_WITHOUT_CARDS_SQL, params))
 
     async def get(self, request_id: str) -> AccessRequest | None:
         async with self._db.reading(f"read request {request_id}") as conn:
@@ -548,6 +561,31 @@ class _Messages(Role[_Db]):
             rows = await _rows(conn, "SELECT * FROM message_refs WHERE subject = ? ORDER BY seq", [subject])
         return [_CODEC.message_ref(row) for row in rows]
 
+    async def claim_cards(self, request_id: str, *, owner: str, now: datetime, until: datetime) -> bool:
+        sql = (
+            "INSERT INTO approval_card_posts (request_id, claimed_by, lease_until) VALUES (?1, ?2, ?3)"
+            " ON CONFLICT (request_id) DO UPDATE SET claimed_by = excluded.claimed_by, lease_until = excluded.lease_until"
+            " WHERE approval_card_posts.posted_at IS NULL AND approval_card_posts.lease_until <= ?4 RETURNING request_id"
+        )
+        async with self._db.writing(f"claim the approval cards of {request_id}") as conn:
+            return await _row(conn, sql, (request_id, owner, iso(until), iso(now))) is not None
+
+    async def cards_posted(self, request_id: str, *, owner: str, at: datetime) -> bool:
+        sql = (
+            "UPDATE approval_card_posts SET posted_at = ? WHERE request_id = ? AND claimed_by = ?"
+            " AND posted_at IS NULL RETURNING request_id"
+        )
+        async with self._db.writing(f"record the approval cards of {request_id} as posted") as conn:
+            return await _row(conn, sql, (iso(at), request_id, owner)) is not None
+
+    async def release_card_claims(self, owner: str, *, now: datetime) -> int:
+        sql = (
+            "UPDATE approval_card_posts SET lease_until = ?1 WHERE claimed_by = ?2 AND claimed_by != ''"
+            " AND posted_at IS NULL AND lease_until > ?1 RETURNING request_id"
+        )
+        async with self._db.writing(f"release the approval card claims of {owner}") as conn:
+            return len(await _rows(conn, sql, (iso(now), owner)))
+
 
 class _Transactions(Role[_Db]):
     async def _one(self, doing: str, sql: str, params: Sequence[object]) -> AuthTransaction | None:
@@ -650,6 +688,14 @@ class _Mirrors(Role[_Db]):
         async with self._db.writing(f"release the first message of incident {incident_id}") as conn:
             await conn.execute(_DELIVERIES.release_post, (incident_id, token))
 
+    async def sending(self, incident_id: str, *, token: str) -> bool:
+        async with self._db.writing(f"mark the first message of incident {incident_id} as being sent") as conn:
+            return await _row(conn, _DELIVERIES.post_sending, (incident_id, token)) is not None
+
+    async def release_posts(self, owner: str) -> int:
+        async with self._db.writing(f"release the mirror post claims of {owner}") as conn:
+            return len(await _rows(conn, _DELIVERIES.release_posts, [claim_prefix(owner)]))
+
 
 class _Seen(Role[_Db]):
     """Deliveries already processed, as rows of ``webhook_seen``."""
@@ -676,6 +722,7 @@ def _command(row: sqlite3.Row) -> ReceivedCommand:
         lease_until=from_iso(row["lease_until"]),
         attempts=int(row["attempts"]),
         answered_at=None if row["answered_at"] is None else from_iso(row["answered_at"]),
+        claimed_by=row["claimed_by"],
     )
 
 
@@ -684,8 +731,9 @@ class _Commands(Role[_Db]):
 
     async def record(self, command: ReceivedCommand) -> bool:
         sql = (
-            "INSERT INTO slack_commands (key, kind, user_id, channel_id, text, response_url, received_at, lease_until)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO NOTHING RETURNING key"
+            "INSERT INTO slack_commands"
+            " (key, kind, user_id, channel_id, text, response_url, received_at, lease_until, claimed_by)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO NOTHING RETURNING key"
         )
         values = (
             command.key,
@@ -696,6 +744,7 @@ class _Commands(Role[_Db]):
             command.response_url,
             iso(command.received_at),
             iso(command.lease_until),
+            command.claimed_by,
         )
         async with self._db.writing("record a chat command") as conn:
             return await _row(conn, sql, values) is not None
@@ -706,18 +755,33 @@ class _Commands(Role[_Db]):
             return await _row(conn, sql, (iso(at), key)) is not None
 
     async def claim_unanswered(
-        self, now: datetime, *, lease_until: datetime, received_after: datetime, max_attempts: int, limit: int = 20
+        self,
+        now: datetime,
+        *,
+        lease_until: datetime,
+        received_after: datetime,
+        max_attempts: int,
+        limit: int = 20,
+        owner: str = "",
     ) -> list[ReceivedCommand]:
         # BEGIN IMMEDIATE serialises writers, so the WHERE is re-read by whoever comes second.
         sql = (
-            "UPDATE slack_commands SET lease_until = ?, attempts = attempts + 1 WHERE key IN ("
+            "UPDATE slack_commands SET lease_until = ?, claimed_by = ?, attempts = attempts + 1 WHERE key IN ("
             " SELECT key FROM slack_commands WHERE answered_at IS NULL AND lease_until <= ?"
             " AND received_at > ? AND attempts < ? ORDER BY lease_until, key LIMIT ?) RETURNING *"
         )
-        params = (iso(lease_until), iso(now), iso(received_after), max_attempts, limit)
+        params = (iso(lease_until), owner, iso(now), iso(received_after), max_attempts, limit)
         async with self._db.writing("take over unanswered chat commands") as conn:
             rows = await _rows(conn, sql, params)
         return sorted((_command(r) for r in rows), key=lambda c: (c.received_at, c.key))
+
+    async def release_claims(self, owner: str, *, now: datetime) -> int:
+        sql = (
+            "UPDATE slack_commands SET lease_until = ?1 WHERE claimed_by = ?2 AND claimed_by != ''"
+            " AND answered_at IS NULL AND lease_until > ?1 RETURNING key"
+        )
+        async with self._db.writing(f"release the chat commands of {owner}") as conn:
+            return len(await _rows(conn, sql, (iso(now), owner)))
 
     async def prune(self, before: datetime) -> int:
         async with self._db.writing("forget old chat commands") as conn:
@@ -767,6 +831,10 @@ class _Inbox(Role[_Db]):
     async def prune(self, before: datetime) -> int:
         async with self._db.writing("forget processed webhook deliveries") as conn:
             return len(await _rows(conn, _DELIVERIES.inbox_prune, [iso(before)]))
+
+    async def release_claims(self, owner: str) -> int:
+        async with self._db.writing(f"release the webhook claims of {owner}") as conn:
+            return len(await _rows(conn, _DELIVERIES.inbox_release, [claim_prefix(owner)]))
 
 
 class _Outbox(Role[_Db]):
@@ -837,6 +905,10 @@ class _Outbox(Role[_Db]):
     async def prune(self, before: datetime) -> int:
         async with self._db.writing("forget sent chat messages") as conn:
             return len(await _rows(conn, _DELIVERIES.outbox_prune, [iso(before)]))
+
+    async def release_claims(self, owner: str) -> int:
+        async with self._db.writing(f"release the chat message claims of {owner}") as conn:
+            return len(await _rows(conn, _DELIVERIES.outbox_release, [claim_prefix(owner)]))
 
 
 _ROLES = Roles(
