@@ -1,7 +1,7 @@
 """Hypothesis strategies for hostile input to every entry point: each draws a :class:`Case`, one HTTP
 request labelled with the class of input it belongs to (``"block_actions/drop:view.type"``).
 
-Bodies start from the shapes Slack and PagerDuty document (``/work/shared/reference``: Slack's
+Bodies start from the shapes Slack and PagerDuty document (``tests/reference``: Slack's
 payloads and payload-shapes, PagerDuty's V3 webhook examples and event types) and from what
 Ackgate's own simulators send, then are mutated: keys dropped, added or retyped, strings made huge
 or odd, JSON nested deep, numbers made thousands of digits long. Each body is signed validly unless
@@ -14,7 +14,6 @@ import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -22,6 +21,7 @@ from hypothesis import strategies as st
 
 from bot.simulators import slack_requests
 from handlers.slack_blocks import KEY_FORM_CALLBACK_ID
+from tests.fakes.reference import SLACK
 from tests.pagerduty_webhook_reference import EVENT_TYPES, example_bodies
 from tests.reliability.fuzz_support import (
     SIGNING_SECRET,
@@ -31,7 +31,7 @@ from tests.reliability.fuzz_support import (
     webhook_headers,
 )
 
-SLACK_REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference" / "slack"
+SLACK_REFERENCE = SLACK
 Json = Any
 
 
