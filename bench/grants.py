@@ -129,35 +129,24 @@ def p4_p5(report: Report, sizes: Sizes, workdir: Path, *, which: set[str]) -> No
             def at(seconds: float) -> datetime:
                 return datetime.now(UTC) + timedelta(seconds=seconds)
 
-            margin = sizes.margin
-            when = at(margin)
-            seed(
-                url,
-                (
-                    _grant("gx", i, holders=sizes.holders, now=now, expires=when, incidents=incidents)
-                    for i in range(sizes.batch)
-                ),
-            )
-            _wait_revoked(str(db_path), "gx", sizes.batch, time.monotonic() + margin + 60 + sizes.batch / 50)
-            batch_late, _ = lateness(str(db_path), "gx")
-
+            # The batch expires at one instant T, the stream from T + stream_gap on; both are inserted
+            # now, `margin` ahead of T, so the scheduler (which looks every 5 s at most) has seen them.
             stream_n, stream_s = (100_000, 300.0) if sizes.full else (sizes.stream, sizes.stream_seconds)
-            first = at(margin)
-            seed(
-                url,
-                (
-                    _grant(
-                        "gs",
-                        i,
-                        holders=sizes.holders,
-                        now=now,
-                        expires=first + timedelta(seconds=stream_s * i / stream_n),
-                        incidents=incidents,
-                    )
-                    for i in range(stream_n)
-                ),
-            )
-            _wait_revoked(str(db_path), "gs", stream_n, time.monotonic() + margin + stream_s + 60 + stream_n / 50)
+            when = at(sizes.margin)
+            first = when + timedelta(seconds=sizes.stream_gap)
+
+            def expiring() -> Iterator[Any]:
+                for i in range(sizes.batch):
+                    yield _grant("gx", i, holders=sizes.holders, now=now, expires=when, incidents=incidents)
+                for i in range(stream_n):
+                    expires = first + timedelta(seconds=stream_s * i / stream_n)
+                    yield _grant("gs", i, holders=sizes.holders, now=now, expires=expires, incidents=incidents)
+
+            seed(url, expiring())
+            slack = sizes.margin + 60 + (sizes.batch + stream_n) / 50
+            _wait_revoked(str(db_path), "gx", sizes.batch, time.monotonic() + slack)
+            batch_late, _ = lateness(str(db_path), "gx")
+            _wait_revoked(str(db_path), "gs", stream_n, time.monotonic() + sizes.stream_gap + stream_s + slack)
             stream_late, _ = lateness(str(db_path), "gs")
             peak_rss = max((s[1] for s in a.sampler.samples), default=0) / 1024
             ready_100k = a.ready_seconds

@@ -71,6 +71,7 @@ class Sizes:
     stream: int = 10_000  # expiring over stream_seconds (full: 100,000 over 300 s)
     stream_seconds: float = 30.0
     idle_seconds: float = 70.0
+    stream_gap: float = 15.0  # the stream starts this long after the batch's instant
     margin: float = 8.0  # grants inserted into a running server expire this late: past the scheduler's 5 s wake-up
     quick: bool = False
     full: bool = False
@@ -97,6 +98,7 @@ class Sizes:
             stream_seconds=2.0,
             idle_seconds=2.0,
             margin=5.5,
+            stream_gap=1.0,
             quick=True,
         )
 
@@ -175,7 +177,7 @@ def workers_supported() -> bool:
 class Sampler(threading.Thread):
     """Samples a process's VmRSS and CPU time from /proc every ``interval`` seconds."""
 
-    def __init__(self, pid: int, interval: float = 0.25) -> None:
+    def __init__(self, pid: int, interval: float = 0.1) -> None:
         super().__init__(daemon=True)
         self.pid, self.interval = pid, interval
         self.samples: list[tuple[float, int, float]] = []  # (monotonic, rss kB, cpu seconds)

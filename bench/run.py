@@ -56,6 +56,7 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=os.environ.get("ACKGATE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"),
         help="a database to connect to, to create and drop ackgate_bench next to it ('skip': no PostgreSQL)",
     )
+    p.add_argument("--postgres-db", default="ackgate_bench", help="the database P2 creates, and drops after")
     p.add_argument("--sweep", help="P1's sweep, comma-separated rates (default 25,50,100,200,300,500,750,1000)")
     defaults = Sizes()
     for name, value in vars(defaults).items():
@@ -84,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "P1" in which:
             p1(report, sizes, workdir)
         if "P2" in which:
-            p2(report, sizes, workdir, None if args.postgres_url == "skip" else args.postgres_url)
+            p2(report, sizes, workdir, None if args.postgres_url == "skip" else args.postgres_url, args.postgres_db)
         if "P3" in which:
             p3(report, sizes, workdir)
         if which & {"P4", "P5"}:

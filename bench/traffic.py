@@ -55,7 +55,7 @@ def p1(report: Report, sizes: Sizes, workdir: Path) -> None:
         ratio_text = ratio(p99["ackgate"], p99["bolt"], "× Bolt")
         ok = bool(p99["ackgate"]) and statistics.median(p99["ackgate"]) <= 0.025 and max(late) == 0
         report.add(
-            f"P1 ack at {sizes.rate:g} req/s, PD 2 s ({sizes.rounds} runs)",
+            f"P1 ack at {sizes.rate:g} req/s, PD {sizes.pd_delay:g} s ({sizes.rounds} runs)",
             anchors,
             mine,
             ratio_text,
@@ -117,14 +117,15 @@ def _closed(url: str, sizes: Sizes, fakes: dict[str, Any], *, flow: bool) -> dic
 
 
 @contextlib.contextmanager
-def postgres_database(base_url: str | None) -> Iterator[str | None]:
-    """A fresh database ``ackgate_bench`` next to ``base_url``'s, dropped after; None if unreachable."""
+def postgres_database(base_url: str | None, name: str) -> Iterator[str | None]:
+    """A fresh database ``name`` next to ``base_url``'s, dropped after; None if unreachable."""
     import asyncpg  # type: ignore[import-untyped]
 
     if base_url is None:
         yield None
         return
-    name = "ackgate_bench"
+    if not name.replace("_", "").isalnum():
+        raise ValueError(f"--postgres-db {name!r}: use letters, digits and underscores")
 
     async def run(sql: str) -> None:
         conn = await asyncpg.connect(base_url, timeout=5)
@@ -148,11 +149,11 @@ def postgres_database(base_url: str | None) -> Iterator[str | None]:
             asyncio.run(run(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
 
 
-def p2(report: Report, sizes: Sizes, workdir: Path, postgres_url: str | None) -> None:
+def p2(report: Report, sizes: Sizes, workdir: Path, postgres_url: str | None, postgres_db: str) -> None:
     log(f"P2: closed loop, {sizes.connections} connections, {sizes.closed_seconds:g} s a run")
     rates: dict[str, list[float]] = {"bare": [], "bolt": [], "ack": [], "sqlite": [], "postgres": []}
     p99: dict[str, list[float]] = {k: [] for k in rates}
-    with child("fakes", {"users": sizes.users}) as fakes, postgres_database(postgres_url) as pg:
+    with child("fakes", {"users": sizes.users}) as fakes, postgres_database(postgres_url, postgres_db) as pg:
         for _ in range(sizes.rounds):
             for role in ("bare", "bolt"):
                 with child(role, {"slack_api_url": fakes.info["slack_api_url"]}) as anchor:
