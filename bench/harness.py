@@ -60,6 +60,7 @@ class Sizes:
     sweep_p99: float = 0.025
     workers: int = 2
     connections: int = 32
+    flow_users: int = 32  # P2's requesters: warm after their first flow (one PagerDuty call a flow)
     closed_seconds: float = 10.0
     burst_users: int = 1000
     burst_spread: float = 1.0
@@ -87,6 +88,7 @@ class Sizes:
             sweep=(50, 100),
             sweep_seconds=1.0,
             connections=4,
+            flow_users=4,
             closed_seconds=1.5,
             burst_users=30,
             burst_spread=0.2,

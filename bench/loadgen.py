@@ -9,7 +9,8 @@ It sends signed ``/access`` slash commands (bodies from ``bot.simulators.slack_r
   ``warmup`` seconds (new connections, first imports) are sent at the same rate but not counted.
 - ``closed``: ``connections`` workers, each sending its next request when the last one is done, for
   ``seconds``. With ``flow`` true, "done" is when Ackgate's answer reaches the ``response_url``
-  (served by this process), i.e. a whole flow; otherwise when the HTTP answer (the ack) arrives.
+  (served by this process), i.e. a whole flow, counted only if it says access was granted (the
+  other answers are counted by kind); otherwise when the HTTP answer (the ack) arrives.
 - ``burst``: ``users`` distinct users send once each, spread over ``spread`` seconds; every
   ``response_url`` answer is classified (granted, rate-limited, timed out, other) with its time.
 
@@ -49,9 +50,9 @@ def classify(message: dict[str, Any]) -> str:
     text = json.dumps(message).lower()
     if "access granted" in text:
         return "granted"
-    if "budget" in text or "rate limit" in text or "rate-limit" in text or "too many" in text:
+    if any(word in text for word in ("budget", "http 429", "rate limit", "too many")):
         return "rate_limited"
-    if "did not answer in time" in text or "timed out" in text:
+    if "did not answer" in text or "timed out" in text:
         return "timed_out"
     return "other"
 
@@ -168,6 +169,7 @@ async def closed_loop(spec: dict[str, Any]) -> dict[str, Any]:
     counter = [0]
     latencies: list[float] = []
     failures: dict[str, int] = {}
+    outcomes: dict[str, int] = {}
     ts = int(time.time())
     connector = aiohttp.TCPConnector(limit=connections)
     async with aiohttp.ClientSession(connector=connector, timeout=TIMEOUT) as session:
@@ -189,7 +191,11 @@ async def closed_loop(spec: dict[str, Any]) -> dict[str, Any]:
                         failures[str(status)] = failures.get(str(status), 0) + 1
                         continue
                     if answer is not None:
-                        await asyncio.wait_for(answer, timeout=30)
+                        _, message = await asyncio.wait_for(answer, timeout=30)
+                        kind = classify(message)
+                        outcomes[kind] = outcomes.get(kind, 0) + 1
+                        if kind != "granted":
+                            continue
                 except (aiohttp.ClientError, TimeoutError) as exc:
                     failures[type(exc).__name__] = failures.get(type(exc).__name__, 0) + 1
                     continue
@@ -209,6 +215,7 @@ async def closed_loop(spec: dict[str, Any]) -> dict[str, Any]:
         "per_second": len(latencies) / elapsed if elapsed > 0 else 0.0,
         **summary(latencies),
         "failures": failures,
+        "outcomes": outcomes,
     }
 
 

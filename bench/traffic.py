@@ -109,7 +109,7 @@ def _closed(url: str, sizes: Sizes, fakes: dict[str, Any], *, flow: bool) -> dic
             "url": f"{url}/slack/events",
             "connections": sizes.connections,
             "seconds": sizes.closed_seconds,
-            "users": sizes.users,
+            "users": sizes.flow_users,
             "flow": flow,
             "response_base": f"{fakes['slack_root']}/response/",
         }
@@ -153,7 +153,14 @@ def p2(report: Report, sizes: Sizes, workdir: Path, postgres_url: str | None, po
     log(f"P2: closed loop, {sizes.connections} connections, {sizes.closed_seconds:g} s a run")
     rates: dict[str, list[float]] = {"bare": [], "bolt": [], "ack": [], "sqlite": [], "postgres": []}
     p99: dict[str, list[float]] = {k: [] for k in rates}
-    with child("fakes", {"users": sizes.users}) as fakes, postgres_database(postgres_url, postgres_db) as pg:
+    refused: dict[str, dict[str, int]] = {"sqlite": {}, "postgres": {}}
+
+    def not_granted(backend: str, got: dict[str, Any]) -> None:
+        for kind, count in {**got["outcomes"], **got["failures"]}.items():
+            if kind != "granted":
+                refused[backend][kind] = refused[backend].get(kind, 0) + count
+
+    with child("fakes", {"users": sizes.flow_users}) as fakes, postgres_database(postgres_url, postgres_db) as pg:
         for _ in range(sizes.rounds):
             for role in ("bare", "bolt"):
                 with child(role, {"slack_api_url": fakes.info["slack_api_url"]}) as anchor:
@@ -162,6 +169,7 @@ def p2(report: Report, sizes: Sizes, workdir: Path, postgres_url: str | None, po
                 p99[role].append(got["p99"] or 0.0)
             with ackgate(workdir, fakes.info) as a:
                 got = _closed(a.url, sizes, fakes.info, flow=True)
+                not_granted("sqlite", got)
                 rates["sqlite"].append(got["per_second"])
                 p99["sqlite"].append(got["p99"] or 0.0)
                 got = _closed(a.url, sizes, fakes.info, flow=False)
@@ -170,6 +178,7 @@ def p2(report: Report, sizes: Sizes, workdir: Path, postgres_url: str | None, po
             if pg is not None:
                 with ackgate(workdir, fakes.info, database_url=pg) as a:
                     got = _closed(a.url, sizes, fakes.info, flow=True)
+                not_granted("postgres", got)
                 rates["postgres"].append(got["per_second"])
                 p99["postgres"].append(got["p99"] or 0.0)
 
@@ -185,7 +194,8 @@ def p2(report: Report, sizes: Sizes, workdir: Path, postgres_url: str | None, po
         report.add(
             f"P2 full flows/s, {backend}, {sizes.connections} conn",
             anchors,
-            f"{spread(rates[backend], per_s)}, p99 {ms(statistics.median(p99[backend]))}",
+            f"{spread(rates[backend], per_s)} granted, p99 {ms(statistics.median(p99[backend]))}; "
+            f"not granted: {', '.join(f'{k} {v}' for k, v in sorted(refused[backend].items())) or 'none'}",
             ratio(rates[backend], rates["bolt"], "× Bolt"),
             "≥ 0.25 × Bolt",
             verdict(ok),
