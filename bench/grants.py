@@ -75,7 +75,7 @@ def seed(database_url: str, grants: Iterator[Any], *, batch: int = 5000) -> int:
 def lateness(db_path: str, prefix: str) -> tuple[list[float], int]:
     with contextlib.closing(sqlite3.connect(db_path, timeout=30)) as conn:
         rows = conn.execute(
-            "SELECT expires_at, ended_at, status FROM grants WHERE id LIKE ?", (f"{prefix}-%",)
+            "SELECT expires_at, ended_at, status FROM grants WHERE id >= ? AND id < ?", (f"{prefix}-", f"{prefix}.")
         ).fetchall()
     late = [
         (datetime.fromisoformat(ended) - datetime.fromisoformat(expires)).total_seconds()
@@ -177,10 +177,13 @@ def p4_p5(report: Report, sizes: Sizes, workdir: Path, *, which: set[str]) -> No
         report.add(
             f"P4 idle CPU at {n:,} grants over {sizes.idle_seconds:g} s",
             "—",
-            "—" if cpu is None else f"{cpu:.2f}% average, {bursts} samples ≥ 50% of a core",
+            "—"
+            if cpu is None
+            else f"{cpu:.2f}% average; {len(bursts)} bursts ≥ 50% of a core"
+            + (f" (longest {max(bursts):.1f} s)" if bursts else ""),
             "—",
             "< 1%, no bursts",
-            verdict(cpu is not None and cpu < 1.0 and bursts == 0),
+            verdict(cpu is not None and cpu < 1.0 and not bursts),
         )
     if "P5" in which:
         report.add(
@@ -201,12 +204,20 @@ def p4_p5(report: Report, sizes: Sizes, workdir: Path, *, which: set[str]) -> No
         )
 
 
-def _idle_cpu(samples: list[tuple[float, int, float]]) -> tuple[float | None, int]:
+def _idle_cpu(samples: list[tuple[float, int, float]]) -> tuple[float | None, list[float]]:
+    """The average CPU % of one core over the samples, and the length in seconds of each burst
+    (consecutive sampling intervals at ≥ 50% of a core)."""
     if len(samples) < 2:
-        return None, 0
+        return None, []
     total = (samples[-1][2] - samples[0][2]) / (samples[-1][0] - samples[0][0]) * 100
-    bursts = 0
+    bursts: list[float] = []
+    running = 0.0
     for (t0, _, c0), (t1, _, c1) in itertools.pairwise(samples):
         if t1 > t0 and (c1 - c0) / (t1 - t0) >= 0.5:
-            bursts += 1
+            running += t1 - t0
+        elif running:
+            bursts.append(running)
+            running = 0.0
+    if running:
+        bursts.append(running)
     return total, bursts
