@@ -24,7 +24,7 @@ lint: $(BIN)/ackgate
 	$(BIN)/lint-imports
 
 bench: $(BIN)/ackgate
-	$(BIN)/python bench/run.py
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
