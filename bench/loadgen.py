@@ -28,7 +28,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from procs import HOST, SIGNING_SECRET, user_id  # this directory, on sys.path when run as a script
+from procs import HOST, SIGNING_SECRET, classify, user_id  # this directory, on sys.path when run as a script
 from report import quantile
 
 from bot.simulators import slack_requests
@@ -44,17 +44,6 @@ def summary(latencies: list[float]) -> dict[str, Any]:
         "max": max(latencies) if latencies else None,
         "past_3s": sum(1 for x in latencies if x > 3.0),
     }
-
-
-def classify(message: dict[str, Any]) -> str:
-    text = json.dumps(message).lower()
-    if "access granted" in text:
-        return "granted"
-    if any(word in text for word in ("budget", "http 429", "rate limit", "too many")):
-        return "rate_limited"
-    if "did not answer" in text or "timed out" in text:
-        return "timed_out"
-    return "other"
 
 
 class Receiver:

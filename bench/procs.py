@@ -38,6 +38,17 @@ def email(i: int) -> str:
     return f"bench{i:06d}@example.com"
 
 
+def classify(message: dict[str, Any]) -> str:
+    text = json.dumps(message).lower()
+    if "access granted" in text:
+        return "granted"
+    if any(word in text for word in ("budget", "http 429", "rate limit", "too many")):
+        return "rate_limited"
+    if "did not answer" in text or "timed out" in text:
+        return "timed_out"
+    return "other"
+
+
 def _print(obj: dict[str, Any]) -> None:
     sys.stdout.write(json.dumps(obj) + "\n")
     sys.stdout.flush()
@@ -139,10 +150,15 @@ async def fakes(spec: dict[str, Any]) -> None:
     shown = incidents[: int(spec.get("show_incidents", 0))]
     _print({"pd_url": pd.base_url, "slack_api_url": slack.base_url, "slack_root": slack.root_url, "incidents": shown})
     await _until_stopped()
-    statuses = {"pd_requests": len(pd.requests)}
+    statuses: dict[str, Any] = {"pd_requests": len(pd.requests)}
     statuses["pd_rate_limited"] = pd.rate_limited
     statuses["slack_calls"] = len(slack.calls)
     statuses["slack_responses"] = sum(len(v) for v in slack.responses.values())
+    kinds: dict[str, int] = {}
+    for answers in slack.responses.values():
+        kind = classify(answers[0]) if answers else "other"
+        kinds[kind] = kinds.get(kind, 0) + 1
+    statuses["answers"] = kinds
     await slack.stop()
     await pd.stop()
     _print(statuses)

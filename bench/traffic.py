@@ -39,6 +39,7 @@ def _open(url: str, sizes: Sizes, fakes: dict[str, Any], *, rate: float, seconds
 def p1(report: Report, sizes: Sizes, workdir: Path) -> None:
     log(f"P1: open loop at {sizes.rate:g}/s for {sizes.seconds:g} s, PagerDuty answering in {sizes.pd_delay:g} s")
     runs: dict[str, list[dict[str, Any]]] = {"bare": [], "bolt": [], "ackgate": []}
+    told: dict[str, int] = {}
     with child("fakes", {"users": sizes.users, "pd_delay": sizes.pd_delay}) as fakes:
         for _ in range(sizes.rounds):
             for role in ("bare", "bolt"):
@@ -46,9 +47,14 @@ def p1(report: Report, sizes: Sizes, workdir: Path) -> None:
                     runs[role].append(
                         _open(anchor.info["url"], sizes, fakes.info, rate=sizes.rate, seconds=sizes.seconds)
                     )
-            with ackgate(workdir, fakes.info) as a:
-                runs["ackgate"].append(_open(a.url, sizes, fakes.info, rate=sizes.rate, seconds=sizes.seconds))
-                time.sleep(min(sizes.pd_delay, 1.0))
+            # fakes of its own, so what this run's requesters were told can be counted
+            with child("fakes", {"users": sizes.users, "pd_delay": sizes.pd_delay}) as mine:
+                with ackgate(workdir, mine.info) as a:
+                    runs["ackgate"].append(_open(a.url, sizes, mine.info, rate=sizes.rate, seconds=sizes.seconds))
+                    time.sleep(min(sizes.pd_delay, 1.0) + 2.0)  # let most follow-ups reach the response_url
+                stats = mine.stop()
+            for kind, count in stats.get("answers", {}).items():
+                told[kind] = told.get(kind, 0) + count
         p99 = {k: [r["p99"] for r in v if r["p99"] is not None] for k, v in runs.items()}
         late = [r["past_3s"] + sum(r["failures"].values()) for r in runs["ackgate"]]
         anchors = f"bare {spread(p99['bare'], ms)}; Bolt {spread(p99['bolt'], ms)}"
@@ -69,6 +75,16 @@ def p1(report: Report, sizes: Sizes, workdir: Path) -> None:
             ratio_text,
             "p99 ≤ 25 ms, 0 past 3 s",
             verdict(ok),
+        )
+        answered = sum(told.values())
+        report.add(
+            "P1 what those requesters were told",
+            "—",
+            f"{answered} follow-ups on the response_url (warm-up included): "
+            + ", ".join(f"{k} {v / answered:.0%}" for k, v in sorted(told.items()) if answered),
+            "—",
+            "— (context)",
+            "info",
         )
 
         best = 0.0

@@ -37,6 +37,7 @@ TINY = [
 ]
 ROWS = [
     "P1 ack at 40 req/s",
+    "P1 what those requesters were told",
     "P1 highest rate with ack p99",
     "P1 ack, serve --workers",
     "P2 full flows/s, sqlite",
