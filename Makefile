@@ -24,7 +24,7 @@ lint: $(BIN)/ackgate
 	$(BIN)/lint-imports
 
 bench: $(BIN)/ackgate
-	$(BIN)/python bench/run.py
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 # The reliability suite at full size (kills, SIGTERM, replicas on PostgreSQL); prints the figures.
 # SOAK_ARGS="--scenario crash --scale 0.4" runs a part of it.

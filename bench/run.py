@@ -1,163 +1,105 @@
-"""Benchmarks of what the access core promises, through the real server on loopback.
+"""Ackgate's benchmark suite for issue 9's targets P1–P5, with its anchors, on loopback.
 
-    make bench          (or: .venv/bin/python bench/run.py --rounds 30)
+    make bench                          (or: .venv/bin/python bench/run.py)
+    .venv/bin/python bench/run.py --quick          a few seconds per measure (the smoke test runs this)
+    .venv/bin/python bench/run.py --only P1,P2     some measures only; --full: P4 at its full size
 
-1. Slack's ack does not wait for PagerDuty: the /access HTTP response time with PagerDuty
-   answering in 0 s and in 1 s, and their ratio (close to 1 means independent).
-2. A warm /access, end to end (POST until the answer reaches the response_url), and how many
-   PagerDuty calls it costs.
-3. Revoke lag: how long after their expiry a batch of grants is revoked by the scheduler, with a
-   provisioner that answers at once and with one that takes 100 ms a call (a real one is remote).
+Every server is its own child process: ``ackgate serve`` (the real CLI, fresh database each
+start), the two anchors (``procs.py bare``: aiohttp with a hand-written Slack signature check;
+``procs.py bolt``: Bolt ``AsyncApp`` acking ``/access``, mounted on aiohttp as Ackgate mounts it),
+the PagerDuty and Slack simulators (``procs.py fakes``), and the load generator (``loadgen.py``,
+open loop or closed loop). The anchors are measured in the same invocation, so the ratios compare
+like with like on the same (possibly busy) machine; the load average is printed with the results.
 
-Medians and ratios come from one run. Every loop is bounded; all traffic stays on 127.0.0.1.
+- P1: ``/access`` ack latency in an open loop at ``--rate`` (500/s) with PagerDuty answering in 2 s;
+  the highest rate of a sweep at which the ack p99 stays ≤ 25 ms; ``serve --workers N`` if the CLI has it.
+- P2: closed loop with ``--connections`` (32): whole auto-approve flows per second (ack → PagerDuty →
+  grant → provision → message at the response_url) on SQLite and PostgreSQL, against Bolt's ack-only rate.
+- P3: ``--burst-users`` (1,000) distinct users at once, PagerDuty enforcing 960 requests a minute.
+- P4: at ``--grants`` active grants (inserted through the store, in batches): revoke lateness of a
+  batch expiring at one instant, of a stream of expiries (scaled down unless ``--full``), idle CPU.
+- P5: RSS of the serve process (sampled from /proc) at those grants, peak included; start-up time
+  to the first 200 on ``/readyz`` with 0 grants and with ``--grants``.
+
+Medians (min–max) are over ``--rounds`` runs where a run is cheap. Nothing here asserts timing:
+the table's pass/fail column compares with the issue's targets.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import statistics
+import os
+import shutil
+import sys
 import tempfile
-import time
-from datetime import timedelta
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
-from bot.clock import FakeClock
-from bot.domain import Grant, GrantStatus
-from bot.provisioners import NoopProvisioner
-from bot.simulators import slack_requests
-from bot.simulators.stage import Person, Stage
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-POLICY = """\
-version: 1
-resources:
-  - name: prod-db
-    max_duration: 8h
-flows:
-  - name: incident-db
-    resources: [prod-db]
-    gate: {type: acknowledged_incident}
-    approval: {type: auto}
-    max_duration: 8h
-    incident_notes: false
-"""
+from grants import p4_p5
+from harness import Sizes
+from report import Report
+from traffic import p1, p2, p3
+
+# --- main -----------------------------------------------------------------------------------
 
 
-async def _ack_seconds(stage: Stage, who: Person, text: str) -> float:
-    """Seconds from sending the slash command to Slack getting its HTTP answer (the ack)."""
-    body = slack_requests.slash_command_body(
-        text=text, user_id=who.user_id, response_url=stage.slack.response_url(f"bench{time.monotonic_ns()}")
+def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("--quick", action="store_true", help="tiny sizes, a few seconds per measure (smoke test)")
+    p.add_argument("--full", action="store_true", help="P4's stream at full size: 100k grants expiring over 5 min")
+    p.add_argument("--only", default="P1,P2,P3,P4,P5", help="comma-separated measures, e.g. P1,P5")
+    p.add_argument(
+        "--postgres-url",
+        default=os.environ.get("ACKGATE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"),
+        help="a database to connect to, to create and drop ackgate_bench next to it ('skip': no PostgreSQL)",
     )
-    started = time.perf_counter()
-    status, _ = await stage.post(body)
-    elapsed = time.perf_counter() - started
-    assert status == 200, status
-    return elapsed
+    p.add_argument("--postgres-db", default="ackgate_bench", help="the database P2 creates, and drops after")
+    p.add_argument("--sweep", help="P1's sweep, comma-separated rates (default 25,50,100,200,300,500,750,1000)")
+    defaults = Sizes()
+    for name, value in vars(defaults).items():
+        if isinstance(value, bool | tuple):
+            continue
+        p.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=None, help=f"default {value}")
+    return p.parse_args(argv)
 
 
-async def bench_ack(stage: Stage, who: Person, rounds: int) -> tuple[float, float]:
-    fast = [await _ack_seconds(stage, who, "prod-db 1h bench") for _ in range(rounds)]
-    stage.pd.slow_next(None, seconds=1.0)
-    slow = [await _ack_seconds(stage, who, "prod-db 1h bench") for _ in range(rounds)]
-    stage.pd.clear_faults()
-    await asyncio.sleep(2.5)  # let the slowed requests finish before the next measurement
-    return statistics.median(fast), statistics.median(slow)
-
-
-async def bench_warm(stage: Stage, who: Person, rounds: int) -> tuple[float, float]:
-    await stage.command(who, "prod-db 1h warm-up")
-    times, calls = [], []
-    for _ in range(rounds):
-        before = len(stage.pd.requests)
-        started = time.perf_counter()
-        reply = await stage.command(who, "prod-db 1h bench")
-        times.append(time.perf_counter() - started)
-        assert "Access granted" in reply.text, reply.text
-        calls.append(len(stage.pd.requests) - before)
-    return statistics.median(times), statistics.median(calls)
-
-
-async def bench_revoke_lag(stage: Stage, grants: int) -> tuple[float, float]:
-    """Median seconds between the scheduler being woken at expiry and each grant being ended."""
-    service, store = stage.parts.service, stage.parts.store
-    people = [stage.person(f"user{i}") for i in range(grants)]
-    for p in people:
-        me = next(u.id for u in stage.pd.users.values() if u.email == p.email)
-        stage.pd.add_incident("Bench incident", assigned_to=[me], acknowledged_by=[me])
-        await stage.command(p, "prod-db 1h bench")
-    active = [g for p in people for g in await store.grants.list_for(p.email) if g.status is GrantStatus.ACTIVE]
-    stage.clock.advance(timedelta(hours=1))
-    started = time.perf_counter()
-    stage.parts.scheduler.wake()
-    done: dict[str, float] = {}
-    deadline = started + 60
-    while len(done) < len(active) and time.perf_counter() < deadline:
-        for g in active:
-            if g.id not in done and (await store.grants.get(g.id)).status is GrantStatus.ENDED:  # type: ignore[union-attr]
-                done[g.id] = time.perf_counter() - started
-        await asyncio.sleep(0.005)
-    assert len(done) == len(active), f"only {len(done)} of {len(active)} revoked"
-    del service
-    return statistics.median(done.values()), max(done.values())
-
-
-class RemoteProvisioner(NoopProvisioner):
-    """A provisioner whose every call takes ``seconds``, like one across the network."""
-
-    def __init__(self, seconds: float) -> None:
-        super().__init__()
-        self.seconds = seconds
-
-    async def grant(self, grant: Grant) -> None:
-        await asyncio.sleep(self.seconds)
-        await super().grant(grant)
-
-    async def revoke(self, grant: Grant) -> None:
-        await asyncio.sleep(self.seconds)
-        await super().revoke(grant)
-
-
-async def slow_revoke_lag(grants: int) -> tuple[float, float]:
-    with tempfile.TemporaryDirectory(prefix="ackgate-bench-") as workdir:
-        policy = Path(workdir) / "policy.yaml"
-        policy.write_text(POLICY, encoding="utf-8")
-        remote = RemoteProvisioner(0.1)
-        stage = Stage(policy_file=policy, workdir=Path(workdir), clock=FakeClock(), provisioners={"noop": remote})
-        async with stage:
-            return await bench_revoke_lag(stage, grants)
-
-
-async def main(rounds: int, grants: int) -> None:
-    with tempfile.TemporaryDirectory(prefix="ackgate-bench-") as workdir:
-        policy = Path(workdir) / "policy.yaml"
-        policy.write_text(POLICY, encoding="utf-8")
-        stage = Stage(
-            policy_file=policy, workdir=Path(workdir), clock=FakeClock(), provisioners={"noop": NoopProvisioner()}
-        )
-        async with stage:
-            alice = stage.person("alice")
-            me = next(u.id for u in stage.pd.users.values() if u.email == alice.email)
-            stage.pd.add_incident("Bench incident", assigned_to=[me], acknowledged_by=[me])
-            fast, slow = await bench_ack(stage, alice, rounds)
-            warm, calls = await bench_warm(stage, alice, rounds)
-            lag, worst = await bench_revoke_lag(stage, grants)
-    slow_lag, slow_worst = await slow_revoke_lag(grants)
-    print(f"ack, PagerDuty answering at once    median {fast * 1000:7.1f} ms  ({rounds} rounds)")
-    print(f"ack, PagerDuty taking 1 s per call  median {slow * 1000:7.1f} ms  ratio {slow / fast:5.2f}")
-    print(f"warm /access end to end             median {warm * 1000:7.1f} ms  PagerDuty calls per request: {calls:g}")
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse(argv)
+    sizes = Sizes.quick_sizes() if args.quick else Sizes()
+    sizes.full = args.full
+    for name in vars(Sizes()):
+        value = getattr(args, name, None)
+        if value is not None and not isinstance(value, bool):
+            setattr(sizes, name, value)
+    if args.sweep:
+        sizes.sweep = tuple(float(x) for x in args.sweep.split(",") if x.strip())
+    which = {x.strip().upper() for x in args.only.split(",") if x.strip()}
+    report = Report()
+    load_before = os.getloadavg()
+    started = datetime.now(UTC)
+    with tempfile.TemporaryDirectory(prefix="ackgate-bench-") as tmp:
+        workdir = Path(tmp)
+        if "P1" in which:
+            p1(report, sizes, workdir)
+        if "P2" in which:
+            p2(report, sizes, workdir, None if args.postgres_url == "skip" else args.postgres_url, args.postgres_db)
+        if "P3" in which:
+            p3(report, sizes, workdir)
+        if which & {"P4", "P5"}:
+            p4_p5(report, sizes, workdir, which=which)
+        shutil.rmtree(workdir, ignore_errors=True)
+    load_after = os.getloadavg()
+    mode = "quick" if sizes.quick else ("full" if sizes.full else "default")
     print(
-        f"revoke lag after expiry             median {lag * 1000:7.1f} ms  max {worst * 1000:.1f} ms"
-        f"  ({grants} grants expiring together)"
+        f"Ackgate bench, {mode} sizes, {started:%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPUs, Python "
+        f"{sys.version.split()[0]}; load average {load_before[0]:.2f} before, {load_after[0]:.2f} after"
     )
-    print(
-        f"revoke lag, 100 ms provisioner       median {slow_lag * 1000:7.1f} ms  max {slow_worst * 1000:.1f} ms"
-        f"  ({grants} grants expiring together)"
-    )
+    report.print()
+    return 0
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=30)
-    parser.add_argument("--grants", type=int, default=50)
-    args = parser.parse_args()
-    asyncio.run(main(min(args.rounds, 500), min(args.grants, 500)))
+    raise SystemExit(main())

@@ -4,7 +4,10 @@ It answers the endpoints Ackgate uses in the shapes of PagerDuty's OpenAPI docum
 ``limit/offset/more/total``, reference objects) and honours their filters and pagination (default
 page 25, at most 100). State is changed through helpers (``add_user``, ``add_incident``,
 ``acknowledge``, ``add_oncall``...); failures are injected with ``fail_next``, ``rate_limit_next``,
-``slow_next`` and ``reject_auth_next``. Every request is recorded in ``requests``.
+``slow_next`` and ``reject_auth_next``. Every request is recorded in ``requests``. With
+``rate_limit_per_minute``, it enforces PagerDuty's per-token limit as PagerDuty does: past that many
+requests in the last 60 seconds it answers 429 with the ``ratelimit-*`` headers (counted in
+``rate_limited``).
 
 It imports no OpenAPI library and reads no reference files, because the demo runs it where those are
 absent. Tests plug conformance checks in through ``validator(request, response)``; whatever a
@@ -16,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -85,6 +90,7 @@ class PagerDutySimulator(LoopbackServer, PagerDutyState):
         web_url: str = "https://ackgate-demo.pagerduty.com",
         host: str = "127.0.0.1",
         port: int = 0,
+        rate_limit_per_minute: int | None = None,
     ) -> None:
         PagerDutyState.__init__(self, clock=clock or SystemClock(), web_url=web_url)
         LoopbackServer.__init__(self, host=host, port=port)
@@ -93,6 +99,9 @@ class PagerDutySimulator(LoopbackServer, PagerDutyState):
         self.requests: list[RecordedRequest] = []
         self.validation_errors: list[Exception] = []
         self._faults = Faults()
+        self.rate_limit_per_minute = rate_limit_per_minute
+        self.rate_limited = 0
+        self._answered: deque[float] = deque()  # monotonic times of the requests of the last minute
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -158,7 +167,28 @@ class PagerDutySimulator(LoopbackServer, PagerDutyState):
             self._validate(recorded, response)
         return response
 
+    def _over_limit(self) -> web.Response | None:
+        if self.rate_limit_per_minute is None:
+            return None
+        now = time.monotonic()
+        while self._answered and self._answered[0] <= now - 60.0:
+            self._answered.popleft()
+        if len(self._answered) < self.rate_limit_per_minute:
+            self._answered.append(now)
+            return None
+        self.rate_limited += 1
+        reset = max(self._answered[0] + 60.0 - now, 0.0)
+        headers = {
+            "ratelimit-limit": str(self.rate_limit_per_minute),
+            "ratelimit-remaining": "0",
+            "ratelimit-reset": f"{reset:.0f}",
+        }
+        return self._fault_response(Fault(429, headers=headers))
+
     async def _answer(self, request: web.Request, handler: Handler) -> web.Response:
+        limited = self._over_limit()
+        if limited is not None:
+            return limited
         fault = self._faults.take()
         if fault is not None:
             await asyncio.sleep(fault.delay)
