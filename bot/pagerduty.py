@@ -333,6 +333,8 @@ class PagerDutyClient:
             try:
                 await self._limiter.acquire(deadline=deadline)
             except RateBudgetExceeded as exc:
+                if exc.wait <= 0 or deadline <= self._monotonic():
+                    raise _OutOfTime from exc  # the deadline passed, not the budget: a slot was free
                 raise PagerDutyUnavailable(
                     f"Ackgate has used its PagerDuty request budget; try again in {exc.wait:.0f} seconds."
                 ) from exc

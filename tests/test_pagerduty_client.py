@@ -630,3 +630,24 @@ async def test_from_settings_uses_the_pagerduty_variables(
         await client.add_note(incident.id, "hello")
 
     assert pd_sim.requests[0].headers["From"] == FROM_EMAIL
+
+
+async def test_a_retry_woken_after_the_deadline_reports_why_the_call_failed_not_the_budget() -> None:
+    """A loaded event loop can wake a backoff sleep after the deadline: the call then fails closed
+    with PagerDuty's own failure (here a timeout), never with a made-up "request budget" refusal."""
+
+    class LateWaking(FakeTime):
+        async def sleep(self, seconds: float) -> None:
+            await super().sleep(seconds + 1.0)  # woken a second late
+
+    def slow(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadTimeout("no answer", request=request)
+
+    time_ = LateWaking()
+    client = mock_client(slow, monotonic=time_, sleep=time_.sleep, deadline=0.4, max_attempts=4)
+
+    with pytest.raises(PagerDutyUnavailable, match="timed out") as raised:
+        await client.oncalls(user_ids=["PU00001"])
+
+    assert "budget" not in raised.value.message
+    await client.aclose()
