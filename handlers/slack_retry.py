@@ -80,11 +80,15 @@ class RateLimited(AsyncRetryHandler):
         state.increment_current_attempt()
 
 
-class ServerFailed(AsyncRetryHandler):
-    """Slack answered with a server error."""
+class _BackedOff(AsyncRetryHandler):
+    """A handler that waits the shared backoff between attempts; subclasses say what is retried."""
 
     def __init__(self, *, max_retry_count: int = MAX_RETRIES) -> None:
         super().__init__(max_retry_count=max_retry_count, interval_calculator=_Backoff())
+
+
+class ServerFailed(_BackedOff):
+    """Slack answered with a server error."""
 
     async def _can_retry_async(
         self,
@@ -97,11 +101,8 @@ class ServerFailed(AsyncRetryHandler):
         return response is not None and response.status_code in RETRIED_STATUSES
 
 
-class ConnectionFailed(AsyncRetryHandler):
+class ConnectionFailed(_BackedOff):
     """The connection failed before any answer (refused, reset); never a timeout."""
-
-    def __init__(self, *, max_retry_count: int = MAX_RETRIES) -> None:
-        super().__init__(max_retry_count=max_retry_count, interval_calculator=_Backoff())
 
     async def _can_retry_async(
         self,
