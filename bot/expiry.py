@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 
 from bot.access import AccessService
@@ -51,7 +52,13 @@ class ExpiryScheduler:
         self._wake.set()
 
     async def run_once(self) -> None:
-        """Do everything that is due now. Tests call this after moving the fake clock."""
+        """Do everything that is due now, including telling holders their grants expired. Tests call
+        this after moving the fake clock."""
+        await self._pass()
+        await self.service.told()
+
+    async def _pass(self) -> None:
+        """One pass of the loop: the messages about expired grants may still be under way after it."""
         expired = await isolated("expiry pass", "due grants", self.service.expire_due()) or 0
         retried = await isolated("revoke retry pass", "due revokes", self.service.retry_revokes()) or 0
         timed_out = await isolated("approval time-out pass", "pending requests", self.service.time_out_pending()) or 0
@@ -72,7 +79,7 @@ class ExpiryScheduler:
         while not self._stopping:
             self._wake.clear()  # before the pass, so a wake during it is not lost
             try:
-                await self.run_once()
+                await self._pass()
                 delay = await self.seconds_until_next()
             except asyncio.CancelledError:
                 raise
@@ -94,6 +101,7 @@ class ExpiryScheduler:
         if self._task is not None:
             self._stopping = True
             self._wake.set()
+            began = time.monotonic()
             with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(asyncio.shield(self._task), timeout=grace)
             self._task.cancel()
@@ -101,6 +109,8 @@ class ExpiryScheduler:
                 await self._task
             self._task = None
             self._stopping = False
+            # the messages about grants that expired: within what is left of the grace, then cancelled
+            await self.service.told(timeout=max(grace - (time.monotonic() - began), 0.0))
 
 
 def every(seconds: float, clock: Clock, job: Callable[[], Awaitable[int]]) -> Callable[[], Awaitable[int]]:

@@ -55,7 +55,10 @@ from bot.views import Card
 log = logging.getLogger("ackgate.grants")
 
 REVOKE_BACKOFF_MAX = timedelta(minutes=10)
-EXPIRY_CONCURRENCY = 10
+EXPIRY_CONCURRENCY = 32  # provisioner revoke calls in flight at once while a page of expired grants ends
+EXPIRY_PAGE = 250  # expired grants ended per pair of transactions (REVOKING, then ENDED)
+EXPIRY_PAGES_PER_PASS = 20  # then the scheduler's other work gets its turn (it comes back at once)
+TELL_BACKLOG = 8  # pages whose chat messages may be under way before ending more grants waits for them
 # The longest wait between two attempts of a webhook provisioner (bot.provisioners.MAX_BACKOFF_SECONDS;
 # a test keeps the two equal: the core may not import the HTTP adapter).
 PROVISIONER_BACKOFF_CAP_SECONDS = 30.0
@@ -119,6 +122,8 @@ class GrantLifecycle:
         self.lease = lease  # one lease for every provisioner (tests); None: :func:`provisioner_lease`
         # Who this process is in the claims it takes: stable across its restarts, unique among live ones.
         self.instance = instance
+        # Chat messages about expired grants, sent behind the revokes (see :meth:`expire_due`).
+        self._telling: set[asyncio.Task[None]] = set()
 
     def _resource(self, name: str) -> Resource:
         resource = self.policy.resource(name)
@@ -391,13 +396,9 @@ class GrantLifecycle:
     async def _finish_revoke(self, grant: Grant, *, later: list[Event]) -> Grant:
         """One revoke attempt, by the holder of its claim: ENDED (FAILED for a rolled-back
         provisioning) when the provisioner confirms, else the next attempt is scheduled."""
-        try:
-            await self._provisioner(grant.resource).revoke(grant)
-        except ProvisioningError as exc:
-            return await self._revoke_failed(grant, exc.message, later=later)
-        except Exception as exc:  # a provisioner's bug is a failed attempt: retried, never dropped
-            log.warning("provisioner revoke of %s raised unexpectedly", grant.id, exc_info=True)
-            return await self._revoke_failed(grant, messages.provisioner_crashed(exc), later=later)
+        error = await self._provisioner_revoke(grant)
+        if error is not None:
+            return await self._revoke_failed(grant, error, later=later)
         final = GrantStatus.FAILED if grant.end_reason is EndReason.PROVISIONING_FAILED else GrantStatus.ENDED
         now = self.clock.now()
         return await self.bus.commit(
@@ -407,6 +408,18 @@ class GrantLifecycle:
             lambda ended: [GrantEnded(ended.ended_at or now, ended)],
             defer_to=later,
         )
+
+    async def _provisioner_revoke(self, grant: Grant) -> str | None:
+        """One revoke call by the holder of its claim: None when the provisioner confirmed it, else
+        the error the retry is scheduled with."""
+        try:
+            await self._provisioner(grant.resource).revoke(grant)
+        except ProvisioningError as exc:
+            return exc.message
+        except Exception as exc:  # a provisioner's bug is a failed attempt: retried, never dropped
+            log.warning("provisioner revoke of %s raised unexpectedly", grant.id, exc_info=True)
+            return messages.provisioner_crashed(exc)
+        return None
 
     async def _revoke_failed(self, grant: Grant, error: str, *, later: list[Event]) -> Grant:
         backoff = min(timedelta(seconds=10 * 2 ** min(grant.revoke_attempts, 10)), REVOKE_BACKOFF_MAX)
@@ -428,21 +441,92 @@ class GrantLifecycle:
     # --- timed work (the expiry scheduler calls these) ------------------------------------
 
     async def expire_due(self) -> int:
-        """End every ACTIVE grant whose time is up. Safe to run on several replicas at once.
+        """End every ACTIVE grant whose time is up, a page at a time. Safe on several replicas at once.
 
-        Grants expiring together are revoked concurrently (at most ``EXPIRY_CONCURRENCY`` at a
-        time), so one slow provisioner or chat call does not delay the others' revokes. One
-        grant's failure never stops the others (:func:`isolated`).
+        Each page costs two transactions whatever its size: one moves the page to REVOKING with its
+        audit rows, each grant claiming its first revoke attempt (:meth:`GrantStore.begin_expiry`,
+        compare-and-set per grant, so a grant another replica or click ended is left out); then the
+        provisioner is called for each (at most ``EXPIRY_CONCURRENCY`` at a time) and one transaction
+        moves the confirmed ones to ENDED with theirs. A failed revoke stays REVOKING and is retried
+        (:meth:`retry_revokes`); a crash in between leaves claims whose leases run out, as before.
+        The holders are told afterwards, in the background, so chat calls never delay the next
+        revoke (at most ``TELL_BACKLOG`` pages of messages wait; :meth:`told` waits for them).
+        Returns how many grants this call moved out of ACTIVE.
         """
+        ended = 0
+        for _ in range(EXPIRY_PAGES_PER_PASS):
+            due = await self.store.grants.due_to_expire(self.clock.now(), limit=EXPIRY_PAGE)
+            if not due:
+                break
+            later: list[Event] = []
+            try:
+                ended += await self._expire_page(due, later=later)
+            finally:
+                await self._tell_later(later)  # what was committed stays committed: tell it
+            if len(due) < EXPIRY_PAGE:
+                break
+        return ended
+
+    async def _expire_page(self, due: list[Grant], *, later: list[Event]) -> int:
+        now = self.clock.now()
+        by_lease: dict[timedelta, list[str]] = {}
+        for grant in due:
+            by_lease.setdefault(self.lease_for(grant.resource), []).append(grant.id)
+        revoking: list[Grant] = []
+        for lease, ids in by_lease.items():
+            revoking += await self._begin_expiry(ids, now=now, lease_until=now + lease, later=later)
         limit = asyncio.Semaphore(EXPIRY_CONCURRENCY)
 
-        async def expire(grant: Grant) -> bool:
+        async def revoke(grant: Grant) -> Grant | None:
             async with limit:
-                ended = await isolated("expiry", grant.id, self.end_grant(grant, reason=EndReason.EXPIRED, by=SYSTEM))
-                return ended is not None
+                error = await self._provisioner_revoke(grant)
+                if error is None:
+                    return grant
+                await isolated("revoke retry scheduling", grant.id, self._revoke_failed(grant, error, later=later))
+                return None
 
-        due = await self.store.grants.due_to_expire(self.clock.now())
-        return sum(await asyncio.gather(*(expire(grant) for grant in due)))
+        confirmed = [g.id for g in await asyncio.gather(*(revoke(g) for g in revoking)) if g is not None]
+        if confirmed:
+            at = self.clock.now()
+            await self.bus.commit(
+                lambda audit: self.store.grants.finish_revokes(confirmed, at=at, audit=audit),
+                lambda grants: [GrantEnded(g.ended_at or at, g) for g in grants],
+                defer_to=later,
+            )
+        return len(revoking)
+
+    async def _begin_expiry(
+        self, ids: list[str], *, now: datetime, lease_until: datetime, later: list[Event]
+    ) -> list[Grant]:
+        return await self.bus.commit(
+            lambda audit: self.store.grants.begin_expiry(
+                ids, now=now, lease_until=lease_until, owner=self.instance, ended_by=SYSTEM, audit=audit
+            ),
+            lambda grants: [GrantExpired(now, g) for g in grants],
+            defer_to=later,
+        )
+
+    async def _tell_later(self, events: list[Event]) -> None:
+        """React to ``events`` in a task of its own, once fewer than ``TELL_BACKLOG`` are under way."""
+        if not events:
+            return
+        while len(self._telling) >= TELL_BACKLOG:
+            await asyncio.wait(set(self._telling), return_when=asyncio.FIRST_COMPLETED)
+        task = asyncio.create_task(self.bus.react(*events), name="ackgate-tell-expired")
+        self._telling.add(task)
+        task.add_done_callback(self._telling.discard)
+
+    async def told(self, *, timeout: float | None = None) -> None:
+        """Wait until the messages about expired grants are sent (they fail on their own, logged);
+        after ``timeout`` seconds the rest are cancelled."""
+        while self._telling:
+            waiting = set(self._telling)
+            _, pending = await asyncio.wait(waiting, timeout=timeout)
+            if pending:
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
+                return
 
     async def retry_revokes(self) -> int:
         """Retry every revoke that is due, each attempt claimed first so only one pass makes it."""

@@ -54,8 +54,8 @@ _TONE: Final[Mapping[str, Tone]] = {
 # How long a replica may take to post an incident's first message before another may try.
 POST_CLAIM_LEASE: Final = timedelta(seconds=60)
 
-# Every ACTIVE grant expires within its flow's max_duration, so a cutoff this far ahead lists them all.
-_ALL_ACTIVE: Final = timedelta(days=3650)
+# Incidents of revoke-on-resolve grants read from the store at a time by the resolved-incident poll.
+INCIDENT_PAGE: Final = 100
 
 
 def subject(incident_id: str) -> str:
@@ -279,30 +279,35 @@ class MirrorService:
         """Poll PagerDuty for the incidents of revoke-on-resolve grants; end those whose incident resolved.
 
         For deployments without a webhook subscription. One REST call per distinct incident; an
-        incident PagerDuty cannot show now is checked again next time. Returns the grants ended.
+        incident PagerDuty cannot show now is checked again next time. The incidents come from the
+        store a page at a time (an index of ACTIVE grants by incident), so no grant is read unless
+        its incident resolved, and nothing is asked when no flow revokes on resolve. Returns the
+        grants ended.
         """
-        now = self.clock.now()
-        limit = max(await self.store.grants.count_active(), 1)
-        by_incident: dict[str, list[Grant]] = {}
-        for grant in await self.store.grants.due_to_expire(now + _ALL_ACTIVE, limit=limit):
-            if grant.incident is not None and self._revokes_on_resolve(grant):
-                by_incident.setdefault(grant.incident.id, []).append(grant)
+        flows = [f.name for f in self.access.policy.flows if f.revoke_on_resolve]
         ended = 0
-        for incident_id, grants in by_incident.items():
-            try:
-                incident = await self.pagerduty.incident(incident_id)
-            except PagerDutyNotFound:
-                log.warning("PagerDuty no longer shows incident %s; its grants run to their expiry", incident_id)
-                continue
-            except PagerDutyError as exc:
-                log.warning("could not check PagerDuty incident %s: %s", incident_id, exc.message)
-                continue
-            if incident.status != "resolved":
-                continue
-            for grant in grants:
-                if await self._end(grant):
-                    ended += 1
+        after = ""
+        while flows:
+            page = await self.store.grants.incidents_of_active(flows, after=after, limit=INCIDENT_PAGE)
+            for incident_id in page:
+                ended += await self._check_incident(incident_id)
+            if len(page) < INCIDENT_PAGE:
+                break
+            after = page[-1]
         return ended
+
+    async def _check_incident(self, incident_id: str) -> int:
+        try:
+            incident = await self.pagerduty.incident(incident_id)
+        except PagerDutyNotFound:
+            log.warning("PagerDuty no longer shows incident %s; its grants run to their expiry", incident_id)
+            return 0
+        except PagerDutyError as exc:
+            log.warning("could not check PagerDuty incident %s: %s", incident_id, exc.message)
+            return 0
+        if incident.status != "resolved":
+            return 0
+        return await self.revoke_for_incident(incident_id)
 
 
 def _status(event: WebhookEvent) -> str | None:

@@ -90,6 +90,12 @@ class RequestStore(Protocol):
         """PENDING requests created before ``cutoff`` (for approval time-outs)."""
         ...
 
+    async def stranded_pending(self, created_before: datetime, *, limit: int = 50) -> list[AccessRequest]:
+        """PENDING requests created before ``created_before`` that already have at least
+        ``required_approvals`` approvals (left by a crash of an older version), oldest first, at most
+        ``limit``: the database filters, so only those are read."""
+        ...
+
     async def add_with_grant(
         self, request: AccessRequest, grant: Grant, *, audit: AuditFor[tuple[AccessRequest, Grant]] | None = None
     ) -> tuple[AccessRequest, Grant]:
@@ -196,6 +202,35 @@ class GrantStore(Protocol):
 
     async def active_for_incident(self, incident_id: str) -> list[Grant]:
         """ACTIVE grants issued under that PagerDuty incident."""
+        ...
+
+    async def incidents_of_active(self, flows: Sequence[str], *, after: str = "", limit: int = 100) -> list[str]:
+        """One page of the distinct incident ids that ACTIVE grants of ``flows`` are bound to, in id
+        order, after ``after`` (the last id of the previous page): an index scan, no grant read."""
+        ...
+
+    async def begin_expiry(
+        self,
+        grant_ids: Sequence[str],
+        *,
+        now: datetime,
+        lease_until: datetime,
+        owner: str = "",
+        ended_by: str,
+        audit: AuditFor[list[Grant]] | None = None,
+    ) -> list[Grant]:
+        """Move those of ``grant_ids`` that are still ACTIVE and expired at ``now`` to REVOKING
+        (end reason ``expired``, ended by ``ended_by``), each claiming its first revoke attempt until
+        ``lease_until`` for ``owner``, with their audit rows, in one transaction. Each row is a
+        compare-and-set: the grants another caller ended or extended meanwhile are left out of the
+        result, which is what this caller now holds."""
+        ...
+
+    async def finish_revokes(
+        self, grant_ids: Sequence[str], *, at: datetime, audit: AuditFor[list[Grant]] | None = None
+    ) -> list[Grant]:
+        """Move those of ``grant_ids`` still REVOKING to ENDED at ``at`` (the provisioner confirmed
+        their revoke), with their audit rows, in one transaction; returns the grants moved."""
         ...
 
     async def count_active(self) -> int: ...

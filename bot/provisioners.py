@@ -37,6 +37,7 @@ import hashlib
 import hmac
 import json
 import logging
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -71,17 +72,30 @@ class ProvisionerCall:
     grant: Grant
 
 
-class NoopProvisioner:
-    """Does nothing but remember each call in ``calls``, oldest first."""
+NOOP_KEPT_CALLS = 100
 
-    def __init__(self) -> None:
-        self.calls: list[ProvisionerCall] = []
+
+class NoopProvisioner:
+    """Does nothing but count its calls and remember the most recent ``kept`` of them (``calls``,
+    oldest first): a long-running server must not grow with every grant it ever made."""
+
+    def __init__(self, *, kept: int = NOOP_KEPT_CALLS) -> None:
+        self._recent: deque[ProvisionerCall] = deque(maxlen=kept)
+        self.counts: Counter[str] = Counter()  # calls by action, since start
+
+    @property
+    def calls(self) -> list[ProvisionerCall]:
+        return list(self._recent)
+
+    def _record(self, call: ProvisionerCall) -> None:
+        self._recent.append(call)
+        self.counts[call.action] += 1
 
     async def grant(self, grant: Grant) -> None:
-        self.calls.append(ProvisionerCall("grant", grant))
+        self._record(ProvisionerCall("grant", grant))
 
     async def revoke(self, grant: Grant) -> None:
-        self.calls.append(ProvisionerCall("revoke", grant))
+        self._record(ProvisionerCall("revoke", grant))
 
 
 def sign(secret: SecretStr, timestamp: str, body: bytes) -> str:

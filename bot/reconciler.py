@@ -103,9 +103,8 @@ class Reconciler:
 
     async def approve_stranded(self) -> int:
         count = 0
-        pending = await self.store.requests.pending_created_before(self.clock.now())
-        stranded = [r for r in pending if r.approvals and len(r.approvals) >= r.required_approvals][: self.page]
-        for request in stranded:
+        # The database picks them (an index of pending requests): no pending request is read otherwise.
+        for request in await self.store.requests.stranded_pending(self.clock.now(), limit=self.page):
             done = await isolated(
                 "approving fully approved request", request.id, self.lifecycle.approve_stranded(request)
             )

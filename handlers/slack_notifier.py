@@ -35,6 +35,10 @@ PLATFORM = "slack"
 TITLE = "Slack"  # its row in /access admin status
 # How long the address book's email ↔ user id pair is trusted before users.lookupByEmail is asked again.
 ADDRESS_FRESH = timedelta(hours=1)
+# A user's DM conversation id does not change: conversations.open is asked once a day per user at
+# most (of the most recent DM_CHANNELS_KEPT users), so a message to a user is one Web API call.
+DM_CHANNEL_SECONDS = 24 * 3600.0
+DM_CHANNELS_KEPT = 10_000
 
 # Every Web API method Ackgate calls, with the bot scopes it needs. The manifest's scopes are
 # derived from (and tested against) this table, so a new call cannot ship without its scope.
@@ -137,15 +141,24 @@ class SlackNotifier:
         self._client = client
         self._book = address_book
         self._now = now
+        self._dm_channels = CoalescingCache(max_entries=DM_CHANNELS_KEPT)
 
     async def health(self) -> None:
         """auth.test: Slack answers and accepts the bot token. Raises ``ChatError`` otherwise."""
         await call_slack("auth.test", self._client.auth_test())
 
     async def send_to_user(self, user: Principal, card: Card) -> MessageRef:
-        # chat.update needs the D… conversation id, not the user id, so open the DM first.
-        opened = await call_slack("conversations.open", self._client.conversations_open(users=user.user_id))
-        return await self.send_to_channel(str(opened["channel"]["id"]), card)
+        # chat.update needs the D… conversation id, not the user id, so open the DM first (once).
+        channel = await self._dm_channels.get(user.user_id, lambda: self._open_dm(user.user_id), ttl=DM_CHANNEL_SECONDS)
+        try:
+            return await self.send_to_channel(channel, card)
+        except ChatError:
+            self._dm_channels.forget(user.user_id)  # the next message opens the conversation again
+            raise
+
+    async def _open_dm(self, user_id: str) -> str:
+        opened = await call_slack("conversations.open", self._client.conversations_open(users=user_id))
+        return str(opened["channel"]["id"])
 
     async def send_to_channel(self, channel: str, card: Card) -> MessageRef:
         posted = await call_slack(

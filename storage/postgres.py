@@ -51,6 +51,7 @@ from storage.codec import (
 )
 from storage.common import Role, Roles, RoleStore, pending
 from storage.deliveries import delivery_sql, inbox_delivery, outbox_delivery
+from storage.sweeps import sweep_sql
 
 # Any bigint works; every Ackgate replica must use the same one. These are the bytes "ackgate!".
 MIGRATION_LOCK = int.from_bytes(b"ackgate!", "big")
@@ -69,6 +70,7 @@ _REVOKING = GrantStatus.REVOKING.value
 _PENDING = RequestStatus.PENDING.value
 _WRITES = row_writes(lambda n: f"${n}")
 _DELIVERIES = delivery_sql(lambda n: f"${n}")
+_SWEEPS = sweep_sql(lambda n: f"${n}", lambda p: f"= ANY({p}::text[])", lambda _: "")
 _LINK_HASH_UNIQUE = "auth_transactions_token_hash_key"  # PostgreSQL's name for the UNIQUE column
 _INSERT_APPROVAL = (
     "INSERT INTO approvals (request_id, approver_email, at) VALUES ($1, $2, $3)"
@@ -301,6 +303,11 @@ class _Requests(Role[_Pool]):
         async with self._db.connection("list pending requests") as conn:
             return await self._complete(conn, await conn.fetch(sql, RequestStatus.PENDING.value, utc(cutoff)))
 
+    async def stranded_pending(self, created_before: datetime, *, limit: int = 50) -> list[AccessRequest]:
+        async with self._db.connection("list fully approved pending requests") as conn:
+            rows = await conn.fetch(_SWEEPS.stranded_pending, utc(created_before), limit)
+            return await self._complete(conn, rows)
+
 
 class _Grants(Role[_Pool]):
     async def _cas(
@@ -413,6 +420,36 @@ class _Grants(Role[_Pool]):
     async def active_for_incident(self, incident_id: str) -> list[Grant]:
         doing = f"list the grants of incident {incident_id}"
         return await self._select(doing, ACTIVE_FOR_INCIDENT_SQL, incident_id, _ACTIVE)
+
+    async def incidents_of_active(self, flows: Sequence[str], *, after: str = "", limit: int = 100) -> list[str]:
+        async with self._db.connection("list the incidents of active grants") as conn:
+            rows = await conn.fetch(_SWEEPS.incidents_of_active, list(flows), after, limit)
+        return [str(row["incident_id"]) for row in rows]
+
+    async def begin_expiry(
+        self,
+        grant_ids: Sequence[str],
+        *,
+        now: datetime,
+        lease_until: datetime,
+        owner: str = "",
+        ended_by: str,
+        audit: AuditFor[list[Grant]] | None = None,
+    ) -> list[Grant]:
+        params = (list(grant_ids), utc(now), utc(lease_until), owner, EndReason.EXPIRED.value, ended_by)
+        async with self._db.connection("start revoking expired grants", transaction=True) as conn:
+            grants = [_CODEC.grant(row) for row in await conn.fetch(_SWEEPS.begin_expiry, *params)]
+            await _audit(conn, audit, grants)
+        return grants
+
+    async def finish_revokes(
+        self, grant_ids: Sequence[str], *, at: datetime, audit: AuditFor[list[Grant]] | None = None
+    ) -> list[Grant]:
+        async with self._db.connection("end revoked grants", transaction=True) as conn:
+            rows = await conn.fetch(_SWEEPS.finish_revokes, list(grant_ids), utc(at))
+            grants = [_CODEC.grant(row) for row in rows]
+            await _audit(conn, audit, grants)
+        return grants
 
     async def count_active(self) -> int:
         async with self._db.connection("count active grants") as conn:

@@ -51,6 +51,7 @@ from storage.codec import (
 )
 from storage.common import Role, Roles, RoleStore, pending
 from storage.deliveries import delivery_sql, inbox_delivery, outbox_delivery
+from storage.sweeps import sweep_sql
 
 BUSY_TIMEOUT_MS = 5000
 WAL_RETRY_SECONDS = 0.05
@@ -77,6 +78,9 @@ _REVOKING = GrantStatus.REVOKING.value
 _PENDING = RequestStatus.PENDING.value
 _WRITES = row_writes(lambda _: "?")
 _DELIVERIES = delivery_sql(lambda n: f"?{n}")  # numbered: these statements reuse a parameter
+_SWEEPS = sweep_sql(
+    lambda n: f"?{n}", lambda p: f"IN (SELECT value FROM json_each({p}))", lambda index: f" INDEXED BY {index}"
+)  # lists travel as JSON text
 _INSERT_APPROVAL = (
     "INSERT INTO approvals (request_id, approver_email, at) VALUES (?, ?, ?)"
     " ON CONFLICT (request_id, approver_email) DO NOTHING"
@@ -351,6 +355,11 @@ class _Requests(Role[_Db]):
         async with self._db.reading("list pending requests") as conn:
             return await self._complete(conn, await _rows(conn, sql, [RequestStatus.PENDING.value, iso(cutoff)]))
 
+    async def stranded_pending(self, created_before: datetime, *, limit: int = 50) -> list[AccessRequest]:
+        async with self._db.reading("list fully approved pending requests") as conn:
+            rows = await _rows(conn, _SWEEPS.stranded_pending, (iso(created_before), limit))
+            return await self._complete(conn, rows)
+
 
 class _Grants(Role[_Db]):
     async def _cas(
@@ -463,6 +472,36 @@ class _Grants(Role[_Db]):
     async def active_for_incident(self, incident_id: str) -> list[Grant]:
         doing = f"list the grants of incident {incident_id}"
         return await self._select(doing, ACTIVE_FOR_INCIDENT_SQL, [incident_id, _ACTIVE])
+
+    async def incidents_of_active(self, flows: Sequence[str], *, after: str = "", limit: int = 100) -> list[str]:
+        async with self._db.reading("list the incidents of active grants") as conn:
+            rows = await _rows(conn, _SWEEPS.incidents_of_active, (dump_json(list(flows)), after, limit))
+        return [str(row["incident_id"]) for row in rows]
+
+    async def begin_expiry(
+        self,
+        grant_ids: Sequence[str],
+        *,
+        now: datetime,
+        lease_until: datetime,
+        owner: str = "",
+        ended_by: str,
+        audit: AuditFor[list[Grant]] | None = None,
+    ) -> list[Grant]:
+        params = (dump_json(list(grant_ids)), iso(now), iso(lease_until), owner, EndReason.EXPIRED.value, ended_by)
+        async with self._db.writing("start revoking expired grants") as conn:
+            grants = [_CODEC.grant(row) for row in await _rows(conn, _SWEEPS.begin_expiry, params)]
+            await _audit(conn, audit, grants)
+        return grants
+
+    async def finish_revokes(
+        self, grant_ids: Sequence[str], *, at: datetime, audit: AuditFor[list[Grant]] | None = None
+    ) -> list[Grant]:
+        async with self._db.writing("end revoked grants") as conn:
+            rows = await _rows(conn, _SWEEPS.finish_revokes, (dump_json(list(grant_ids)), iso(at)))
+            grants = [_CODEC.grant(row) for row in rows]
+            await _audit(conn, audit, grants)
+        return grants
 
     async def count_active(self) -> int:
         async with self._db.reading("count active grants") as conn:
