@@ -86,6 +86,10 @@ class MessageBus:
         finally:
             await self.react(*later)
 
+    def reacts_to(self, event: Event) -> bool:
+        """Whether any side effect is registered for ``event``'s type."""
+        return bool(self._registry.get(type(event)))
+
     async def publish(self, *events: Event) -> None:
         """Audit and react to events that change no stored state."""
         for event in events:

@@ -58,7 +58,10 @@ REVOKE_BACKOFF_MAX = timedelta(minutes=10)
 EXPIRY_CONCURRENCY = 32  # provisioner revoke calls in flight at once while a page of expired grants ends
 EXPIRY_PAGE = 250  # expired grants ended per pair of transactions (REVOKING, then ENDED)
 EXPIRY_PAGES_PER_PASS = 20  # then the scheduler's other work gets its turn (it comes back at once)
-TELL_BACKLOG = 8  # pages whose chat messages may be under way before ending more grants waits for them
+# Messages about ended grants are sent behind the revokes: at most TELL_CONCURRENCY pages' worth at
+# a time, and ending more grants waits only once TELL_BACKLOG messages are waiting (about 2 KB each).
+TELL_CONCURRENCY = 8
+TELL_BACKLOG = 10_000
 # The longest wait between two attempts of a webhook provisioner (bot.provisioners.MAX_BACKOFF_SECONDS;
 # a test keeps the two equal: the core may not import the HTTP adapter).
 PROVISIONER_BACKOFF_CAP_SECONDS = 30.0
@@ -124,6 +127,9 @@ class GrantLifecycle:
         self.instance = instance
         # Chat messages about expired grants, sent behind the revokes (see :meth:`expire_due`).
         self._telling: set[asyncio.Task[None]] = set()
+        self._untold = 0  # events waiting in those tasks
+        self._tell_slots: asyncio.Semaphore | None = None
+        self._not_revoking: asyncio.Event | None = None  # cleared while expire_due ends grants
 
     def _resource(self, name: str) -> Resource:
         resource = self.policy.resource(name)
@@ -454,18 +460,27 @@ class GrantLifecycle:
         Returns how many grants this call moved out of ACTIVE.
         """
         ended = 0
+        quiet = self._quiet()
         for _ in range(EXPIRY_PAGES_PER_PASS):
             due = await self.store.grants.due_to_expire(self.clock.now(), limit=EXPIRY_PAGE)
             if not due:
                 break
+            quiet.clear()  # the revokes go first: messages wait between two sends while this page ends
             later: list[Event] = []
             try:
                 ended += await self._expire_page(due, later=later)
             finally:
+                quiet.set()
                 await self._tell_later(later)  # what was committed stays committed: tell it
             if len(due) < EXPIRY_PAGE:
                 break
         return ended
+
+    def _quiet(self) -> asyncio.Event:
+        if self._not_revoking is None:
+            self._not_revoking = asyncio.Event()
+            self._not_revoking.set()
+        return self._not_revoking
 
     async def _expire_page(self, due: list[Grant], *, later: list[Event]) -> int:
         now = self.clock.now()
@@ -507,12 +522,28 @@ class GrantLifecycle:
         )
 
     async def _tell_later(self, events: list[Event]) -> None:
-        """React to ``events`` in a task of its own, once fewer than ``TELL_BACKLOG`` are under way."""
+        """React to ``events`` in a task of its own (at most ``TELL_CONCURRENCY`` such tasks send at
+        once); first wait while ``TELL_BACKLOG`` events are waiting already, so memory stays bounded."""
+        events = [e for e in events if self.bus.reacts_to(e)]  # only those waiting cost memory
         if not events:
             return
-        while len(self._telling) >= TELL_BACKLOG:
+        while self._telling and self._untold >= TELL_BACKLOG:
             await asyncio.wait(set(self._telling), return_when=asyncio.FIRST_COMPLETED)
-        task = asyncio.create_task(self.bus.react(*events), name="ackgate-tell-expired")
+        if self._tell_slots is None:
+            self._tell_slots = asyncio.Semaphore(TELL_CONCURRENCY)
+        slots, quiet = self._tell_slots, self._quiet()
+        self._untold += len(events)
+
+        async def tell() -> None:
+            try:
+                async with slots:
+                    for event in events:
+                        await quiet.wait()
+                        await self.bus.react(event)
+            finally:
+                self._untold -= len(events)
+
+        task = asyncio.create_task(tell(), name="ackgate-tell-expired")
         self._telling.add(task)
         task.add_done_callback(self._telling.discard)
 
