@@ -17,7 +17,7 @@ from typing import Any
 
 import aiosqlite
 
-from bot.domain import (
+from bot.core.domain import (
     AccessRequest,
     AuditEvent,
     AuthStatus,
@@ -31,8 +31,8 @@ from bot.domain import (
     RequestStatus,
     claim_prefix,
 )
-from bot.errors import StorageError
-from bot.ports import AuditFor, InboxDelivery, OutboxDelivery
+from bot.core.errors import StorageError
+from bot.core.ports import AuditFor, InboxDelivery, OutboxDelivery
 from storage.address_book import SqliteAddressBook
 from storage.codec import (
     Codec,
@@ -78,9 +78,12 @@ _REVOKING = GrantStatus.REVOKING.value
 _PENDING = RequestStatus.PENDING.value
 _WRITES = row_writes(lambda _: "?")
 _DELIVERIES = delivery_sql(lambda n: f"?{n}")  # numbered: these statements reuse a parameter
+# lists travel as JSON text; only placeholders and index names are spliced in
 _SWEEPS = sweep_sql(
-    lambda n: f"?{n}", lambda p: f"IN (SELECT value FROM json_each({p}))", lambda index: f" INDEXED BY {index}"
-)  # lists travel as JSON text
+    lambda n: f"?{n}",
+    lambda p: f"IN (SELECT value FROM json_each({p}))",  # noqa: S608
+    lambda index: f" INDEXED BY {index}",
+)
 _INSERT_APPROVAL = (
     "INSERT INTO approvals (request_id, approver_email, at) VALUES (?, ?, ?)"
     " ON CONFLICT (request_id, approver_email) DO NOTHING"

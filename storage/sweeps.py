@@ -69,9 +69,9 @@ def sweep_sql(mark: Mark, one_of: OneOf, indexed_by: IndexedBy) -> SweepSql:
         ),
         # p1 created before, p2 limit: PENDING requests that already have all their approvals
         stranded_pending=(
-            "SELECT * FROM requests WHERE status = 'pending' AND created_at < {c}"
+            f"SELECT * FROM requests WHERE status = 'pending' AND created_at < {p[1]}"
             " AND EXISTS (SELECT 1 FROM approvals a WHERE a.request_id = requests.id)"
             " AND (SELECT count(*) FROM approvals a WHERE a.request_id = requests.id) >= required_approvals"
-            " ORDER BY created_at, id LIMIT {n}"
-        ).format(c=p[1], n=p[2]),
+            f" ORDER BY created_at, id LIMIT {p[2]}"
+        ),
     )

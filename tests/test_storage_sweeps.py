@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from bot.domain import Approval, AuditEvent, EndReason, Grant, GrantStatus, RequestStatus
-from bot.errors import StorageError
-from bot.ports import Store
+from bot.core.domain import Approval, AuditEvent, EndReason, Grant, GrantStatus, RequestStatus
+from bot.core.errors import StorageError
+from bot.core.ports import Store
 from storage.sqlite import _SWEEPS
 from tests.fakes import storage_fixtures
 from tests.fakes.storage_fixtures import BOB, CAROL, T0, make_grant, make_incident, make_request, opened
