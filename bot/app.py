@@ -51,7 +51,7 @@ from bot.router import CommandRouter
 from bot.secrets import SecretBox
 from bot.webhook_inbox import Inbox
 from bot.webhooks import WebhookEvent
-from handlers import slack_platform
+from handlers import slack_platform, teams_platform
 from handlers.auth_signin import build_signin
 from handlers.guard import install as install_guard
 from handlers.ops import HealthCheck, Probe, mount_ops
@@ -123,7 +123,7 @@ def _csrf_secret(settings: Settings) -> SecretStr:
 
 
 PlatformMount = Callable[[web.Application, Settings, PlatformParts], ChatPlatform]
-PLATFORM_MOUNTS: dict[str, PlatformMount] = {"slack": slack_platform.mount}
+PLATFORM_MOUNTS: dict[str, PlatformMount] = {"slack": slack_platform.mount, "teams": teams_platform.mount}
 """Each chat platform's one mount function, by the name ``Settings.chat_platforms`` gives it."""
 
 
@@ -329,7 +329,9 @@ def build_app(
     def add_job(job: Job) -> None:
         scheduler.jobs.append(job)
 
-    parts = PlatformParts(store=store, clock=clock, router=router, add_job=add_job, deliver=deliver, instance=instance)
+    parts = PlatformParts(
+        store=store, clock=clock, router=router, add_job=add_job, deliver=deliver, instance=instance, metrics=metrics
+    )
     for name in settings.chat_platforms:
         platform = PLATFORM_MOUNTS[name](app, settings, parts)
         platforms.append(platform)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from bot import messages
 from bot.clock import Clock
@@ -15,6 +16,9 @@ from bot.domain import Principal
 from bot.errors import AckgateError
 from bot.ports import AdminCheck, ChatHealth, ChatNotifier, Store
 from bot.router import CommandRouter
+
+if TYPE_CHECKING:
+    from bot.metrics import PrometheusMetrics
 
 Job = Callable[[], Awaitable[int]]
 
@@ -33,6 +37,8 @@ class PlatformParts:
     platform does not take are queued in the outbox and sent later)."""
     instance: str = ""
     """This process's name in the claims it takes (``ACKGATE_INSTANCE_ID``), for the platform's inbox."""
+    metrics: PrometheusMetrics | None = None
+    """The process's metrics, for a platform's own counters (e.g. Teams' auth failures)."""
 
 
 @dataclass(frozen=True)
