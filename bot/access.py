@@ -54,6 +54,9 @@ MIN_DURATION = timedelta(minutes=1)
 class AccessService(GrantLifecycle):
     """Requesting and deciding; the grant lifecycle (provisioning, revoke, extend, expiry) is inherited."""
 
+    unreached: dict[str, tuple[str, ...]] = {}  # noqa: RUF012 - replaced by the reactions' own (bot.app)
+    """Approvers the approval reactions could not reach, by request id (read once, for the pending card)."""
+
     # --- commands -------------------------------------------------------------------------
 
     async def execute(self, actor: Principal, command: Command) -> Card:
@@ -236,7 +239,7 @@ class AccessService(GrantLifecycle):
             lambda _: [AccessRequested(request.created_at, request), ApprovalRequested(request.created_at, request)],
         )
         refs = await self.store.messages.refs(request.id)
-        return cards.pending_card(request, reached=len(refs))
+        return cards.pending_card(request, reached=len(refs), unreached=self.unreached.pop(request.id, ()))
 
     # --- deciding -------------------------------------------------------------------------
 

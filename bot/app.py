@@ -345,6 +345,7 @@ def build_app(
         card_claims=card_claims,
     )
     card_claims.post = reactions.show_approvers  # the reconciler posts what a crash left unposted
+    service.unreached = reactions.unreached  # the requester is told who could not be reached
     auth_reactions = AuthReactions(notifiers=notifiers, messages=store.messages, org=org, events=events, clock=clock)
     bus.use(
         merge(

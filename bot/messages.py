@@ -752,8 +752,11 @@ def teams_not_reachable(who: str) -> str:
     )
 
 
-def teams_unreached_approvers(emails: Sequence[str]) -> str:
-    return f" Not reachable in chat (the Ackgate app is not installed for them): {', '.join(emails)}."
+def unreached_approvers(emails: Sequence[str]) -> str:
+    return (
+        f" Not reachable in chat: {', '.join(emails)} (no chat account Ackgate can message, "
+        "or the Ackgate app is not installed for them)."
+    )
 
 
 # --- the grant lifecycle: failures, recovery, long lists -------------------------------------
