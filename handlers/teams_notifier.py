@@ -173,17 +173,26 @@ class TeamsIdentity:
         self,
         connector: TeamsConnector,
         *,
+        directory: TeamsDirectory | None = None,
         ttl_seconds: float = IDENTITY_TTL_SECONDS,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._connector, self._ttl = connector, ttl_seconds
+        self._connector, self._directory, self._ttl = connector, directory, ttl_seconds
         self._cache = CoalescingCache(monotonic=monotonic)
 
     async def principal(self, *, service_url: str, conversation_id: str, user_id: str) -> Principal:
-        """Raises ``IdentityError`` when Teams shows neither an email nor a UPN, ``ChatError`` when it fails."""
+        """Raises ``IdentityError`` when Teams shows neither an email nor a UPN, ``ChatError`` when it fails.
+        Someone Teams does not list in that conversation (a card forwarded out of its chat) is looked up
+        in the address book, which only holds what Teams' roster said earlier."""
 
         async def load() -> Principal:
-            member = await self._connector.get_member(service_url, base_conversation(conversation_id), user_id)
+            try:
+                member = await self._connector.get_member(service_url, base_conversation(conversation_id), user_id)
+            except TeamsNotFound:
+                known = await self._directory.user(user_id) if self._directory is not None else None
+                if known is None:
+                    raise
+                return Principal(PLATFORM, known[0].user_id, known[0].email, known[0].display_name)
             return principal_from_member(member, user_id)
 
         return await self._cache.get(user_id, load, ttl=self._ttl)

@@ -225,7 +225,7 @@ def mount(app: web.Application, settings: Settings, parts: PlatformParts) -> Cha
     parts.deliver(PLATFORM, direct)
     bot = AckgateTeamsBot(
         service=parts.router,
-        identity=TeamsIdentity(connector),
+        identity=TeamsIdentity(connector, directory=directory),
         directory=directory,
         connector=connector,
         signer=signer,
