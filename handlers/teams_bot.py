@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
@@ -118,8 +118,10 @@ class AckgateTeamsBot(TeamsActivityHandler):  # type: ignore[misc]
         connector: TeamsConnector,
         signer: CardSigner | None,
         budget_seconds: float,
+        on_error: Callable[[TeamsConnectorError], None] = lambda exc: None,
     ) -> None:
         super().__init__()
+        self._on_error = on_error
         self._service, self._identity, self._directory = service, identity, directory
         self._connector, self._signer, self._budget = connector, signer, budget_seconds
         self._late: set[asyncio.Task[Answer]] = set()
@@ -276,6 +278,7 @@ class AckgateTeamsBot(TeamsActivityHandler):  # type: ignore[misc]
                 turn.service_url, turn.conversation_id, turn.activity_id, card_activity(answer.card)
             )
         except TeamsConnectorError as exc:
+            self._on_error(exc)
             log.warning("Could not answer a Teams %s: %s", turn.kind, exc.message)
 
 

@@ -79,7 +79,9 @@ class MessagesEndpoint:
         clock: Clock,
         count_activity: Callable[[str], None],
         count_auth_failure: Callable[[str], None],
+        on_connector_error: Callable[[TeamsConnectorError], None] = lambda exc: None,
     ) -> None:
+        self._on_connector_error = on_connector_error
         self._auth, self._tokens, self._bot, self._adapter = auth, tokens, bot, adapter
         self._seen, self._clock = seen, clock
         self._count_activity, self._count_auth_failure = count_activity, count_auth_failure
@@ -142,6 +144,7 @@ class MessagesEndpoint:
         try:
             await self._process(turn, identity)
         except TeamsConnectorError as exc:
+            self._on_connector_error(exc)
             log.warning("Could not handle a Teams %s: %s", turn.kind, exc.message)
         except Exception:
             log.exception("Unexpected failure while handling a Teams %s", turn.kind)
@@ -150,6 +153,8 @@ class MessagesEndpoint:
         try:
             response = await self._process(turn, identity)
         except AckgateError as exc:  # e.g. the token endpoint failing: a clear card, not a 500
+            if isinstance(exc, TeamsConnectorError):
+                self._on_connector_error(exc)
             log.warning("Could not handle a Teams invoke: %s", exc.message)
             return web.json_response(invoke_card_response(render_notice(exc.message)))
         except Exception:
@@ -230,6 +235,7 @@ def mount(app: web.Application, settings: Settings, parts: PlatformParts) -> Cha
         connector=connector,
         signer=signer,
         budget_seconds=settings.teams_invoke_budget_seconds,
+        on_error=connector_error,
     )
     adapter = build_adapter(
         app_id=app_id,
@@ -248,6 +254,7 @@ def mount(app: web.Application, settings: Settings, parts: PlatformParts) -> Cha
         clock=parts.clock,
         count_activity=lambda kind: metrics.teams_activities.labels(type=kind).inc() if metrics else None,
         count_auth_failure=lambda reason: metrics.teams_auth_failures.labels(reason=reason).inc() if metrics else None,
+        on_connector_error=connector_error,
     )
     app.router.add_post(PATH, endpoint.handle)
     parts.add_job(every(WARM_SECONDS, parts.clock, _warm(keys, tokens)))
