@@ -163,3 +163,37 @@ def test_a_teams_approval_channel_is_accepted_once_teams_is_configured(
     _teams_only(monkeypatch)
     assert main(["check-config", "--env"]) == 0
     assert "OK (1 resources, 1 flows)" in capsys.readouterr().out
+
+
+def test_ackgate_manifest_teams_writes_the_package_from_the_settings(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    import json
+    import zipfile
+
+    from tests.fakes.teams_schemas import check_manifest
+
+    _teams_only(monkeypatch)
+    monkeypatch.setenv("ACKGATE_PUBLIC_URL", "https://ackgate.example.com/")
+    out = tmp_path / "ackgate-teams.zip"
+
+    assert main(["manifest", "teams", "--zip", str(out)]) == 0
+
+    assert APP_ID in capsys.readouterr().out
+    with zipfile.ZipFile(out) as package:
+        assert sorted(package.namelist()) == ["color.png", "manifest.json", "outline.png"]
+        manifest = json.loads(package.read("manifest.json"))
+    check_manifest(manifest)
+    assert manifest["id"] == APP_ID and manifest["bots"][0]["botId"] == APP_ID
+    assert manifest["validDomains"] == ["ackgate.example.com"]
+
+
+def test_ackgate_manifest_teams_without_an_app_id_or_a_public_host_says_which_setting(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    out = tmp_path / "p.zip"
+    assert "MICROSOFT_APP_ID is not set" in _refused(capsys, ["manifest", "teams", "--zip", str(out)])
+    _teams_only(monkeypatch)
+    monkeypatch.setenv("ACKGATE_PUBLIC_URL", "http://localhost:3000")
+    assert "ACKGATE_PUBLIC_URL" in _refused(capsys, ["manifest", "teams", "--zip", str(out)])
+    assert not out.exists()
