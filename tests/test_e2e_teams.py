@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import asyncio
 
-from bot.domain import GrantStatus, RequestStatus
-from bot.provisioners import NoopProvisioner
-from bot.simulators.stage import Stage
+from bot.adapters.provisioners import NoopProvisioner
+from bot.core.domain import GrantStatus, RequestStatus
+from bot.runtime.simulators.stage import Stage
 from tests.fakes.stage_fixtures import (
     audit_kinds,
     audit_lines,
@@ -246,7 +246,7 @@ async def test_clicks_by_the_requester_a_non_approver_and_after_the_decision_cha
 
 
 def activity_text_of(message: object) -> str:
-    from bot.simulators.teams_stage import activity_text
+    from bot.runtime.simulators.teams_stage import activity_text
 
     return activity_text(message.activity)  # type: ignore[attr-defined]
 

@@ -18,15 +18,15 @@ import jwt
 import pytest
 from pydantic import SecretStr
 
-from bot import messages
-from bot.domain import Grant, GrantStatus, RequestStatus
-from bot.errors import ChatError
-from bot.outbox import OutboxNotifier
-from bot.provisioners import NoopProvisioner
-from bot.simulators.stage import Stage
-from bot.simulators.teams import TeamsSimulator
-from bot.simulators.teams_client import sign
-from bot.views import Card
+from bot.adapters.provisioners import NoopProvisioner
+from bot.core import messages
+from bot.core.domain import Grant, GrantStatus, RequestStatus
+from bot.core.errors import ChatError
+from bot.core.outbox import OutboxNotifier
+from bot.core.views import Card
+from bot.runtime.simulators.stage import Stage
+from bot.runtime.simulators.teams import TeamsSimulator
+from bot.runtime.simulators.teams_client import sign
 from tests.fakes.issue3_stage import incident_data, webhook
 from tests.fakes.stage_fixtures import DATABASE_SERVICE, audit_kinds, grants_of, request_id_in, requests_of
 from tests.fakes.teams_schemas import check_card

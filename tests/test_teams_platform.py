@@ -10,8 +10,8 @@ import pytest
 import requests
 from botframework.connector.auth.jwt_token_extractor import JwtTokenExtractor
 
-from bot.domain import RequestStatus
-from bot.simulators.stage import Stage
+from bot.core.domain import RequestStatus
+from bot.runtime.simulators.stage import Stage
 from tests.fakes.stage_fixtures import requests_of
 from tests.fakes.teams_stage_fixtures import installed, until
 

@@ -8,16 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from bot import messages
-from bot.app import build_app
-from bot.cli import main
-from bot.config import (
+from bot.core import messages
+from bot.core.errors import ConfigError
+from bot.runtime.app import build_app
+from bot.runtime.cli import main
+from bot.runtime.config import (
     TEAMS_PUBLIC_LOGIN_URL,
     TEAMS_PUBLIC_OPENID_METADATA_URL,
     TEAMS_PUBLIC_SERVICE_URL_HOSTS,
     load_settings,
 )
-from bot.errors import ConfigError
 from tests.test_cli import ENV, GOOD_ENV
 
 APP_ID = "6b1c0f7e-1a2b-4c3d-8e9f-0a1b2c3d4e5f"
@@ -53,7 +53,7 @@ def good_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     async def must_not_start(*args: object) -> int:
         raise AssertionError("serve got past its checks")
 
-    monkeypatch.setattr("bot.runtime.serve", must_not_start)
+    monkeypatch.setattr("bot.runtime.server.serve", must_not_start)
     policy = tmp_path / "plain.yaml"
     policy.write_text(PLAIN_POLICY, encoding="utf-8")
     monkeypatch.setenv("ACKGATE_POLICY_FILE", str(policy))  # no Slack channel in it

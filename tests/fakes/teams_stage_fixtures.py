@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import requests
 
-from bot.clock import FakeClock
-from bot.provisioners import NoopProvisioner
-from bot.simulators.stage import Person, Stage
-from bot.simulators.teams_stage import TeamsPerson
+from bot.adapters.provisioners import NoopProvisioner
+from bot.core.clock import FakeClock
+from bot.runtime.simulators.stage import Person, Stage
+from bot.runtime.simulators.teams_stage import TeamsPerson
 from tests.fakes.pagerduty_openapi import Conformance, warm_up
 from tests.fakes.stage_fixtures import STAGE_POLICY, acknowledged_incident
 from tests.fakes.teams_schemas import check_card, check_connector_body, check_definition
