@@ -39,7 +39,8 @@ from bot.core import messages
 from bot.core.admin import opens_key_form
 from bot.core.commands import Command, OpenForm, RequestAccess, Revoke, parse_command
 from bot.core.domain import Principal
-from bot.core.errors import StorageError, UpstreamError, UsageError, UserError
+from bot.core.errors import UpstreamError, UsageError, UserError
+from bot.core.router import shown
 from bot.core.views import Card, RequestForm, Tone
 from handlers.teams.activity import TeamsTurn, command_text
 from handlers.teams.cards import (
@@ -291,13 +292,4 @@ def read_click(value: object, signer: CardSigner | None) -> ActionClick | Invali
 
 async def outcome(work: Awaitable[Answer]) -> Answer:
     """Run a use case: its answer, or a notice with the sentence the user should see instead."""
-    try:
-        return await work
-    except (UserError, UpstreamError) as exc:
-        return _notice(exc.message)
-    except StorageError:
-        log.exception("Storage failed while handling a Teams activity")
-        return _notice(messages.STORAGE_DOWN)
-    except Exception:
-        log.exception("Unexpected failure while handling a Teams activity")
-        return _notice(messages.GENERIC_FAILURE)
+    return await shown(work, instead=_notice, log=log, platform="Teams")
