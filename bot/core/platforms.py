@@ -1,5 +1,5 @@
 """How a chat platform joins Ackgate: the composition root calls the platform's one ``mount``
-function (``handlers.slack.platform.mount``, later ``handlers.teams.platform.mount``) for each
+function (``handlers.slack.platform.mount``, ``handlers.teams.platform.mount``) for each
 platform the settings configure, with the :class:`PlatformParts` every platform needs, and gets back
 a :class:`ChatPlatform`. Nothing else in the composition root is platform-specific.
 """
