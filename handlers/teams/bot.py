@@ -28,7 +28,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import Any
 
 from botbuilder.core import InvokeResponse, TurnContext
 from botbuilder.core.teams import TeamsActivityHandler
@@ -37,11 +37,11 @@ from botbuilder.schema.teams import TeamInfo
 
 from bot.core import messages
 from bot.core.admin import opens_key_form
-from bot.core.commands import Command, OpenForm, RequestAccess, Revoke, parse_command
+from bot.core.commands import OpenForm, RequestAccess, Revoke, parse_command
 from bot.core.domain import Principal
 from bot.core.errors import UpstreamError, UsageError, UserError
-from bot.core.router import shown
-from bot.core.views import Card, RequestForm, Tone
+from bot.core.router import CommandRouter, shown
+from bot.core.views import Card, Tone
 from handlers.teams.activity import TeamsTurn, command_text
 from handlers.teams.cards import (
     FORM_VERB,
@@ -73,20 +73,6 @@ CURRENT_TURN: ContextVar[TeamsTurn] = ContextVar("ackgate_teams_turn")
 """The parsed activity of the turn being handled (set by the endpoint around ``process_activity``)."""
 
 
-class UseCases(Protocol):
-    """The core's use cases as the Teams bot needs them (implemented by ``bot.core.router``)."""
-
-    async def execute(self, actor: Principal, command: Command) -> Card: ...
-
-    async def decide(self, request_id: str, *, actor: Principal, approve: bool) -> Card: ...
-
-    async def set_key(self, actor: Principal, text: str) -> Card: ...
-
-    def request_form(self) -> RequestForm: ...
-
-    async def prefilled_form(self, actor: Principal) -> RequestForm: ...
-
-
 @dataclass(frozen=True)
 class Answer:
     """What the bot shows: an Adaptive Card, and whether it is the use case's own (not an error)."""
@@ -113,7 +99,7 @@ class AckgateTeamsBot(TeamsActivityHandler):  # type: ignore[misc]
     def __init__(
         self,
         *,
-        service: UseCases,
+        service: CommandRouter,
         identity: TeamsIdentity,
         directory: TeamsDirectory,
         connector: TeamsConnector,
