@@ -79,3 +79,22 @@ async def test_a_sqlite_database_the_old_files_left_at_an_older_version_upgrades
     async with opened(f"sqlite:///{path}"):
         pass
     assert sqlite_comparable(sqlite_schema(str(path))) == sqlite_comparable(BEFORE["sqlite"][str(LATEST)])
+
+
+def test_a_migration_keeps_only_its_dialects_lines_and_fills_in_its_types() -> None:
+    text = "CREATE TABLE t (at {timestamp});\n-- only sqlite\nSELECT 1;\n-- only postgres\nSELECT 2;\n-- end only\n"
+    assert migrations.render(text, "sqlite") == "CREATE TABLE t (at TEXT);\nSELECT 1;\n"
+    assert migrations.render(text, "postgres") == "CREATE TABLE t (at timestamptz);\nSELECT 2;\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "complaint"),
+    [
+        ("CREATE TABLE t (a {uuid});\n", "uses {uuid}"),
+        ("-- only mysql\nSELECT 1;\n-- end only\n", "unknown dialect 'mysql'"),
+        ("-- only sqlite\nSELECT 1;\n", "has no '-- end only'"),
+    ],
+)
+def test_a_malformed_migration_is_refused_saying_what_is_wrong(text: str, complaint: str) -> None:
+    with pytest.raises(ValueError, match=complaint.replace("{", r"\{").replace("}", r"\}")):
+        migrations.render(text, "sqlite")
