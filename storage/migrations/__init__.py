@@ -2,7 +2,7 @@
 
 A file is plain SQL but for two things, both resolved by :func:`load`:
 
-- ``{timestamp}``, ``{json}``, ``{serial_key}``, ``{boolean}`` and ``{false}`` stand for the types that
+- ``{timestamp}``, ``{json}``, ``{serial_key}``, ``{boolean}``, ``{false}`` and ``{now}`` stand for the types that
   differ (see :data:`TYPES`): datetimes are fixed-width UTC ISO text in SQLite, so text order is time
   order, and ``timestamptz`` in PostgreSQL; nested values are JSON text or ``jsonb``.
 - Lines between ``-- only sqlite`` (or ``-- only postgres``) and the next ``-- only …`` or
@@ -27,6 +27,7 @@ TYPES = {
         "serial_key": "INTEGER PRIMARY KEY AUTOINCREMENT",
         "boolean": "INTEGER",
         "false": "0",
+        "now": "CURRENT_TIMESTAMP",
     },
     "postgres": {
         "timestamp": "timestamptz",
@@ -34,6 +35,7 @@ TYPES = {
         "serial_key": "bigserial PRIMARY KEY",
         "boolean": "boolean",
         "false": "false",
+        "now": "now()",
     },
 }
 
@@ -76,6 +78,17 @@ def _type(token: str, dialect: str) -> str:
         return TYPES[dialect][token]
     except KeyError:
         raise ValueError(f"A migration uses {{{token}}}, which is none of {sorted(TYPES[dialect])}.") from None
+
+
+_SCHEMA_VERSION_TABLE = (
+    "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY,"
+    " name TEXT NOT NULL, applied_at {timestamp} NOT NULL DEFAULT {now});\n"
+)
+
+
+def schema_version_table(dialect: str) -> str:
+    """The table that records which versions were applied (created before any of them)."""
+    return render(_SCHEMA_VERSION_TABLE, dialect)
 
 
 def load(dialect: str) -> list[Migration]:
