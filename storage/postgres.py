@@ -9,8 +9,8 @@ replicas starting together apply them once.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -19,7 +19,7 @@ import asyncpg
 from bot.errors import ConfigError, StorageError
 from storage.codec import Row
 from storage.common import RoleStore
-from storage.sql import POSTGRES, Duplicate, Statement, bind
+from storage.sql import POSTGRES, DriverSession
 
 # Any bigint works; every Ackgate replica must use the same one. These are the bytes "ackgate!".
 MIGRATION_LOCK = int.from_bytes(b"ackgate!", "big")
@@ -89,13 +89,13 @@ class _Pool:
             ) from exc
 
     def read(self, doing: str) -> AbstractAsyncContextManager[_Session]:
-        return _session(self.connection(doing), doing)
+        return _Session.over(self.connection(doing), doing)
 
     def write(self, doing: str) -> AbstractAsyncContextManager[_Session]:
-        return _session(self.connection(doing), doing)
+        return _Session.over(self.connection(doing), doing)
 
     def transaction(self, doing: str) -> AbstractAsyncContextManager[_Session]:
-        return _session(self.connection(doing, transaction=True), doing)
+        return _Session.over(self.connection(doing, transaction=True), doing)
 
     @asynccontextmanager
     async def migrating(self) -> AsyncIterator[_Session]:
@@ -105,52 +105,27 @@ class _Pool:
             yield s
 
 
-@contextmanager
-def _duplicates(doing: str) -> Iterator[None]:
-    """A unique violation as :class:`~storage.sql.Duplicate`, keyed by the constraint's name."""
-    try:
-        yield
-    except asyncpg.UniqueViolationError as exc:
-        raise Duplicate(doing, exc.constraint_name or str(exc)) from exc
+class _Session(DriverSession[Any]):
+    """The statements' session on one pooled connection; a unique violation names its constraint."""
 
+    dialect = POSTGRES
 
-class _Session:
-    """The statements' :class:`~storage.sql.Session` on one pooled connection."""
+    async def _fetch(self, text: str, values: tuple[object, ...]) -> list[Row]:
+        return list(await self._conn.fetch(text, *values))
 
-    def __init__(self, conn: Any, doing: str) -> None:
-        self._conn = conn
-        self._doing = doing
+    async def _run(self, text: str, values: tuple[object, ...]) -> None:
+        await self._conn.execute(text, *values)
 
-    async def rows(self, sql: Statement, /, *args: object, **named: object) -> list[Row]:
-        text, values = bind(POSTGRES, sql, args, named)
-        with _duplicates(self._doing):
-            return list(await self._conn.fetch(text, *values))
+    async def _run_many(self, text: str, values: list[tuple[object, ...]]) -> None:
+        await self._conn.executemany(text, values)
 
-    async def row(self, sql: Statement, /, *args: object, **named: object) -> Row | None:
-        text, values = bind(POSTGRES, sql, args, named)
-        with _duplicates(self._doing):
-            row: Row | None = await self._conn.fetchrow(text, *values)
-        return row
+    def _unique_key(self, exc: Exception) -> str | None:
+        if not isinstance(exc, asyncpg.UniqueViolationError):
+            return None
+        return str(exc.constraint_name or exc)
 
-    async def execute(self, sql: Statement, /, *args: object, **named: object) -> None:
-        text, values = bind(POSTGRES, sql, args, named)
-        with _duplicates(self._doing):
-            await self._conn.execute(text, *values)
-
-    async def execute_many(self, sql: Statement, rows: Iterable[Sequence[object]], /) -> None:
-        bound = [bind(POSTGRES, sql, row, {}) for row in rows]
-        if bound:
-            with _duplicates(self._doing):
-                await self._conn.executemany(bound[0][0], [values for _, values in bound])
-
-    async def execute_script(self, script: str) -> None:
+    async def execute_script(self, script: str, /) -> None:
         await self._conn.execute(script)  # no arguments: the simple protocol runs many statements
-
-
-@asynccontextmanager
-async def _session(opened: AbstractAsyncContextManager[Any], doing: str) -> AsyncIterator[_Session]:
-    async with opened as conn:
-        yield _Session(conn, doing)
 
 
 class PostgresStore(RoleStore[_Pool]):

@@ -27,18 +27,20 @@ dialect's placeholders (``dialect.mark(1)`` is the first), taking positional val
 
 from __future__ import annotations
 
+import abc
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
-from typing import Any, Protocol
+from typing import Any, ClassVar, Generic, Protocol, Self, TypeVar
 
 from bot.errors import StorageError
 from storage.codec import Codec, Row, dump_json, from_iso, iso, utc
 
 Mark = Callable[[int], str]
+ConnT = TypeVar("ConnT")
 
 _PARAMETER = re.compile(r"(?<![:\w]):([a-z_][a-z0-9_]*)")
 _SLOT = re.compile(r"\{([a-z_]+)\}")
@@ -184,6 +186,70 @@ class Session(Protocol):
     async def execute_script(self, script: str, /) -> None:
         """Run several statements given as one text (a migration), without parameters."""
         ...
+
+
+class DriverSession(abc.ABC, Generic[ConnT]):
+    """A :class:`Session` over one driver connection: binds each statement in :attr:`dialect`, and
+    turns a unique violation into :class:`Duplicate`. A backend supplies the driver's calls."""
+
+    dialect: ClassVar[Dialect]
+
+    def __init__(self, conn: ConnT, doing: str) -> None:
+        self._conn = conn
+        self._doing = doing
+
+    @classmethod
+    @asynccontextmanager
+    async def over(cls, opened: AbstractAsyncContextManager[ConnT], doing: str) -> AsyncIterator[Self]:
+        """A session on the connection ``opened`` yields, for as long as it is held."""
+        async with opened as conn:
+            yield cls(conn, doing)
+
+    @contextmanager
+    def _unique(self) -> Iterator[None]:
+        try:
+            yield
+        except Exception as exc:
+            key = self._unique_key(exc)
+            if key is None:
+                raise
+            raise Duplicate(self._doing, key) from exc
+
+    async def rows(self, sql: Statement, /, *args: object, **named: object) -> list[Row]:
+        text, values = bind(self.dialect, sql, args, named)
+        with self._unique():
+            return await self._fetch(text, values)
+
+    async def row(self, sql: Statement, /, *args: object, **named: object) -> Row | None:
+        rows = await self.rows(sql, *args, **named)
+        return rows[0] if rows else None
+
+    async def execute(self, sql: Statement, /, *args: object, **named: object) -> None:
+        text, values = bind(self.dialect, sql, args, named)
+        with self._unique():
+            await self._run(text, values)
+
+    async def execute_many(self, sql: Statement, rows: Iterable[Sequence[object]], /) -> None:
+        bound = [bind(self.dialect, sql, row, {}) for row in rows]
+        if bound:
+            with self._unique():
+                await self._run_many(bound[0][0], [values for _, values in bound])
+
+    @abc.abstractmethod
+    async def execute_script(self, script: str, /) -> None: ...
+
+    @abc.abstractmethod
+    async def _fetch(self, text: str, values: tuple[object, ...]) -> list[Row]: ...
+
+    @abc.abstractmethod
+    async def _run(self, text: str, values: tuple[object, ...]) -> None: ...
+
+    @abc.abstractmethod
+    async def _run_many(self, text: str, values: list[tuple[object, ...]]) -> None: ...
+
+    @abc.abstractmethod
+    def _unique_key(self, exc: Exception) -> str | None:
+        """The key ``exc`` found taken, when it is a unique violation; None for any other error."""
 
 
 class Database(Protocol):

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import aiosqlite
 
 from bot.errors import StorageError
 from storage.codec import Row
 from storage.common import RoleStore
-from storage.sql import SQLITE, Duplicate, Statement, bind
+from storage.sql import SQLITE, DriverSession
 
 BUSY_TIMEOUT_MS = 5000
 WAL_RETRY_SECONDS = 0.05
@@ -133,65 +133,38 @@ class _Db:
                 raise self._failed(doing, exc) from exc
 
     def read(self, doing: str) -> AbstractAsyncContextManager[_Session]:
-        return _session(self.reading(doing), doing)
+        return _Session.over(self.reading(doing), doing)
 
     def write(self, doing: str) -> AbstractAsyncContextManager[_Session]:
-        return _session(self.writing(doing), doing)
+        return _Session.over(self.writing(doing), doing)
 
     def transaction(self, doing: str) -> AbstractAsyncContextManager[_Session]:
-        return _session(self.writing(doing), doing)
+        return _Session.over(self.writing(doing), doing)
 
     def migrating(self) -> AbstractAsyncContextManager[_Session]:
         return self.transaction("apply database migrations")
 
 
-@contextmanager
-def _duplicates(doing: str) -> Iterator[None]:
-    """A UNIQUE violation as :class:`~storage.sql.Duplicate` (its message names the column)."""
-    try:
-        yield
-    except sqlite3.IntegrityError as exc:
-        if "UNIQUE" not in str(exc):
-            raise
-        raise Duplicate(doing, str(exc)) from exc
+class _Session(DriverSession[aiosqlite.Connection]):
+    """The statements' session on the shared connection; a UNIQUE failure's message names the column."""
 
+    dialect = SQLITE
 
-class _Session:
-    """The statements' :class:`~storage.sql.Session` on the shared connection."""
+    async def _fetch(self, text: str, values: tuple[object, ...]) -> list[Row]:
+        return list(await self._conn.execute_fetchall(text, values))
 
-    def __init__(self, conn: aiosqlite.Connection, doing: str) -> None:
-        self._conn = conn
-        self._doing = doing
+    async def _run(self, text: str, values: tuple[object, ...]) -> None:
+        await self._conn.execute(text, values)
 
-    async def rows(self, sql: Statement, /, *args: object, **named: object) -> list[Row]:
-        text, values = bind(SQLITE, sql, args, named)
-        with _duplicates(self._doing):
-            return list(await self._conn.execute_fetchall(text, values))
+    async def _run_many(self, text: str, values: list[tuple[object, ...]]) -> None:
+        await self._conn.executemany(text, values)
 
-    async def row(self, sql: Statement, /, *args: object, **named: object) -> Row | None:
-        rows = await self.rows(sql, *args, **named)
-        return rows[0] if rows else None
+    def _unique_key(self, exc: Exception) -> str | None:
+        return str(exc) if isinstance(exc, sqlite3.IntegrityError) and "UNIQUE" in str(exc) else None
 
-    async def execute(self, sql: Statement, /, *args: object, **named: object) -> None:
-        text, values = bind(SQLITE, sql, args, named)
-        with _duplicates(self._doing):
-            await self._conn.execute(text, values)
-
-    async def execute_many(self, sql: Statement, rows: Iterable[Sequence[object]], /) -> None:
-        bound = [bind(SQLITE, sql, row, {}) for row in rows]
-        if bound:
-            with _duplicates(self._doing):
-                await self._conn.executemany(bound[0][0], [values for _, values in bound])
-
-    async def execute_script(self, script: str) -> None:
+    async def execute_script(self, script: str, /) -> None:
         for statement in split_statements(script):
             await self._conn.execute(statement)
-
-
-@asynccontextmanager
-async def _session(opened: AbstractAsyncContextManager[aiosqlite.Connection], doing: str) -> AsyncIterator[_Session]:
-    async with opened as conn:
-        yield _Session(conn, doing)
 
 
 class SqliteStore(RoleStore[_Db]):
