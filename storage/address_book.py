@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from bot.ports import ChatAddress
+from bot.core.ports import ChatAddress
 from storage.codec import Row
 from storage.roles import Role
 from storage.sql import Sql

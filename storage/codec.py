@@ -3,7 +3,7 @@
 The backends differ only in how they hold a datetime (ISO text in SQLite, ``timestamptz`` in
 PostgreSQL), so a :class:`Codec` is built with those two functions and does everything else once:
 column order, JSON for nested values, enums, and the error a lost compare-and-set raises (its
-sentence comes from :mod:`bot.messages`). The statements themselves are in :mod:`storage.roles`.
+sentence comes from :mod:`bot.core.messages`). The statements themselves are in :mod:`storage.roles`.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from datetime import UTC, datetime
 from enum import Enum
 from typing import Any, Protocol
 
-from bot import messages
-from bot.domain import (
+from bot.core import messages
+from bot.core.domain import (
     AccessRequest,
     Approval,
     AuditEvent,
@@ -32,8 +32,8 @@ from bot.domain import (
     ReceivedCommand,
     RequestStatus,
 )
-from bot.errors import AlreadyDecided, NotFound, StorageError, UserError
-from bot.webhooks import STATUS_ORDER
+from bot.core.errors import AlreadyDecided, NotFound, StorageError, UserError
+from bot.core.webhooks import STATUS_ORDER
 
 
 class Row(Protocol):
@@ -486,7 +486,7 @@ def _principal(row: Row, prefix: str) -> Principal:
     )
 
 
-# --- what a lost compare-and-set or a duplicate insert raises (the sentences: bot/messages.py) ----
+# --- what a lost compare-and-set or a duplicate insert raises (the sentences: bot/core/messages.py) ----
 
 
 def request_conflict(request_id: str, row: Row | None) -> UserError:

@@ -13,8 +13,8 @@ from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Generic, Protocol, TypeVar
 
-from bot.ports import AddressBook as AddressBookPort
-from bot.ports import (
+from bot.core.ports import AddressBook as AddressBookPort
+from bot.core.ports import (
     AuditLog,
     ChatOutbox,
     CommandInbox,

@@ -14,8 +14,8 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from bot.domain import MessageRef, claim_prefix
-from bot.ports import InboxDelivery, OutboxDelivery
+from bot.core.domain import MessageRef, claim_prefix
+from bot.core.ports import InboxDelivery, OutboxDelivery
 from storage.codec import Row
 from storage.roles import OWNED, Role
 from storage.sql import Sql

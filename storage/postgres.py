@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 import asyncpg
 
-from bot.errors import ConfigError, StorageError
+from bot.core.errors import ConfigError, StorageError
 from storage.codec import Row
 from storage.common import RoleStore
 from storage.sql import POSTGRES, DriverSession

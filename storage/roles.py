@@ -19,7 +19,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from bot.domain import (
+from bot.core.domain import (
     AccessRequest,
     AuditEvent,
     AuthStatus,
@@ -33,7 +33,7 @@ from bot.domain import (
     RequestStatus,
     claim_prefix,
 )
-from bot.ports import AuditFor
+from bot.core.ports import AuditFor
 from storage.codec import (
     AUDIT_COLUMNS,
     COMMAND_COLUMNS,
@@ -139,7 +139,7 @@ PENDING_WITHOUT_CARDS = Sql(
     " AND (p.posted_at IS NOT NULL OR p.lease_until > :now)) ORDER BY created_at, id LIMIT :limit"
 )
 
-# A claim token starts with its owner's prefix (bot.domain.claim_prefix): an owner that restarted
+# A claim token starts with its owner's prefix (bot.core.domain.claim_prefix): an owner that restarted
 # releases the claims it held, whose leases are void.
 OWNED = "substr(claim, 1, length(CAST(:prefix AS text))) = CAST(:prefix AS text)"
 

@@ -36,7 +36,7 @@ from datetime import UTC, datetime
 from functools import cached_property
 from typing import Any, ClassVar, Generic, Protocol, Self, TypeVar
 
-from bot.errors import StorageError
+from bot.core.errors import StorageError
 from storage.codec import Codec, Row, dump_json, from_iso, iso, utc
 
 Mark = Callable[[int], str]
@@ -254,7 +254,7 @@ class DriverSession(abc.ABC, Generic[ConnT]):
 
 class Database(Protocol):
     """A backend's connection holder, as the role classes use it. ``doing`` completes the sentence
-    "Could not …" of the :class:`~bot.errors.StorageError` raised when the driver fails."""
+    "Could not …" of the :class:`~bot.core.errors.StorageError` raised when the driver fails."""
 
     dialect: Dialect
 

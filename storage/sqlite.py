@@ -15,7 +15,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import aiosqlite
 
-from bot.errors import StorageError
+from bot.core.errors import StorageError
 from storage.codec import Row
 from storage.common import RoleStore
 from storage.sql import SQLITE, DriverSession

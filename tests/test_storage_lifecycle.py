@@ -11,9 +11,9 @@ from datetime import timedelta
 
 import pytest
 
-from bot.domain import AccessRequest, Approval, AuditEvent, EndReason, Grant, GrantStatus, RequestStatus
-from bot.errors import AlreadyDecided, NotFound, StorageError
-from bot.ports import Store
+from bot.core.domain import AccessRequest, Approval, AuditEvent, EndReason, Grant, GrantStatus, RequestStatus
+from bot.core.errors import AlreadyDecided, NotFound, StorageError
+from bot.core.ports import Store
 from storage.codec import GRANT_COLUMNS
 from storage.postgres import PostgresStore
 from storage.sql import Sql

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from bot.domain import RequestStatus
+from bot.core.domain import RequestStatus
 from storage import migrations
 from tests.fakes.schema import SNAPSHOT, postgres_schema, sqlite_comparable, sqlite_schema
 from tests.fakes.storage_fixtures import make_grant, make_request, opened, postgres_schema_url
