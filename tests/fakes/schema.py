@@ -7,9 +7,10 @@ the schema in use, with that schema's name taken out of the definitions. Both ca
 
 ``tests/snapshots/storage_schema.json`` holds these for every version as the per-dialect migration
 files ``storage/migrations/000N_name.{sqlite,postgres}.sql`` made them (see its ``made_by``).
-Regenerate it only when a migration is added, never to make a changed old one pass:
+Regenerate it only when a migration is added, never to make a changed old one pass (the versions
+already in it must come out unchanged, and ``made_by`` keeps saying where they came from):
 
-    .venv/bin/python -m tests.fakes.schema > tests/snapshots/storage_schema.json
+    .venv/bin/python -m tests.fakes.schema "versions 1-7: <as before>; 8: <commit>" > tests/snapshots/storage_schema.json
 """
 
 from __future__ import annotations
