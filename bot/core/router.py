@@ -56,7 +56,7 @@ class CommandRouter:
             return access.help()
 
         self._handlers: dict[type, Handler] = {
-            RequestAccess: access.request_access,
+            RequestAccess: lambda actor, c: access.request_access(actor, c),
             Revoke: lambda actor, c: grants.revoke(c.grant_id, actor=actor),
             Extend: lambda actor, c: grants.extend(c.grant_id, c.duration, actor=actor),
             ListMine: lambda actor, _c: grants.list_for(actor),
