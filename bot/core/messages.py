@@ -142,9 +142,7 @@ def already_decided(request: object) -> str:
     from bot.core.domain import AccessRequest
 
     assert isinstance(request, AccessRequest)
-    verb = request.status.value.replace("_", " ")
-    by = f" by {request.decided_by}" if request.decided_by else ""
-    return f"This request was already {verb}{by}."
+    return request_already(request.status.value, request.decided_by)
 
 
 def not_your_grant(grant_id: str) -> str:
@@ -176,6 +174,72 @@ def extension_too_long(extra: timedelta, maximum: timedelta, room: timedelta) ->
 
 def extension_refused(resource: str, reason: str) -> str:
     return f"Your access to {resource} can't be extended: {reason}."
+
+
+# --- What a lost compare-and-set or a taken id says (storage/codec.py) ---
+# Shown to the person who clicked; they say who got there first when known.
+
+_REQUEST_ALREADY = {
+    "approved": "This request was already approved",
+    "denied": "This request was already denied",
+    "refused": "This request was already refused",
+    "cancelled": "This request was already cancelled",
+    "timed_out": "This request has already timed out",
+    "pending": "This request is still pending",
+}
+
+
+def request_already(status: str, by: str | None) -> str:
+    """A request found in ``status`` (a RequestStatus value), put there by ``by`` when known."""
+    said_by = f" by {by}" if by and status not in ("timed_out", "pending") else ""
+    return _REQUEST_ALREADY.get(status, f"This request is {status}") + said_by + "."
+
+
+REQUEST_HAS_GRANT = "This request already has its grant."
+
+_GRANT_ALREADY = {
+    "provisioning": "This grant is still being set up.",
+    "active": "This grant is already active.",
+    "revoking": "This grant is already being revoked.",
+    "ended": "This grant has already ended.",
+    "failed": "This grant could not be set up.",
+}
+
+
+def grant_already(status: str) -> str:
+    """A grant found in ``status`` (a GrantStatus value) by a transition that expected another."""
+    return _GRANT_ALREADY.get(status, f"This grant is {status}.")
+
+
+GRANT_EXPIRY_MOVED = "This grant's expiry changed meanwhile. Check it and try again."
+
+_TRANSACTION_ALREADY = {
+    "verified": "This request was already verified.",
+    "denied": "This request was already denied.",
+    "expired": "This link has expired.",
+    "pending": "This request is still waiting for an answer.",
+}
+
+
+def transaction_already(status: str) -> str:
+    """An authentication request found in ``status`` (an AuthStatus value)."""
+    return _TRANSACTION_ALREADY.get(status, f"This request is {status}.")
+
+
+def not_stored(kind: str, ident: str) -> str:
+    """Nothing of ``kind`` ("request", "grant", "authentication request") has the id ``ident``."""
+    return f"No {kind} has the id {ident}."
+
+
+def id_taken(what: str) -> str:
+    """An insert whose id is already stored; ``what`` names it (``request r-1``)."""
+    return f"Could not save {what}: that id is already taken."
+
+
+def transaction_taken(transaction_id: str, *, token: bool) -> str:
+    """A duplicate authentication request: its id, or (``token``) its link's hash."""
+    taken = "its link token is already in use" if token else "that id is already taken"
+    return f"Could not save authentication request {transaction_id}: {taken}."
 
 
 # --- Requests and grants (bot/core/cards.py) ---
