@@ -45,25 +45,25 @@ def _grant(prefix: str, i: int, *, holders: int, now: datetime, expires: datetim
 def seed(database_url: str, grants: Iterator[Any], *, batch: int = 5000) -> int:
     """Insert grants through the SQLite store's own row encoding, ``batch`` per transaction."""
     from storage import open_store
-    from storage.sqlite import _CODEC, _WRITES
+    from storage.roles import INSERT_GRANT
 
     async def go() -> int:
         store = open_store(database_url)
         await store.open()
         n = 0
         try:
-            db = store.grants._db  # type: ignore[attr-defined] # the bench's bulk path, not a port
+            db = store._db  # type: ignore[attr-defined] # the bench's bulk path, not a port
             chunk: list[Any] = []
             for g in grants:
-                chunk.append(_CODEC.grant_values(g))
+                chunk.append(db.dialect.codec.grant_values(g))
                 if len(chunk) >= batch:
-                    async with db.writing("seed bench grants") as conn:
-                        await conn.executemany(_WRITES.grant, chunk)
+                    async with db.transaction("seed bench grants") as s:
+                        await s.execute_many(INSERT_GRANT, chunk)
                     n += len(chunk)
                     chunk = []
             if chunk:
-                async with db.writing("seed bench grants") as conn:
-                    await conn.executemany(_WRITES.grant, chunk)
+                async with db.transaction("seed bench grants") as s:
+                    await s.execute_many(INSERT_GRANT, chunk)
                 n += len(chunk)
         finally:
             await store.close()

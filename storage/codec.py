@@ -2,18 +2,20 @@
 
 The backends differ only in how they hold a datetime (ISO text in SQLite, ``timestamptz`` in
 PostgreSQL), so a :class:`Codec` is built with those two functions and does everything else once:
-column order, JSON for nested values, enums, and the error a lost compare-and-set raises.
+column order, JSON for nested values, enums, and the error a lost compare-and-set raises (its
+sentence comes from :mod:`bot.core.messages`). The statements themselves are in :mod:`storage.roles`.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, fields
 from datetime import UTC, datetime
 from enum import Enum
 from typing import Any, Protocol
 
+from bot.core import messages
 from bot.core.domain import (
     AccessRequest,
     Approval,
@@ -27,6 +29,7 @@ from bot.core.domain import (
     IncidentMirror,
     MessageRef,
     Principal,
+    ReceivedCommand,
     RequestStatus,
 )
 from bot.core.errors import AlreadyDecided, NotFound, StorageError, UserError
@@ -108,6 +111,18 @@ TRANSACTION_COLUMNS = (
     "dedup_key",
     "decided_at",
     "note",
+)
+
+COMMAND_COLUMNS = (
+    "key",
+    "kind",
+    "user_id",
+    "channel_id",
+    "text",
+    "response_url",
+    "received_at",
+    "lease_until",
+    "claimed_by",
 )
 
 MIRROR_COLUMNS = (
@@ -295,21 +310,20 @@ class Codec:
         expires_at: datetime | None,
         last_error: str | None,
         next_attempt_at: datetime | None = None,
-    ) -> tuple[object, ...]:
-        """What a grant transition sets, in the order status, end_reason, ended_by, expires_at,
-        last_error, next_attempt_at, ended_at; ``None`` keeps the stored value (``COALESCE``).
+    ) -> dict[str, object]:
+        """What a grant transition sets, by column; ``None`` keeps the stored value (``COALESCE``).
 
         Moving to REVOKING sets next_attempt_at: the caller's lease on its own first attempt when
         given, else ``at`` (due now)."""
-        return (
-            new.value,
-            None if end_reason is None else end_reason.value,
-            ended_by,
-            self._maybe_time(expires_at),
-            last_error,
-            self.dump_time(next_attempt_at or at) if new is GrantStatus.REVOKING else None,
-            self.dump_time(at) if new is GrantStatus.ENDED else None,
-        )
+        return {
+            "status": new.value,
+            "end_reason": None if end_reason is None else end_reason.value,
+            "ended_by": ended_by,
+            "expires_at": self._maybe_time(expires_at),
+            "last_error": last_error,
+            "next_attempt_at": self.dump_time(next_attempt_at or at) if new is GrantStatus.REVOKING else None,
+            "ended_at": self.dump_time(at) if new is GrantStatus.ENDED else None,
+        }
 
     def grant(self, row: Row) -> Grant:
         end_reason = row["end_reason"]
@@ -357,6 +371,37 @@ class Codec:
     @staticmethod
     def message_ref(row: Row) -> MessageRef:
         return MessageRef(platform=row["platform"], channel=row["channel"], message_id=row["message_id"])
+
+    # --- acknowledged chat commands ----------------------------------------------------------
+
+    def command_values(self, c: ReceivedCommand) -> tuple[object, ...]:
+        """Column values in :data:`COMMAND_COLUMNS` order."""
+        return (
+            c.key,
+            c.kind,
+            c.user_id,
+            c.channel_id,
+            c.text,
+            c.response_url,
+            self.dump_time(c.received_at),
+            self.dump_time(c.lease_until),
+            c.claimed_by,
+        )
+
+    def command(self, row: Row) -> ReceivedCommand:
+        return ReceivedCommand(
+            key=row["key"],
+            kind=row["kind"],
+            user_id=row["user_id"],
+            channel_id=row["channel_id"],
+            text=row["text"],
+            response_url=row["response_url"],
+            received_at=self._load_time(row["received_at"]),
+            lease_until=self._load_time(row["lease_until"]),
+            attempts=int(row["attempts"]),
+            answered_at=self._load_maybe_time(row["answered_at"]),
+            claimed_by=row["claimed_by"],
+        )
 
     # --- authentication transactions and mirrored incidents ---------------------------------
 
@@ -441,94 +486,22 @@ def _principal(row: Row, prefix: str) -> Principal:
     )
 
 
-def mirror_upsert(insert: str) -> str:
-    """``insert`` (an INSERT of :data:`MIRROR_COLUMNS`) made into the compare-and-set upsert of
-    ``put_if_newer``; both dialects share this SQL and differ only in their placeholders.
-
-    The update happens only for a later ``status_at``, or the same instant and a later status, so a
-    late delivery never moves an incident backwards. A link the newer event does not carry (the
-    transaction, the incident key) is kept rather than erased. ``RETURNING`` yields a row only
-    when something was written.
-    """
-    linked = {"transaction_id", "incident_key"}
-    assignments = [f"{c} = excluded.{c}" for c in MIRROR_COLUMNS if c != "incident_id" and c not in linked]
-    assignments += [
-        "transaction_id = COALESCE(excluded.transaction_id, incident_mirrors.transaction_id)",
-        "incident_key = COALESCE(NULLIF(excluded.incident_key, ''), incident_mirrors.incident_key)",
-    ]
-    return (
-        f"{insert} ON CONFLICT (incident_id) DO UPDATE SET {', '.join(assignments)}"
-        " WHERE excluded.status_at > incident_mirrors.status_at"
-        " OR (excluded.status_at = incident_mirrors.status_at AND excluded.status_rank > incident_mirrors.status_rank)"
-        " RETURNING incident_id"
-    )
-
-
-def insert(table: str, columns: Sequence[str], *, mark: Callable[[int], str]) -> str:
-    """An INSERT of one row of ``columns``; ``mark(n)`` is the dialect's placeholder for the n-th value."""
-    marks = ", ".join(mark(n) for n in range(1, len(columns) + 1))
-    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})"  # noqa: S608 - constant names
-
-
-@dataclass(frozen=True)
-class RowWrites:
-    """The statements that write a domain value as one whole row, each taking the codec's ``*_values``."""
-
-    request: str
-    grant: str
-    audit: str
-    transaction: str
-    put_mirror: str  # the compare-and-set upsert of :func:`mirror_upsert`
-
-
-def row_writes(mark: Callable[[int], str]) -> RowWrites:
-    """:class:`RowWrites` in a dialect's placeholders (see :func:`insert`)."""
-    return RowWrites(
-        request=insert("requests", REQUEST_COLUMNS, mark=mark),
-        grant=insert("grants", GRANT_COLUMNS, mark=mark),
-        audit=insert("audit", AUDIT_COLUMNS, mark=mark),
-        transaction=insert("auth_transactions", TRANSACTION_COLUMNS, mark=mark),
-        put_mirror=mirror_upsert(insert("incident_mirrors", MIRROR_COLUMNS, mark=mark)),
-    )
-
-
-# --- what a lost compare-and-set raises ----------------------------------------------------------
-# Short sentences shown to the person who clicked; they say who got there first when known.
-
-_REQUEST_DONE = {
-    RequestStatus.APPROVED: "This request was already approved",
-    RequestStatus.DENIED: "This request was already denied",
-    RequestStatus.REFUSED: "This request was already refused",
-    RequestStatus.CANCELLED: "This request was already cancelled",
-    RequestStatus.TIMED_OUT: "This request has already timed out",
-    RequestStatus.PENDING: "This request is still pending",
-}
-
-_GRANT_STATE = {
-    GrantStatus.PROVISIONING: "This grant is still being set up.",
-    GrantStatus.ACTIVE: "This grant is already active.",
-    GrantStatus.REVOKING: "This grant is already being revoked.",
-    GrantStatus.ENDED: "This grant has already ended.",
-    GrantStatus.FAILED: "This grant could not be set up.",
-}
+# --- what a lost compare-and-set or a duplicate insert raises (the sentences: bot/core/messages.py) ----
 
 
 def request_conflict(request_id: str, row: Row | None) -> UserError:
     """The error for a request transition that changed no row; ``row`` holds status and decided_by."""
     if row is None:
-        return NotFound(f"No request has the id {request_id}.")
-    status = RequestStatus(row["status"])
-    by: str | None = row["decided_by"]
-    timed_out = status in (RequestStatus.TIMED_OUT, RequestStatus.PENDING)
-    sentence = _REQUEST_DONE[status] + ("" if by is None or timed_out else f" by {by}") + "."
-    return AlreadyDecided(sentence, status=status.value, by=by)
+        return NotFound(messages.not_stored("request", request_id))
+    status, by = row["status"], row["decided_by"]
+    return AlreadyDecided(messages.request_already(status, by), status=status, by=by)
 
 
 def request_has_grant(request_id: str, row: Row | None) -> UserError:
     """The error for a grant that could not be added to its request; ``row`` holds status and decided_by."""
     if row is None or row["status"] != RequestStatus.APPROVED.value:
         return request_conflict(request_id, row)
-    return AlreadyDecided("This request already has its grant.", status=row["status"], by=row["decided_by"])
+    return AlreadyDecided(messages.REQUEST_HAS_GRANT, status=row["status"], by=row["decided_by"])
 
 
 def grant_conflict(grant_id: str, row: Row | None, *, checks_expiry: bool = False) -> UserError:
@@ -538,20 +511,11 @@ def grant_conflict(grant_id: str, row: Row | None, *, checks_expiry: bool = Fals
     its expiry moved meanwhile.
     """
     if row is None:
-        return NotFound(f"No grant has the id {grant_id}.")
+        return NotFound(messages.not_stored("grant", grant_id))
     status = GrantStatus(row["status"])
     if checks_expiry and status is GrantStatus.ACTIVE:
-        return expiry_moved()
-    by: str | None = row["ended_by"]
-    return AlreadyDecided(_GRANT_STATE[status], status=status.value, by=by)
-
-
-_TRANSACTION_STATE = {
-    AuthStatus.VERIFIED: "This request was already verified.",
-    AuthStatus.DENIED: "This request was already denied.",
-    AuthStatus.EXPIRED: "This link has expired.",
-    AuthStatus.PENDING: "This request is still waiting for an answer.",
-}
+        return AlreadyDecided(messages.GRANT_EXPIRY_MOVED, status=status.value)
+    return AlreadyDecided(messages.grant_already(status.value), status=status.value, by=row["ended_by"])
 
 
 def transaction_conflict(transaction_id: str, row: Row | None) -> UserError:
@@ -559,31 +523,21 @@ def transaction_conflict(transaction_id: str, row: Row | None) -> UserError:
     if row is None:
         return transaction_missing(transaction_id)
     status = AuthStatus(row["status"])
-    return AlreadyDecided(_TRANSACTION_STATE[status], status=status.value)
+    return AlreadyDecided(messages.transaction_already(status.value), status=status.value)
 
 
 def transaction_missing(transaction_id: str) -> NotFound:
-    return NotFound(f"No authentication request has the id {transaction_id}.")
-
-
-def expiry_moved() -> AlreadyDecided:
-    return AlreadyDecided(
-        "This grant's expiry changed meanwhile. Check it and try again.", status=GrantStatus.ACTIVE.value
-    )
-
-
-# --- what a duplicate insert raises --------------------------------------------------------------
+    return NotFound(messages.not_stored("authentication request", transaction_id))
 
 
 def id_taken(what: str) -> StorageError:
     """The error for an insert whose id is already stored; ``what`` names it (``request r-1``)."""
-    return StorageError(f"Could not save {what}: that id is already taken.")
+    return StorageError(messages.id_taken(what))
 
 
 def transaction_taken(transaction_id: str, *, token: bool) -> StorageError:
     """The error for a duplicate authentication request: its id, or (``token``) its link's hash."""
-    taken = "its link token is already in use" if token else "that id is already taken"
-    return StorageError(f"Could not save authentication request {transaction_id}: {taken}.")
+    return StorageError(messages.transaction_taken(transaction_id, token=token))
 
 
 # --- audit rows written inside a state change's transaction --------------------------------------

@@ -1,20 +1,20 @@
-"""The frame both backends share: role objects over one connection holder, and a store that builds
-them, opens (connect, then migrate), prunes delivery keys and closes the same way.
+"""The store both backends share: every role port over one connection holder, opened (connect, then
+migrate), pruned and closed the same way.
 
-What differs between SQLite and PostgreSQL (the SQL, the driver calls, how a connection is held and
-how migrations are applied) stays in :mod:`storage.sqlite` and :mod:`storage.postgres`.
+What differs between SQLite and PostgreSQL (the driver calls, how a connection is held, what a
+transaction is, how migrations are applied) stays in :mod:`storage.sqlite` and :mod:`storage.postgres`;
+the statements are written once, in :mod:`storage.roles`, :mod:`storage.deliveries` and
+:mod:`storage.address_book`.
 """
 
 from __future__ import annotations
 
-import abc
-from collections.abc import Callable
-from dataclasses import dataclass
+from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Generic, Protocol, TypeVar
 
+from bot.core.ports import AddressBook as AddressBookPort
 from bot.core.ports import (
-    AddressBook,
     AuditLog,
     ChatOutbox,
     CommandInbox,
@@ -28,68 +28,51 @@ from bot.core.ports import (
     WebhookInbox,
 )
 from storage import migrations
+from storage.address_book import AddressBook
+from storage.deliveries import Inbox, Outbox
+from storage.roles import Audit, Commands, Grants, Messages, Mirrors, Requests, Seen, Settings, Transactions
+from storage.sql import Database, Session, Sql
 
 
-class Connector(Protocol):
-    """A backend's connection holder, as far as the store's lifecycle needs it."""
+class Backend(Database, Protocol):
+    """A backend's connection holder: the statements' :class:`~storage.sql.Database`, opened and closed."""
 
     async def open(self) -> None: ...
 
     async def close(self) -> None: ...
 
-
-DbT = TypeVar("DbT", bound=Connector)
-
-
-class Role(Generic[DbT]):
-    """One role port of a backend, working through the backend's connection holder."""
-
-    def __init__(self, db: DbT) -> None:
-        self._db = db
-
-
-class PrunableSeen(SeenStore, Protocol):
-    async def prune(self, before: datetime) -> int:
-        """Delete the keys recorded strictly before ``before``; return how many went."""
+    def migrating(self) -> AbstractAsyncContextManager[Session]:
+        """The transaction migrations run in, held by one process at a time."""
         ...
 
 
-@dataclass(frozen=True)
-class Roles(Generic[DbT]):
-    """A backend's role classes, each built with its connection holder."""
-
-    requests: Callable[[DbT], RequestStore]
-    grants: Callable[[DbT], GrantStore]
-    audit: Callable[[DbT], AuditLog]
-    settings: Callable[[DbT], SettingsStore]
-    messages: Callable[[DbT], MessageStore]
-    transactions: Callable[[DbT], TransactionStore]
-    mirrors: Callable[[DbT], MirrorStore]
-    seen: Callable[[DbT], PrunableSeen]
-    commands: Callable[[DbT], CommandInbox]
-    inbox: Callable[[DbT], WebhookInbox]
-    outbox: Callable[[DbT], ChatOutbox]
-    address_book: Callable[[DbT], AddressBook]
+_SCHEMA_VERSION = Sql("SELECT coalesce(max(version), 0) AS v FROM schema_version")
+_RECORD_VERSION = Sql("INSERT INTO schema_version (version, name) VALUES (:version, :name)")
+_PING = Sql("SELECT 1 AS one")
 
 
-class RoleStore(abc.ABC, Generic[DbT]):
-    """Every role port over one connection holder; a backend supplies :meth:`_migrate`."""
+DbT = TypeVar("DbT", bound=Backend)
 
-    def __init__(self, db: DbT, *, roles: Roles[DbT]) -> None:
+
+class RoleStore(Generic[DbT]):
+    """Every role port over one connection holder, with the store's own life: open, migrate, close."""
+
+    def __init__(self, db: DbT) -> None:
         self._db = db
-        self.requests = roles.requests(db)
-        self.grants = roles.grants(db)
-        self.audit = roles.audit(db)
-        self.settings = roles.settings(db)
-        self.messages = roles.messages(db)
-        self.transactions = roles.transactions(db)
-        self.mirrors = roles.mirrors(db)
-        self._seen = roles.seen(db)
+        # Typed as the ports, so mypy checks each role against its port.
+        self.requests: RequestStore = Requests(db)
+        self.grants: GrantStore = Grants(db)
+        self.audit: AuditLog = Audit(db)
+        self.settings: SettingsStore = Settings(db)
+        self.messages: MessageStore = Messages(db)
+        self.transactions: TransactionStore = Transactions(db)
+        self.mirrors: MirrorStore = Mirrors(db)
+        self._seen = Seen(db)
         self.seen: SeenStore = self._seen
-        self.commands = roles.commands(db)
-        self.inbox = roles.inbox(db)
-        self.outbox = roles.outbox(db)
-        self.address_book = roles.address_book(db)
+        self.commands: CommandInbox = Commands(db)
+        self.inbox: WebhookInbox = Inbox(db)
+        self.outbox: ChatOutbox = Outbox(db)
+        self.address_book: AddressBookPort = AddressBook(db)
 
     async def open(self, *, migrate_up_to: int | None = None) -> None:
         """Connect and apply pending migrations: all of them, or only up to ``migrate_up_to``
@@ -101,9 +84,25 @@ class RoleStore(abc.ABC, Generic[DbT]):
             await self._db.close()
             raise
 
-    @abc.abstractmethod
     async def _migrate(self, *, up_to: int | None) -> None:
         """Apply, in one transaction, the migrations :func:`pending` names for this database."""
+        dialect = self._db.dialect.name
+        async with self._db.migrating() as s:
+            await s.execute_script(migrations.schema_version_table(dialect))
+            row = await s.row(_SCHEMA_VERSION)
+            for migration in pending(dialect, current=0 if row is None else int(row["v"]), up_to=up_to):
+                await s.execute_script(migration.sql)
+                await s.execute(_RECORD_VERSION, version=migration.version, name=migration.name)
+
+    async def schema_version(self) -> int:
+        """The highest migration applied to this database."""
+        async with self._db.read("read the schema version") as s:
+            row = await s.row(_SCHEMA_VERSION)
+        return 0 if row is None else int(row["v"])
+
+    async def ping(self) -> None:
+        async with self._db.read("answer a health check") as s:
+            await s.row(_PING)
 
     async def prune_seen(self, before: datetime) -> int:
         """Forget delivery keys recorded before ``before`` and return how many were dropped.

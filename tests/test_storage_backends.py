@@ -12,8 +12,7 @@ import pytest
 
 from bot.core.domain import AuditEvent
 from bot.core.errors import ConfigError, StorageError
-from storage import PostgresStore, SqliteStore, migrations, open_store
-from storage import postgres as pg
+from storage import PostgresStore, SqliteStore, migrations, open_store, roles
 from storage import sqlite as sq
 from storage.codec import (
     GRANT_COLUMNS,
@@ -25,6 +24,7 @@ from storage.codec import (
     iso,
     status_rank,
 )
+from storage.sql import POSTGRES, SQLITE, Sql
 from tests.fakes.storage_fixtures import (
     T0,
     make_grant,
@@ -94,16 +94,17 @@ async def test_sqlite_in_a_missing_directory_raises_storage_error_naming_the_set
 
 
 @pytest.mark.parametrize(
-    ("sql", "index"),
+    ("statement", "index"),
     [
-        (sq.DUE_TO_EXPIRE_SQL, "grants_by_status_expiry"),
-        (sq.REVOKES_DUE_SQL, "grants_by_status_next_attempt"),
-        (sq.ACTIVE_FOR_INCIDENT_SQL, "grants_by_incident"),
+        (roles.DUE_TO_EXPIRE, "grants_by_status_expiry"),
+        (roles.REVOKES_DUE, "grants_by_status_next_attempt"),
+        (roles.ACTIVE_FOR_INCIDENT, "grants_by_incident"),
     ],
 )
 async def test_sqlite_sweeper_queries_are_index_range_scans_without_a_sort(
-    tmp_path: Path, sql: str, index: str
+    tmp_path: Path, statement: Sql, index: str
 ) -> None:
+    sql = statement.text(SQLITE)
     path = tmp_path / "ackgate.db"
     async with opened(f"sqlite:///{path}"):
         pass
@@ -165,16 +166,17 @@ async def test_malformed_postgres_url_is_a_config_error_naming_the_setting(url: 
 
 
 @pytest.mark.parametrize(
-    ("sql", "index", "params"),
+    ("statement", "index", "params"),
     [
-        (pg.DUE_TO_EXPIRE_SQL, "grants_by_status_expiry", ("active", T0, 100)),
-        (pg.REVOKES_DUE_SQL, "grants_by_status_next_attempt", ("revoking", T0, 100)),
-        (pg.ACTIVE_FOR_INCIDENT_SQL, "grants_by_incident", ("PINC001", "active")),
+        (roles.DUE_TO_EXPIRE, "grants_by_status_expiry", ("active", T0, 100)),
+        (roles.REVOKES_DUE, "grants_by_status_next_attempt", ("revoking", T0, 100)),
+        (roles.ACTIVE_FOR_INCIDENT, "grants_by_incident", ("PINC001", "active")),
     ],
 )
 async def test_postgres_sweeper_queries_can_use_their_index_without_a_sort(
-    sql: str, index: str, params: tuple[object, ...]
+    statement: Sql, index: str, params: tuple[object, ...]
 ) -> None:
+    sql = statement.text(POSTGRES)
     async with postgres_schema_url() as url, opened(url):
         conn = await asyncpg.connect(url)
         try:
@@ -215,16 +217,17 @@ def test_an_incident_stored_by_a_newer_version_with_extra_fields_still_loads() -
 
 
 @pytest.mark.parametrize(
-    ("sql", "table", "index", "sorts"),
+    ("statement", "table", "index", "sorts"),
     [
-        (sq.PENDING_EXPIRED_SQL, "auth_transactions", "auth_transactions_by_status_expiry", False),
-        (sq.BY_DEDUP_KEY_SQL, "auth_transactions", "auth_transactions_by_dedup_key", True),
-        (sq.BY_TRANSACTION_SQL, "incident_mirrors", "incident_mirrors_by_transaction", True),
+        (roles.PENDING_EXPIRED, "auth_transactions", "auth_transactions_by_status_expiry", False),
+        (roles.BY_DEDUP_KEY, "auth_transactions", "auth_transactions_by_dedup_key", True),
+        (roles.BY_TRANSACTION, "incident_mirrors", "incident_mirrors_by_transaction", True),
     ],
 )
 async def test_sqlite_issue3_look_ups_search_their_index(
-    tmp_path: Path, sql: str, table: str, index: str, sorts: bool
+    tmp_path: Path, statement: Sql, table: str, index: str, sorts: bool
 ) -> None:
+    sql = statement.text(SQLITE)
     path = tmp_path / "ackgate.db"
     async with opened(f"sqlite:///{path}"):
         pass
@@ -236,14 +239,17 @@ async def test_sqlite_issue3_look_ups_search_their_index(
 
 
 @pytest.mark.parametrize(
-    ("sql", "index", "params"),
+    ("statement", "index", "params"),
     [
-        (pg.PENDING_EXPIRED_SQL, "auth_transactions_by_status_expiry", ("pending", T0, 100)),
-        (pg.BY_DEDUP_KEY_SQL, "auth_transactions_by_dedup_key", ("dk",)),
-        (pg.BY_TRANSACTION_SQL, "incident_mirrors_by_transaction", ("t-1",)),
+        (roles.PENDING_EXPIRED, "auth_transactions_by_status_expiry", ("pending", T0, 100)),
+        (roles.BY_DEDUP_KEY, "auth_transactions_by_dedup_key", ("dk",)),
+        (roles.BY_TRANSACTION, "incident_mirrors_by_transaction", ("t-1",)),
     ],
 )
-async def test_postgres_issue3_look_ups_can_use_their_index(sql: str, index: str, params: tuple[object, ...]) -> None:
+async def test_postgres_issue3_look_ups_can_use_their_index(
+    statement: Sql, index: str, params: tuple[object, ...]
+) -> None:
+    sql = statement.text(POSTGRES)
     async with postgres_schema_url() as url, opened(url):
         conn = await asyncpg.connect(url)
         try:
@@ -254,7 +260,7 @@ async def test_postgres_issue3_look_ups_can_use_their_index(sql: str, index: str
             await conn.close()
     plan = "\n".join(r[0] for r in rows)
     assert f"using {index}" in plan
-    if sql is pg.PENDING_EXPIRED_SQL:
+    if statement is roles.PENDING_EXPIRED:
         assert "Sort" not in plan
 
 

@@ -14,10 +14,9 @@ import pytest
 from bot.core.domain import AccessRequest, Approval, AuditEvent, EndReason, Grant, GrantStatus, RequestStatus
 from bot.core.errors import AlreadyDecided, NotFound, StorageError
 from bot.core.ports import Store
-from storage import postgres as postgres_backend
-from storage import sqlite as sqlite_backend
-from storage.codec import GRANT_COLUMNS, insert
+from storage.codec import GRANT_COLUMNS
 from storage.postgres import PostgresStore
+from storage.sql import Sql
 from storage.sqlite import SqliteStore
 from tests.fakes import storage_fixtures
 from tests.fakes.storage_fixtures import BOB, CAROL, T0, make_grant, make_request, opened
@@ -352,15 +351,11 @@ async def test_racing_final_approvals_from_two_replicas_insert_one_grant(databas
 async def _add_v2_grant(old: Store, grant: Grant) -> None:
     """Insert a grant the way version 2 could (without the columns 0003 added)."""
     columns = GRANT_COLUMNS[: GRANT_COLUMNS.index("claimed_by")]
-    if isinstance(old, SqliteStore):
-        values = sqlite_backend._CODEC.grant_values(grant)[: len(columns)]
-        async with old._db.writing("save a version 2 grant") as conn:
-            await conn.execute(insert("grants", columns, mark=lambda _: "?"), values)
-    else:
-        assert isinstance(old, PostgresStore)
-        values = postgres_backend._CODEC.grant_values(grant)[: len(columns)]
-        async with old._db.connection("save a version 2 grant") as conn:
-            await conn.execute(insert("grants", columns, mark=lambda n: f"${n}"), *values)
+    assert isinstance(old, SqliteStore | PostgresStore)
+    db = old._db
+    values = db.dialect.codec.grant_values(grant)[: len(columns)]
+    async with db.write("save a version 2 grant") as s:
+        await s.execute(Sql.insert("grants", columns), *values)
 
 
 async def test_upgrading_links_old_grants_and_leaves_only_true_orphans_for_the_reconciler(database_url: str) -> None:

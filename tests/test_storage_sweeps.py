@@ -15,7 +15,8 @@ import pytest
 from bot.core.domain import Approval, AuditEvent, EndReason, Grant, GrantStatus, RequestStatus
 from bot.core.errors import StorageError
 from bot.core.ports import Store
-from storage.sqlite import _SWEEPS
+from storage import sweeps
+from storage.sql import SQLITE, Sql
 from tests.fakes import storage_fixtures
 from tests.fakes.storage_fixtures import BOB, CAROL, T0, make_grant, make_incident, make_request, opened
 
@@ -151,20 +152,20 @@ async def test_stranded_pending_lists_only_pending_requests_with_all_their_appro
 @pytest.mark.parametrize(
     ("statement", "index"),
     [
-        (_SWEEPS.incidents_of_active, "grants_active_by_incident"),
-        (_SWEEPS.begin_expiry, "sqlite_autoindex_grants_1"),
-        (_SWEEPS.finish_revokes, "sqlite_autoindex_grants_1"),
+        (sweeps.INCIDENTS_OF_ACTIVE, "grants_active_by_incident"),
+        (sweeps.BEGIN_EXPIRY, "sqlite_autoindex_grants_1"),
+        (sweeps.FINISH_REVOKES, "sqlite_autoindex_grants_1"),
     ],
 )
 async def test_sqlite_sweeps_seek_their_index_rather_than_reading_every_grant(
-    tmp_path: Path, statement: str, index: str
+    tmp_path: Path, statement: Sql, index: str
 ) -> None:
     path = tmp_path / "ackgate.db"
     async with opened(f"sqlite:///{path}"):
         pass
+    named = {n: (["x"] if n in ("ids", "flows") else "x") for n in statement.names}
     with sqlite3.connect(path) as raw:
-        params = ('["x"]', *("x" for _ in range(statement.count("?") - 1)))
-        numbered = max(int(statement[i + 1]) for i, c in enumerate(statement) if c == "?")
-        plan = " | ".join(row[3] for row in raw.execute("EXPLAIN QUERY PLAN " + statement, params[:numbered]))
+        sql = "EXPLAIN QUERY PLAN " + statement.text(SQLITE)
+        plan = " | ".join(row[3] for row in raw.execute(sql, statement.values(SQLITE, (), named)))
     assert f"USING COVERING INDEX {index}" in plan or f"USING INDEX {index} (id=?)" in plan
     assert "SCAN grants" not in plan

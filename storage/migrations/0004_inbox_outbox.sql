@@ -8,13 +8,13 @@ CREATE TABLE webhook_inbox (
     event_id         TEXT PRIMARY KEY,
     event_type       TEXT NOT NULL,
     body             TEXT NOT NULL,
-    received_at      TEXT NOT NULL,
+    received_at      {timestamp} NOT NULL,
     state            TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'done', 'parked')),
     attempts         INTEGER NOT NULL DEFAULT 0,
-    next_attempt_at  TEXT NOT NULL,
+    next_attempt_at  {timestamp} NOT NULL,
     claim            TEXT,
-    lease_until      TEXT,
-    finished_at      TEXT,
+    lease_until      {timestamp},
+    finished_at      {timestamp},
     last_error       TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX webhook_inbox_by_state_due ON webhook_inbox (state, next_attempt_at, event_id);
@@ -24,7 +24,7 @@ CREATE INDEX webhook_inbox_by_finished ON webhook_inbox (state, finished_at);
 CREATE TABLE incident_mirror_claims (
     incident_id  TEXT PRIMARY KEY,
     claim        TEXT NOT NULL,
-    lease_until  TEXT NOT NULL
+    lease_until  {timestamp} NOT NULL
 );
 
 -- Chat messages the platform refused or could not take even after the client's retries. A worker
@@ -36,13 +36,13 @@ CREATE TABLE chat_outbox (
     kind             TEXT NOT NULL CHECK (kind IN ('user', 'channel', 'update')),
     recipient        TEXT NOT NULL,
     card             TEXT NOT NULL,
-    created_at       TEXT NOT NULL,
+    created_at       {timestamp} NOT NULL,
     state            TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'done', 'expired')),
     attempts         INTEGER NOT NULL DEFAULT 0,
-    next_attempt_at  TEXT NOT NULL,
+    next_attempt_at  {timestamp} NOT NULL,
     claim            TEXT,
-    lease_until      TEXT,
-    finished_at      TEXT,
+    lease_until      {timestamp},
+    finished_at      {timestamp},
     ref_channel      TEXT,
     ref_message_id   TEXT,
     last_error       TEXT NOT NULL DEFAULT ''

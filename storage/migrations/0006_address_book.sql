@@ -8,7 +8,7 @@ CREATE TABLE chat_address_book (
     email         TEXT NOT NULL DEFAULT '',
     display_name  TEXT NOT NULL DEFAULT '',
     conversation  TEXT NOT NULL DEFAULT '',
-    updated_at    TEXT NOT NULL,
+    updated_at    {timestamp} NOT NULL,
     PRIMARY KEY (platform, user_id)
 );
 CREATE INDEX chat_address_book_by_email ON chat_address_book (email);

@@ -12,14 +12,14 @@ CREATE TABLE auth_transactions (
     target_name         TEXT NOT NULL DEFAULT '',
     message             TEXT NOT NULL DEFAULT '',
     status              TEXT NOT NULL CHECK (status IN ('pending', 'verified', 'denied', 'expired')),
-    created_at          TEXT NOT NULL,
-    expires_at          TEXT NOT NULL,
+    created_at          {timestamp} NOT NULL,
+    expires_at          {timestamp} NOT NULL,
     -- Only the hash of the link's token: a link resolves to one transaction, and a leaked row opens nothing.
     token_hash          TEXT NOT NULL UNIQUE,
     context             TEXT NOT NULL DEFAULT '',
-    channels            TEXT NOT NULL DEFAULT '[]',
+    channels            {json} NOT NULL DEFAULT '[]',
     dedup_key           TEXT,
-    decided_at          TEXT,
+    decided_at          {timestamp},
     note                TEXT NOT NULL DEFAULT ''
 );
 -- Webhooks find their transaction by the incident's dedup key; the expiry sweeper reads one range.
@@ -34,7 +34,7 @@ CREATE TABLE incident_mirrors (
     status           TEXT NOT NULL,
     -- triggered < acknowledged < resolved, to break ties between events stamped at the same instant.
     status_rank      INTEGER NOT NULL,
-    status_at        TEXT NOT NULL,
+    status_at        {timestamp} NOT NULL,
     acknowledged_by  TEXT NOT NULL DEFAULT '',
     service_id       TEXT NOT NULL DEFAULT '',
     transaction_id   TEXT,
@@ -45,6 +45,6 @@ CREATE INDEX incident_mirrors_by_transaction ON incident_mirrors (transaction_id
 -- PagerDuty retries a delivery for up to 48 hours; the primary key makes "first time" atomic.
 CREATE TABLE webhook_seen (
     key  TEXT PRIMARY KEY,
-    at   TEXT NOT NULL
+    at   {timestamp} NOT NULL
 );
 CREATE INDEX webhook_seen_by_at ON webhook_seen (at);

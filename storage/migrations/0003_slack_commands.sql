@@ -9,10 +9,10 @@ CREATE TABLE slack_commands (
     channel_id    TEXT NOT NULL DEFAULT '',
     text          TEXT NOT NULL DEFAULT '',
     response_url  TEXT NOT NULL DEFAULT '',
-    received_at   TEXT NOT NULL,
-    lease_until   TEXT NOT NULL,
+    received_at   {timestamp} NOT NULL,
+    lease_until   {timestamp} NOT NULL,
     attempts      INTEGER NOT NULL DEFAULT 0,
-    answered_at   TEXT
+    answered_at   {timestamp}
 );
 -- The recovery pass reads unanswered rows whose lease lapsed; pruning reads by age.
 CREATE INDEX slack_commands_unanswered ON slack_commands (lease_until) WHERE answered_at IS NULL;

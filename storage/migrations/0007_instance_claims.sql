@@ -3,16 +3,16 @@
 -- for their leases to run out. A rival replica's dead claim still waits for its lease.
 
 -- The instance that records or takes over a chat command (or click) and owes its answer.
-ALTER TABLE slack_commands ADD COLUMN claimed_by text NOT NULL DEFAULT '';
+ALTER TABLE slack_commands ADD COLUMN claimed_by TEXT NOT NULL DEFAULT '';
 CREATE INDEX slack_commands_by_claimant ON slack_commands (claimed_by) WHERE answered_at IS NULL;
 
 -- A request's approval cards: the instance posting them claims the request (lease), and marks it
 -- posted once the approvers were shown; the reconciler posts for PENDING requests nobody posted for.
 CREATE TABLE approval_card_posts (
-    request_id   text PRIMARY KEY,
-    claimed_by   text NOT NULL DEFAULT '',
-    lease_until  timestamptz NOT NULL,
-    posted_at    timestamptz
+    request_id   TEXT PRIMARY KEY,
+    claimed_by   TEXT NOT NULL DEFAULT '',
+    lease_until  {timestamp} NOT NULL,
+    posted_at    {timestamp}
 );
 CREATE INDEX approval_card_posts_by_claimant ON approval_card_posts (claimed_by) WHERE posted_at IS NULL;
 
@@ -22,4 +22,4 @@ INSERT INTO approval_card_posts (request_id, claimed_by, lease_until, posted_at)
 
 -- A mirror post claim whose holder began the chat call: if the holder died, the message may exist,
 -- so a restart does not drop that claim (its lease still runs); one that never began is dropped.
-ALTER TABLE incident_mirror_claims ADD COLUMN sending boolean NOT NULL DEFAULT false;
+ALTER TABLE incident_mirror_claims ADD COLUMN sending {boolean} NOT NULL DEFAULT {false};
