@@ -234,21 +234,45 @@ class PagerDutyClient:
         self._recent_misses = [t for t in self._recent_misses if t > now - SWEEP_WINDOW][-SWEEP_AFTER:]
         self._recent_misses.append(now)
         if len(self._recent_misses) > SWEEP_AFTER:
-            directory = await self._users.get(("directory",), self._sweep_users, ttl=SWEEP_WINDOW)
+            try:
+                directory = await self._users.get(("directory",), self._sweep_users, ttl=SWEEP_WINDOW)
+            except PagerDutyUnavailable:
+                directory = {}  # the sweep failed: ask for this one user as usual
             if wanted in directory:
                 return directory[wanted]
         return await self._query_user(wanted)
 
     async def _sweep_users(self) -> dict[str, PagerDutyUser]:
         """Every PagerDuty user, each kept in the user cache: a burst of new requesters costs a
-        call per 100 users instead of one each."""
-        raws = await self._paginate("/users", [], "users")
+        call per 100 users instead of one each. The first page says how many there are; the other
+        pages are asked for at once."""
+        deadline = self._deadline_from_now()
+        first = await self._request(
+            "GET",
+            "/users",
+            "/users",
+            params=[("limit", PAGE_LIMIT), ("offset", 0), ("total", "true")],
+            deadline=deadline,
+        )
+        total = min(int(first.get("total") or 0), MAX_OFFSET) if first.get("more") else 0
+        rest = await asyncio.gather(
+            *(
+                self._request(
+                    "GET", "/users", "/users", params=[("limit", PAGE_LIMIT), ("offset", at)], deadline=deadline
+                )
+                for at in range(PAGE_LIMIT, total, PAGE_LIMIT)
+            )
+        )
         found: dict[str, PagerDutyUser] = {}
-        for raw in raws:
-            user = _mapped(_user, raw)
-            email = user.email.strip().lower()
-            found[email] = user
-            self._users.put(("user", email), user, ttl=self._user_cache_ttl)
+        for page in (first, *rest):
+            raws = page.get("users")
+            if not isinstance(raws, list):
+                raise PagerDutyError("PagerDuty answered GET /users without a 'users' list; Ackgate cannot use it.")
+            for raw in raws:
+                user = _mapped(_user, raw)
+                email = user.email.strip().lower()
+                found[email] = user
+                self._users.put(("user", email), user, ttl=self._user_cache_ttl)
         log.info("Swept PagerDuty's user list for a burst of lookups: %d users", len(found))
         return found
 

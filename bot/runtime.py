@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import gc
 import logging
 import signal
 import socket
@@ -131,6 +132,7 @@ async def serve(app: web.Application, settings: Settings, *, reuse_port: bool = 
         except BaseException:
             sock.close()
             raise
+        settle_garbage_collector()
         host, port = sock.getsockname()[:2]
         log.info(
             "Ackgate %s listening on http://%s:%s (platforms: %s; storage: %s)",
@@ -152,6 +154,13 @@ async def serve(app: web.Application, settings: Settings, *, reuse_port: bool = 
         await runner.cleanup()
     log.info("stopped")
     return 0
+
+
+def settle_garbage_collector() -> None:
+    """Move everything start-up built (modules, the app, the policy) out of the collector's sight,
+    so a full collection walks only what serving creates (measured: see the README's Benchmarks)."""
+    gc.collect()
+    gc.freeze()
 
 
 WORKER_STOP_MARGIN = 10.0  # seconds past the drain time a worker is given to exit before it is killed

@@ -1,8 +1,10 @@
 """The SQLite backend: one aiosqlite connection in WAL mode.
 
-One connection is shared by every coroutine, so an :class:`asyncio.Lock` keeps their
-statements from interleaving, and each write runs in ``BEGIN IMMEDIATE`` so a second process
-on the same file waits (``busy_timeout``) instead of racing: compare-and-set stays atomic.
+One connection is shared by every coroutine, so a lock keeps their statements from interleaving,
+and each write runs in ``BEGIN IMMEDIATE`` so a second process on the same file waits
+(``busy_timeout``) instead of racing: compare-and-set stays atomic. The lock serves urgent writes
+first (:class:`storage.priority_lock.PriorityLock`): recording a chat command, which Slack's
+acknowledgement waits for, never queues behind the background's writes.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ from storage.codec import (
 )
 from storage.common import Role, Roles, RoleStore, pending
 from storage.deliveries import delivery_sql, inbox_delivery, outbox_delivery
+from storage.priority_lock import PriorityLock
 
 BUSY_TIMEOUT_MS = 5000
 WAL_RETRY_SECONDS = 0.05
@@ -128,7 +131,7 @@ class _Db:
     def __init__(self, path: str) -> None:
         self.path = path
         self._conn: aiosqlite.Connection | None = None
-        self._lock = asyncio.Lock()
+        self._lock = PriorityLock()
 
     async def open(self) -> None:
         if self._conn is not None:
@@ -182,9 +185,10 @@ class _Db:
                 raise self._failed(doing, exc) from exc
 
     @asynccontextmanager
-    async def writing(self, doing: str) -> AsyncIterator[aiosqlite.Connection]:
-        """One write transaction; any exception rolls it back, so a failure changes nothing."""
-        async with self._lock:
+    async def writing(self, doing: str, *, urgent: bool = False) -> AsyncIterator[aiosqlite.Connection]:
+        """One write transaction; any exception rolls it back, so a failure changes nothing.
+        ``urgent``: ahead of every write and read waiting for the connection."""
+        async with self._lock.held(urgent=urgent):
             conn = self._connection()
             try:
                 await conn.execute("BEGIN IMMEDIATE")
@@ -746,7 +750,7 @@ class _Commands(Role[_Db]):
             iso(command.lease_until),
             command.claimed_by,
         )
-        async with self._db.writing("record a chat command") as conn:
+        async with self._db.writing("record a chat command", urgent=True) as conn:  # an ack waits for it
             return await _row(conn, sql, values) is not None
 
     async def answered(self, key: str, *, at: datetime) -> bool:
