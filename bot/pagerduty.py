@@ -90,6 +90,7 @@ class PagerDutyClient:
         max_attempts: int = 4,
         on_call: CallHook | None = None,
         queue_seconds: float = QUEUE_SECONDS,
+        budget_window: float = 60.0,
     ) -> None:
         secret = token.get_secret_value()
         if not secret or not secret.isprintable() or any(c.isspace() for c in secret):
@@ -105,7 +106,9 @@ class PagerDutyClient:
         self._sleep = sleep
         self._policy = Backoff(max_attempts=max(1, max_attempts), first=FIRST_BACKOFF_SECONDS, hint_replaces=True)
         self._on_call = on_call
-        self._limiter = SlidingWindowLimiter(requests_per_minute, monotonic=monotonic, sleep=sleep)
+        self._limiter = SlidingWindowLimiter(
+            requests_per_minute, window=budget_window, monotonic=monotonic, sleep=sleep
+        )
         self._connections = asyncio.Semaphore(MAX_CONNECTIONS)
         self._queue_seconds = queue_seconds
         self._cache = CoalescingCache(monotonic=monotonic)
