@@ -21,7 +21,7 @@ from report import Report, quantile, spread, verdict
 
 
 def _grant(prefix: str, i: int, *, holders: int, now: datetime, expires: datetime, incidents: list[Any]) -> Any:
-    from bot.domain import Grant, GrantStatus, Incident, Principal
+    from bot.core.domain import Grant, GrantStatus, Incident, Principal
 
     h = i % holders
     inc = incidents[h % len(incidents)] if incidents else None

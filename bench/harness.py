@@ -167,7 +167,7 @@ def loadgen(spec: dict[str, Any]) -> dict[str, Any]:
 
 def _ackgate_command(extra: Sequence[str] = ()) -> list[str]:
     script = Path(_python()).with_name("ackgate")
-    base = [str(script)] if script.exists() else [_python(), "-m", "bot.cli"]
+    base = [str(script)] if script.exists() else [_python(), "-m", "bot.runtime.cli"]
     return [*base, "serve", *extra]
 
 

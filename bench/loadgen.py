@@ -1,6 +1,6 @@
 """The bench's load generator, in its own process: ``python bench/loadgen.py JSON`` prints one JSON line.
 
-It sends signed ``/access`` slash commands (bodies from ``bot.simulators.slack_requests``) to
+It sends signed ``/access`` slash commands (bodies from ``bot.runtime.simulators.slack_requests``) to
 ``url`` on loopback, in one of three modes:
 
 - ``open``: open loop. Request *i* is due at ``start + i / rate`` whatever the answers do, and its
@@ -31,7 +31,7 @@ from aiohttp import web
 from procs import HOST, SIGNING_SECRET, classify, user_id  # this directory, on sys.path when run as a script
 from report import quantile
 
-from bot.simulators import slack_requests
+from bot.runtime.simulators import slack_requests
 
 TIMEOUT = aiohttp.ClientTimeout(total=30)
 

@@ -4,7 +4,7 @@
   acknowledged incident), PagerDuty optionally slowed (``pd_delay``) or rate-limited (``pd_per_minute``).
 - ``bare``: the floor anchor, a bare aiohttp server checking Slack's signature by hand and answering 200.
 - ``bolt``: the Bolt anchor, an ``AsyncApp`` whose ``/access`` listener only acks, mounted on aiohttp
-  with bolt's two adapter functions, as ``handlers/slack.py`` ``mount_slack`` does.
+  with bolt's two adapter functions, as ``handlers/slack/app.py`` ``mount_slack`` does.
 
 Each prints one JSON line (its addresses) once listening, serves until SIGTERM, then prints one
 JSON line of what it counted. Everything listens on 127.0.0.1.
@@ -130,8 +130,8 @@ async def bolt(spec: dict[str, Any]) -> None:
 
 
 async def fakes(spec: dict[str, Any]) -> None:
-    from bot.simulators.pagerduty import PagerDutySimulator
-    from bot.simulators.slack import SlackSimulator
+    from bot.runtime.simulators.pagerduty import PagerDutySimulator
+    from bot.runtime.simulators.slack import SlackSimulator
 
     users = int(spec.get("users", 100))
     pd = PagerDutySimulator(token=PD_TOKEN, rate_limit_per_minute=spec.get("pd_per_minute"))

@@ -25,8 +25,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from pydantic import SecretStr
 
-from bot.auth import token_hash
-from bot.clock import Clock
+from bot.core.auth import token_hash
+from bot.core.clock import Clock
 from handlers.oidc import Authorization
 
 SIGNIN_COOKIE = "ackgate_signin"

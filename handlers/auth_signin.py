@@ -18,9 +18,9 @@ from typing import Protocol
 import httpx
 from aiohttp import web
 
-from bot import messages
-from bot.clock import Clock
-from bot.config import Settings
+from bot.core import messages
+from bot.core.clock import Clock
+from bot.runtime.config import Settings
 from handlers.auth_session import PendingSignIn, SessionCookies, SignedIn
 from handlers.oidc import Authorization, OidcClient, OidcConfig, ProviderUnavailable, SignInFailed
 

@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from bot import messages
+from bot.core import messages
 
 log = logging.getLogger("ackgate.guard")
 

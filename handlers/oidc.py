@@ -31,8 +31,8 @@ from joserfc.errors import InvalidKeyIdError, JoseError
 from joserfc.jwk import KeySet
 from pydantic import SecretStr
 
-from bot.clock import Clock
-from bot.json_limits import MalformedJson, loads_bounded
+from bot.core.clock import Clock
+from bot.core.json_limits import MalformedJson, loads_bounded
 
 DISCOVERY_PATH = "/.well-known/openid-configuration"
 SCOPES = "openid email"

@@ -17,9 +17,9 @@ from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import web
 
-from bot.errors import AckgateError
-from bot.metrics import PrometheusMetrics
-from bot.ports import Store
+from bot.adapters.metrics import PrometheusMetrics
+from bot.core.errors import AckgateError
+from bot.core.ports import Store
 
 Probe = Callable[[], Awaitable[object]]  # raises AckgateError (or times out) when the dependency is down
 

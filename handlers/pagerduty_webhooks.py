@@ -1,7 +1,7 @@
 """``POST /webhooks/pagerduty``: receives PagerDuty V3 webhooks (FACTS.md §7-§8).
 
 PagerDuty wants a 2xx within 5 seconds. A verified event is first stored in the durable inbox
-(:class:`bot.webhook_inbox.Inbox`, one insert-if-absent keyed by the event id), then answered 202,
+(:class:`bot.core.webhook_inbox.Inbox`, one insert-if-absent keyed by the event id), then answered 202,
 then processed from the inbox in a background task; a crash in between leaves it to the inbox's
 recovery pass. Status codes are chosen for PagerDuty's retry rules: it retries 5xx and never other
 4xx, and 3 consecutive dropped deliveries disable the subscription for 24 hours. So a body that is
@@ -19,8 +19,8 @@ from typing import Any, Protocol
 from aiohttp import web
 from pydantic import SecretStr
 
-from bot.errors import StorageError
-from bot.webhooks import (
+from bot.core.errors import StorageError
+from bot.core.webhooks import (
     HANDLED_EVENT_TYPES,
     MAX_ID_LENGTH,
     PING_EVENT_TYPE,
@@ -45,7 +45,7 @@ class _TooLarge(Exception):
 
 
 class WebhookIntake(Protocol):
-    """What the endpoint needs of the inbox (:class:`bot.webhook_inbox.Inbox` is one)."""
+    """What the endpoint needs of the inbox (:class:`bot.core.webhook_inbox.Inbox` is one)."""
 
     async def accept(self, event: WebhookEvent, body: bytes) -> bool:
         """Store the delivery durably; True only for the first copy. Raises ``StorageError``."""
@@ -70,7 +70,7 @@ def mount_pagerduty_webhooks(
 ) -> None:
     """Add the webhook route to ``app`` (before it starts).
 
-    Each verified event whose type is in :data:`bot.webhooks.HANDLED_EVENT_TYPES` is stored with
+    Each verified event whose type is in :data:`bot.core.webhooks.HANDLED_EVENT_TYPES` is stored with
     ``inbox.accept``; the first copy is counted (``count_event`` with its type) and handed to
     ``inbox.process`` through ``spawn``. The processing coroutine never raises, it logs. The
     default spawner keeps its tasks alive and, at shutdown, waits ``shutdown_grace`` seconds for

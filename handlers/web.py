@@ -31,9 +31,9 @@ from urllib.parse import parse_qs, urlsplit
 from aiohttp import web
 from pydantic import SecretStr
 
-from bot import messages
-from bot.auth import AuthPage, AuthService, PageState
-from bot.domain import AuthStatus
+from bot.core import messages
+from bot.core.auth import AuthPage, AuthService, PageState
+from bot.core.domain import AuthStatus
 from handlers.auth_session import SIGNIN_COOKIE, SignedIn
 from handlers.auth_signin import CALLBACK_PATH, SignIn
 from handlers.guard import report

@@ -12,8 +12,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
-from bot.errors import ConfigError
-from bot.ports import Store
+from bot.core.errors import ConfigError
+from bot.core.ports import Store
 from storage.postgres import PostgresStore
 from storage.sqlite import SqliteStore
 

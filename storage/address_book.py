@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
-from bot.ports import ChatAddress
+from bot.core.ports import ChatAddress
 from storage.codec import from_iso, iso, utc
 
 _COLUMNS = "platform, user_id, email, display_name, conversation, updated_at"

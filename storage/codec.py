@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from enum import Enum
 from typing import Any, Protocol
 
-from bot.domain import (
+from bot.core.domain import (
     AccessRequest,
     Approval,
     AuditEvent,
@@ -29,8 +29,8 @@ from bot.domain import (
     Principal,
     RequestStatus,
 )
-from bot.errors import AlreadyDecided, NotFound, StorageError, UserError
-from bot.webhooks import STATUS_ORDER
+from bot.core.errors import AlreadyDecided, NotFound, StorageError, UserError
+from bot.core.webhooks import STATUS_ORDER
 
 
 class Row(Protocol):

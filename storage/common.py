@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Generic, Protocol, TypeVar
 
-from bot.ports import (
+from bot.core.ports import (
     AddressBook,
     AuditLog,
     ChatOutbox,

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from bot.domain import MessageRef
-from bot.ports import InboxDelivery, OutboxDelivery
+from bot.core.domain import MessageRef
+from bot.core.ports import InboxDelivery, OutboxDelivery
 from storage.codec import Row
 
 Mark = Callable[[int], str]
@@ -135,7 +135,7 @@ def delivery_sql(mark: Mark) -> DeliverySql:
         outbox_due=f"SELECT * FROM chat_outbox WHERE {claimable} ORDER BY next_attempt_at, created_at, id LIMIT {p[1]}",
         outbox_count_pending="SELECT count(*) AS n FROM chat_outbox WHERE state = 'pending'",
         outbox_prune=f"DELETE FROM chat_outbox WHERE state <> 'pending' AND finished_at < {p[1]} RETURNING id",
-        # p1 the owner's token prefix (bot.domain.claim_prefix): its holder restarted, so its leases are void
+        # p1 the owner's token prefix (bot.core.domain.claim_prefix): its holder restarted, so its leases are void
         inbox_release=(
             "UPDATE webhook_inbox SET lease_until = NULL"
             f" WHERE state = 'pending' AND lease_until IS NOT NULL AND {owned} RETURNING event_id"

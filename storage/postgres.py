@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 import asyncpg
 
-from bot.domain import (
+from bot.core.domain import (
     AccessRequest,
     AuditEvent,
     AuthStatus,
@@ -31,8 +31,8 @@ from bot.domain import (
     RequestStatus,
     claim_prefix,
 )
-from bot.errors import ConfigError, StorageError
-from bot.ports import AuditFor, InboxDelivery, OutboxDelivery
+from bot.core.errors import ConfigError, StorageError
+from bot.core.ports import AuditFor, InboxDelivery, OutboxDelivery
 from storage.address_book import PostgresAddressBook
 from storage.codec import (
     Codec,

@@ -19,7 +19,7 @@ from typing import Any
 
 import aiosqlite
 
-from bot.domain import (
+from bot.core.domain import (
     AccessRequest,
     AuditEvent,
     AuthStatus,
@@ -33,8 +33,8 @@ from bot.domain import (
     RequestStatus,
     claim_prefix,
 )
-from bot.errors import StorageError
-from bot.ports import AuditFor, InboxDelivery, OutboxDelivery
+from bot.core.errors import StorageError
+from bot.core.ports import AuditFor, InboxDelivery, OutboxDelivery
 from storage.address_book import SqliteAddressBook
 from storage.codec import (
     Codec,

@@ -7,9 +7,9 @@ from datetime import timedelta
 
 import pytest
 
-from bot.domain import GrantStatus, RequestStatus
-from bot.errors import AlreadyDecided, GateRefused, IdentityError, NotAuthorized, NotFound, UsageError
-from bot.simulators.pagerduty_state import SimIncident
+from bot.core.domain import GrantStatus, RequestStatus
+from bot.core.errors import AlreadyDecided, GateRefused, IdentityError, NotAuthorized, NotFound, UsageError
+from bot.runtime.simulators.pagerduty_state import SimIncident
 from tests.fakes.world import World, person
 
 alice, bob, carol, dana, erin = (person(n) for n in ("alice", "bob", "carol", "dana", "erin"))

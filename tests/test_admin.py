@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from bot.admin import (
+from bot.core.admin import (
     OPEN_KEY_FORM,
     PAGERDUTY_EVENTS,
     PAGERDUTY_REST,
@@ -19,17 +19,17 @@ from bot.admin import (
     AdminService,
     opens_key_form,
 )
-from bot.bus import MessageBus
-from bot.clock import FakeClock
-from bot.commands import Admin, SetPrefs, parse_command
-from bot.domain import AuditEvent, Principal
-from bot.errors import ChatError, NotAuthorized, UsageError, UserError
-from bot.integration_status import IntegrationStatus
-from bot.org_settings import EVENTS_STATUS, INTEGRATION_KEY, REST_STATUS, OrgSettings, chat_status_key
-from bot.ports import Store
-from bot.secrets import SecretBox
-from bot.views import Card
-from handlers.slack_notifier import TITLE as SLACK
+from bot.core.bus import MessageBus
+from bot.core.clock import FakeClock
+from bot.core.commands import Admin, SetPrefs, parse_command
+from bot.core.domain import AuditEvent, Principal
+from bot.core.errors import ChatError, NotAuthorized, UsageError, UserError
+from bot.core.integration_status import IntegrationStatus
+from bot.core.org_settings import EVENTS_STATUS, INTEGRATION_KEY, REST_STATUS, OrgSettings, chat_status_key
+from bot.core.ports import Store
+from bot.core.secrets import SecretBox
+from bot.core.views import Card
+from handlers.slack.notifier import TITLE as SLACK
 from storage import open_store
 from tests.fakes.world import person
 

@@ -10,13 +10,13 @@ from datetime import timedelta
 
 import pytest
 
-from bot.admin import SettingChanged
-from bot.auth import PageState
-from bot.auth_events import AuthDecided, AuthExpired
-from bot.domain import AuditEvent, AuthStatus
-from bot.errors import StorageError
-from bot.events import Event
-from bot.org_settings import INTEGRATION_KEY, PAGERDUTY_ENABLED, RESOLVE_ON_COMPLETE, SEVERITY
+from bot.core.admin import SettingChanged
+from bot.core.auth import PageState
+from bot.core.auth_events import AuthDecided, AuthExpired
+from bot.core.domain import AuditEvent, AuthStatus
+from bot.core.errors import StorageError
+from bot.core.events import Event
+from bot.core.org_settings import INTEGRATION_KEY, PAGERDUTY_ENABLED, RESOLVE_ON_COMPLETE, SEVERITY
 from tests.fakes.auth_world import BOB, AuthWorld, auth
 from tests.test_admin import KEY, MASKED_KEY, AdminWorld, admin, build, parsed, w
 
@@ -103,7 +103,7 @@ async def test_an_authentication_decision_whose_audit_row_is_refused_is_not_stor
 async def test_a_request_whose_audit_row_is_refused_leaves_no_audited_delivery(
     auth: AuthWorld, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from bot.auth_events import AuthRequested
+    from bot.core.auth_events import AuthRequested
 
     monkeypatch.setattr(AuthRequested, "audit", refused)
     with pytest.raises(StorageError):

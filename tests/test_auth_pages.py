@@ -17,9 +17,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
 
-from bot import messages
-from bot.auth import AuthPage, AuthService
-from bot.domain import AuthStatus, AuthTransaction
+from bot.core import messages
+from bot.core.auth import AuthPage, AuthService
+from bot.core.domain import AuthStatus, AuthTransaction
 from handlers.web import SECURITY_HEADERS, CsrfTokens, mount_auth_pages
 from tests.fakes.auth_world import ALICE, PUBLIC_URL, AuthWorld, build
 

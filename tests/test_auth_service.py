@@ -9,12 +9,12 @@ from datetime import timedelta
 
 import pytest
 
-from bot.auth import AuthPage, PageState
-from bot.commands import RequestAuth
-from bot.domain import AuthStatus
-from bot.errors import IdentityError, UsageError
-from bot.org_settings import EVENTS_STATUS
-from bot.pagerduty_events import dedup_key
+from bot.adapters.pagerduty_events import dedup_key
+from bot.core.auth import AuthPage, PageState
+from bot.core.commands import RequestAuth
+from bot.core.domain import AuthStatus
+from bot.core.errors import IdentityError, UsageError
+from bot.core.org_settings import EVENTS_STATUS
 from tests.fakes.auth_world import ALICE, BOB, HIDDEN, PUBLIC_URL, AuthWorld, auth, build
 
 __all__ = ["auth"]  # the fixture, bound here

@@ -22,13 +22,13 @@ from aiohttp.test_utils import make_mocked_request
 from pydantic import SecretStr
 from yarl import URL
 
-from bot.clock import FakeClock
-from bot.config import load_settings
-from bot.domain import AuthStatus
-from bot.errors import ConfigError
-from bot.provisioners import NoopProvisioner
-from bot.simulators.oidc import OidcSimulator
-from bot.simulators.stage import Person, Stage
+from bot.adapters.provisioners import NoopProvisioner
+from bot.core.clock import FakeClock
+from bot.core.domain import AuthStatus
+from bot.core.errors import ConfigError
+from bot.runtime.config import load_settings
+from bot.runtime.simulators.oidc import OidcSimulator
+from bot.runtime.simulators.stage import Person, Stage
 from handlers.auth_session import IDENTITY_COOKIE, IDENTITY_SECONDS, SessionCookies, SignedIn
 from tests.fakes.issue3_stage import POLICY, ask_bob
 from tests.fakes.stage_fixtures import audit_kinds

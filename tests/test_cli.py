@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.cli import main
-from bot.domain import AuditEvent
+from bot.core.domain import AuditEvent
+from bot.runtime.cli import main
 from storage import open_store
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "policy.yaml"
@@ -149,7 +149,7 @@ def test_check_config_env_and_serve_refuse_the_same_setting_in_one_line_with_exi
     async def must_not_start(*args: object) -> int:
         raise AssertionError("serve got past its checks")
 
-    monkeypatch.setattr("bot.runtime.serve", must_not_start)
+    monkeypatch.setattr("bot.runtime.server.serve", must_not_start)
     for argv in (["check-config", "--env"], ["serve"]):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err.strip()

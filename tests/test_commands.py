@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bot.commands import (
+from bot.core.commands import (
     Admin,
     Extend,
     Help,
@@ -16,8 +16,8 @@ from bot.commands import (
     SetPrefs,
     parse_command,
 )
-from bot.errors import UsageError
-from handlers.slack import normalise_mentions
+from bot.core.errors import UsageError
+from handlers.slack.app import normalise_mentions
 
 
 @pytest.mark.parametrize(

@@ -16,9 +16,9 @@ import yaml
 from aiohttp import web
 from pydantic import AliasChoices
 
-from bot.config import Settings
-from bot.metrics import PrometheusMetrics
-from bot.policy_file import parse_policy
+from bot.adapters.metrics import PrometheusMetrics
+from bot.core.policy_file import parse_policy
+from bot.runtime.config import Settings
 from handlers.ops import HEALTHZ, LIVENESS, READINESS, HealthCheck, mount_ops
 from storage import open_store
 

@@ -14,10 +14,10 @@ from urllib.parse import urlencode
 
 import pytest
 
-from bot.clock import FakeClock
-from bot.domain import ReceivedCommand, RequestStatus, claim_token
-from bot.simulators import slack_requests
-from bot.simulators.stage import MIRROR_CHANNEL, Stage
+from bot.core.clock import FakeClock
+from bot.core.domain import ReceivedCommand, RequestStatus, claim_token
+from bot.runtime.simulators import slack_requests
+from bot.runtime.simulators.stage import MIRROR_CHANNEL, Stage
 from tests.fakes.incident_world import webhook_body
 from tests.fakes.stage_fixtures import request_id_in
 from tests.fakes.storage_fixtures import make_request, opened

@@ -9,9 +9,9 @@ from datetime import timedelta
 
 import pytest
 
-from bot.domain import GrantStatus
-from bot.pagerduty_events import dedup_key
-from bot.simulators.stage import MIRROR_CHANNEL, Stage
+from bot.adapters.pagerduty_events import dedup_key
+from bot.core.domain import GrantStatus
+from bot.runtime.simulators.stage import MIRROR_CHANNEL, Stage
 from tests.fakes.issue3_stage import ask_bob, incident_data, webhook
 from tests.fakes.stage_fixtures import DATABASE_SERVICE, acknowledged_incident, audit_kinds, grants_of
 

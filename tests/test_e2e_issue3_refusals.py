@@ -13,14 +13,14 @@ import json
 import pytest
 from pydantic import SecretStr
 
-from bot import messages
-from bot.org_settings import INTEGRATION_KEY
-from bot.pagerduty_events import EventsClient
-from bot.secrets import SecretBox
-from bot.simulators import slack_requests
-from bot.simulators.stage import SECRET_KEY, Person, Reply, Stage
-from handlers.slack import whole_sentences
-from handlers.slack_blocks import KEY_BLOCK_ID, KEY_FORM_CALLBACK_ID
+from bot.adapters.pagerduty_events import EventsClient
+from bot.core import messages
+from bot.core.org_settings import INTEGRATION_KEY
+from bot.core.secrets import SecretBox
+from bot.runtime.simulators import slack_requests
+from bot.runtime.simulators.stage import SECRET_KEY, Person, Reply, Stage
+from handlers.slack.app import whole_sentences
+from handlers.slack.blocks import KEY_BLOCK_ID, KEY_FORM_CALLBACK_ID
 from tests.fakes.issue3_stage import database_file, settings_rows, transaction_ids
 from tests.fakes.stage_fixtures import audit_kinds, audit_lines
 

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from bot.clock import FakeClock
-from bot.domain import Approval, EndReason, GrantStatus, RequestStatus
-from bot.provisioners import NoopProvisioner
-from bot.simulators.stage import Stage
+from bot.adapters.provisioners import NoopProvisioner
+from bot.core.clock import FakeClock
+from bot.core.domain import Approval, EndReason, GrantStatus, RequestStatus
+from bot.runtime.simulators.stage import Stage
 from tests.fakes.stage_fixtures import audit_kinds, grants_of, request_id_in
 from tests.fakes.storage_fixtures import make_grant, make_request, opened
 from tests.fakes.world import FlakyProvisioner

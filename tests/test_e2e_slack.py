@@ -11,9 +11,9 @@ import json
 
 import aiohttp
 
-from bot.domain import GrantStatus, RequestStatus
-from bot.provisioners import NoopProvisioner
-from bot.simulators.stage import Stage
+from bot.adapters.provisioners import NoopProvisioner
+from bot.core.domain import GrantStatus, RequestStatus
+from bot.runtime.simulators.stage import Stage
 from tests.fakes.stage_fixtures import (
     acknowledged_incident,
     audit_kinds,

@@ -17,13 +17,18 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from bot import messages
-from bot.clock import FakeClock
-from bot.domain import ReceivedCommand, RequestStatus
-from bot.provisioners import NoopProvisioner
-from bot.simulators.slack_requests import new_trigger_id, signed_headers, slash_command_body, view_submission_body
-from bot.simulators.stage import SIGNING_SECRET, Person, Stage
-from handlers.slack_blocks import KEY_BLOCK_ID, KEY_FORM_CALLBACK_ID
+from bot.adapters.provisioners import NoopProvisioner
+from bot.core import messages
+from bot.core.clock import FakeClock
+from bot.core.domain import ReceivedCommand, RequestStatus
+from bot.runtime.simulators.slack_requests import (
+    new_trigger_id,
+    signed_headers,
+    slash_command_body,
+    view_submission_body,
+)
+from bot.runtime.simulators.stage import SIGNING_SECRET, Person, Stage
+from handlers.slack.blocks import KEY_BLOCK_ID, KEY_FORM_CALLBACK_ID
 from tests.fakes.issue3_stage import ADMIN_EMAIL, transaction_ids
 from tests.fakes.stage_fixtures import STAGE_POLICY, acknowledged_incident, grants_of, requests_of
 from tests.fakes.storage_fixtures import postgres_schema_url

@@ -13,15 +13,15 @@ from urllib.parse import parse_qs, quote, urlencode
 
 import pytest
 
-from bot import messages
-from bot.simulators.slack_requests import (
+from bot.core import messages
+from bot.runtime.simulators.slack_requests import (
     block_actions_payload,
     form_state,
     signed_headers,
     slash_command_body,
     view_submission_body,
 )
-from bot.simulators.stage import SIGNING_SECRET, Stage
+from bot.runtime.simulators.stage import SIGNING_SECRET, Stage
 from tests.fakes.stage_fixtures import requests_of
 
 ALICE = "U0ALICE"
@@ -189,7 +189,7 @@ async def test_a_300_kb_unsigned_body_leaves_nothing_of_itself_in_the_logs(
     assert elapsed < 1.0
     assert "ZQXJ" not in caplog.text
     assert max(len(r.getMessage()) for r in caplog.records) < 2_000
-    [refusal] = [r for r in caplog.records if r.name == "handlers.slack"]
+    [refusal] = [r for r in caplog.records if r.name == "handlers.slack.app"]
     assert refusal.getMessage() == "Refused an unsigned Slack request: no integer X-Slack-Request-Timestamp"
 
 

@@ -17,11 +17,11 @@ from urllib.parse import urlencode
 
 import pytest
 
-from bot import messages
-from bot.domain import RequestStatus
-from bot.simulators import slack_requests
-from bot.simulators.pagerduty import PagerDutySimulator
-from bot.simulators.stage import Person, Reply, Stage
+from bot.core import messages
+from bot.core.domain import RequestStatus
+from bot.runtime.simulators import slack_requests
+from bot.runtime.simulators.pagerduty import PagerDutySimulator
+from bot.runtime.simulators.stage import Person, Reply, Stage
 from tests.fakes.stage_fixtures import acknowledged_incident, audit_kinds, grants_of, request_id_in, requests_of
 
 FAILURE_BOUND_SECONDS = 5.0

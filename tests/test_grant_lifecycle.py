@@ -12,14 +12,14 @@ from typing import Any
 
 import pytest
 
-from bot import events
-from bot.clock import FakeClock
-from bot.domain import AccessRequest, Approval, AuditEvent, EndReason, Grant, GrantStatus, RequestStatus
-from bot.errors import StorageError
-from bot.grants import PROVISIONER_BACKOFF_CAP_SECONDS, provisioner_lease
-from bot.policy import ProvisionerSpec
-from bot.ports import Store
-from bot.provisioners import MAX_BACKOFF_SECONDS
+from bot.adapters.provisioners import MAX_BACKOFF_SECONDS
+from bot.core import events
+from bot.core.clock import FakeClock
+from bot.core.domain import AccessRequest, Approval, AuditEvent, EndReason, Grant, GrantStatus, RequestStatus
+from bot.core.errors import StorageError
+from bot.core.grants import PROVISIONER_BACKOFF_CAP_SECONDS, provisioner_lease
+from bot.core.policy import ProvisionerSpec
+from bot.core.ports import Store
 from tests.fakes import storage_fixtures
 from tests.fakes.storage_fixtures import make_grant, make_request, opened
 from tests.fakes.world import AuditRequiredStore, World, open_world, person

@@ -14,9 +14,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
 
-from bot import messages
-from bot.app import build_app
-from bot.config import Settings
+from bot.core import messages
+from bot.core.errors import StorageError
+from bot.runtime.app import build_app
+from bot.runtime.config import Settings
 from tests.fakes.stage_fixtures import STAGE_POLICY
 
 SECRETISH = "tok-0123456789-do-not-echo"
@@ -216,3 +217,24 @@ async def test_a_client_that_goes_away_mid_body_leaves_no_error_in_the_log(
         "the client went away during POST /read"
     ]
     assert _lines(caplog, logging.WARNING) == []
+
+
+async def test_a_close_that_fails_at_stop_does_not_skip_the_others(tmp_path: Path) -> None:
+    """The composition root closes what it opened on one stack: the authentication service failing
+    to close still leaves the HTTP clients and the store closed, and the failure is raised."""
+    from bot.runtime.app import PARTS
+
+    app = _app(tmp_path)
+    parts = app[PARTS]
+
+    async def broken_close() -> None:
+        raise RuntimeError("auth close failed")
+
+    parts.auth.close = broken_close  # type: ignore[method-assign]
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    assert await parts.store.grants.count_active() == 0  # open
+    with pytest.raises(RuntimeError, match="auth close failed"):
+        await runner.cleanup()
+    with pytest.raises(StorageError, match="not open"):
+        await parts.store.grants.count_active()

@@ -7,8 +7,8 @@ from datetime import timedelta
 
 import pytest
 
-from bot.domain import Grant, GrantStatus
-from bot.mirror import REVOKED_BY
+from bot.core.domain import Grant, GrantStatus
+from bot.core.mirror import REVOKED_BY
 from tests.fakes import incident_world
 from tests.fakes.incident_world import FROM_EMAIL, WATCHED_SERVICE, IncidentWorld, webhook_body
 from tests.fakes.pagerduty_openapi import check_request
@@ -258,7 +258,7 @@ async def test_revoke_on_resolve_ends_the_other_grants_when_one_provisioner_rais
 async def test_revoke_on_resolve_isolates_a_grant_whose_revoke_cannot_be_stored(
     iw: IncidentWorld, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from bot.errors import StorageError
+    from bot.core.errors import StorageError
 
     incident_id, grants = await _three_grants_on_one_incident(iw)
     broken = grants[0].id

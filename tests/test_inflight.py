@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from bot.inflight import InFlight
+from bot.runtime.inflight import InFlight
 
 
 async def test_tasks_started_in_scope_and_their_own_tasks_are_waited_for_others_are_not() -> None:

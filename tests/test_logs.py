@@ -6,7 +6,7 @@ import json
 import logging
 import sys
 
-from bot.logs import MAX_LINE, JsonFormatter
+from bot.runtime.logs import MAX_LINE, JsonFormatter
 
 
 def record(msg: str, *args: object, exc: bool = False, **extra: object) -> logging.LogRecord:

@@ -11,11 +11,11 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
 
-from bot.domain import AuthStatus
-from bot.mirror import MirrorService, subject
-from bot.views import Card
-from bot.webhook_inbox import Inbox
-from bot.webhooks import parse_event
+from bot.core.domain import AuthStatus
+from bot.core.mirror import MirrorService, subject
+from bot.core.views import Card
+from bot.core.webhook_inbox import Inbox
+from bot.core.webhooks import parse_event
 from handlers.pagerduty_webhooks import mount_pagerduty_webhooks
 from tests.fakes import incident_world
 from tests.fakes.chat import RecordingNotifier

@@ -11,14 +11,14 @@ from datetime import timedelta
 
 import pytest
 
-from bot.clock import FakeClock
-from bot.domain import MessageRef
-from bot.errors import ChatError
-from bot.outbox import OutboxNotifier, OutboxWorker, card_from_json, card_to_json, is_placeholder
-from bot.ports import OutboxDelivery, Store
-from bot.simulators.stage import Stage
-from bot.views import Action, Card, Fact, Link, Tone
-from handlers.slack_retry import MAX_RETRIES
+from bot.core.clock import FakeClock
+from bot.core.domain import MessageRef
+from bot.core.errors import ChatError
+from bot.core.outbox import OutboxNotifier, OutboxWorker, card_from_json, card_to_json, is_placeholder
+from bot.core.ports import OutboxDelivery, Store
+from bot.core.views import Action, Card, Fact, Link, Tone
+from bot.runtime.simulators.stage import Stage
+from handlers.slack.retry import MAX_RETRIES
 from storage import open_store
 from tests.fakes import storage_fixtures
 from tests.fakes.chat import RecordingNotifier

@@ -8,7 +8,7 @@ import tomllib
 from importlib.resources import files
 from pathlib import Path
 
-from bot.demo import EXAMPLE_POLICY
+from bot.runtime.demo import EXAMPLE_POLICY
 
 REPO = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
@@ -42,4 +42,4 @@ def test_pyproject_ships_the_policy_migrations_and_templates_in_the_wheel() -> N
 
 
 def test_the_console_script_is_the_cli_main() -> None:
-    assert PYPROJECT["project"]["scripts"] == {"ackgate": "bot.cli:main"}
+    assert PYPROJECT["project"]["scripts"] == {"ackgate": "bot.runtime.cli:main"}

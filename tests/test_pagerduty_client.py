@@ -13,12 +13,13 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from bot.config import Settings
-from bot.domain import Incident
-from bot.errors import ConfigError, PagerDutyAuthError, PagerDutyError, PagerDutyNotFound, PagerDutyUnavailable
-from bot.pagerduty import PagerDutyClient
-from bot.simulators.pagerduty import PagerDutySimulator
-from bot.throttling import RateBudgetExceeded, SlidingWindowLimiter, notify_when_queued
+from bot.adapters.pagerduty import PagerDutyClient
+from bot.adapters.throttling import RateBudgetExceeded, SlidingWindowLimiter, notify_when_queued
+from bot.core.domain import Incident
+from bot.core.errors import ConfigError, PagerDutyAuthError, PagerDutyError, PagerDutyNotFound, PagerDutyUnavailable
+from bot.runtime.app import pagerduty_client
+from bot.runtime.config import Settings
+from bot.runtime.simulators.pagerduty import PagerDutySimulator
 from tests.fakes import pagerduty_fixtures
 from tests.fakes.pagerduty_fixtures import FROM_EMAIL, TOKEN, ClientFactory, FakeTime
 
@@ -623,11 +624,11 @@ async def test_from_settings_uses_the_pagerduty_variables(
     for name in ("PAGERDUTY_API_TOKEN", "PAGERDUTY_API_URL", "PAGERDUTY_FROM_EMAIL"):
         monkeypatch.delenv(name, raising=False)
     with pytest.raises(ConfigError, match="PAGERDUTY_API_TOKEN"):
-        PagerDutyClient.from_settings(Settings())
+        pagerduty_client(Settings())
     incident = pd_sim.add_incident("Checkout is down")
     settings = Settings(PAGERDUTY_API_TOKEN=TOKEN, PAGERDUTY_API_URL=pd_sim.base_url, PAGERDUTY_FROM_EMAIL=FROM_EMAIL)
 
-    async with PagerDutyClient.from_settings(settings) as client:
+    async with pagerduty_client(settings) as client:
         await client.add_note(incident.id, "hello")
 
     assert pd_sim.requests[0].headers["From"] == FROM_EMAIL

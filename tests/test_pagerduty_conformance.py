@@ -17,8 +17,8 @@ from openapi_core import OpenAPI
 from openapi_core.testing import MockRequest, MockResponse
 from werkzeug.datastructures import ImmutableMultiDict
 
-from bot.errors import PagerDutyAuthError, PagerDutyNotFound, PagerDutyUnavailable
-from bot.simulators.pagerduty import PagerDutySimulator, RecordedRequest, RecordedResponse
+from bot.core.errors import PagerDutyAuthError, PagerDutyNotFound, PagerDutyUnavailable
+from bot.runtime.simulators.pagerduty import PagerDutySimulator, RecordedRequest, RecordedResponse
 from tests.fakes import pagerduty_fixtures
 from tests.fakes.pagerduty_fixtures import FROM_EMAIL, TOKEN, ClientFactory, FakeTime
 from tests.fakes.pagerduty_openapi import (

@@ -17,8 +17,7 @@ from pydantic import SecretStr
 from referencing import Registry
 from referencing.jsonschema import DRAFT4
 
-from bot.errors import PagerDutyError, PagerDutyUnavailable, UsageError
-from bot.pagerduty_events import (
+from bot.adapters.pagerduty_events import (
     DEFAULT_BASE_URL,
     ENQUEUE_PATH,
     AuthIncident,
@@ -32,8 +31,9 @@ from bot.pagerduty_events import (
     status_after,
     trigger_body,
 )
-from bot.secrets import mask
-from bot.simulators.pagerduty_events import EventsSimulator
+from bot.core.errors import PagerDutyError, PagerDutyUnavailable, UsageError
+from bot.core.secrets import mask
+from bot.runtime.simulators.pagerduty_events import EventsSimulator
 from tests.fakes.reference import PAGERDUTY
 
 EVENTS_REF = PAGERDUTY / "events-api-v2"

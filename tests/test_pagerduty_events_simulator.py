@@ -11,8 +11,8 @@ import httpx
 import pytest
 from jsonschema import Draft202012Validator
 
-from bot.pagerduty_events import EventsClient, EventsUnavailable
-from bot.simulators.pagerduty_events import EventsSimulator
+from bot.adapters.pagerduty_events import EventsClient, EventsUnavailable
+from bot.runtime.simulators.pagerduty_events import EventsSimulator
 from tests.fakes.reference import PAGERDUTY
 
 EVENTS_REF = PAGERDUTY / "events-api-v2"

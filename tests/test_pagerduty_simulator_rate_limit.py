@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 
-from bot.simulators.pagerduty import PagerDutySimulator
+from bot.runtime.simulators.pagerduty import PagerDutySimulator
 
 
 async def test_past_the_limit_a_minute_it_answers_429_with_the_ratelimit_headers() -> None:

@@ -16,14 +16,14 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from bot import app as composition
-from bot.clock import FakeClock
-from bot.config import Settings
-from bot.errors import ChatError
-from bot.platforms import ChatPlatform, PlatformParts
-from bot.ports import ChatAddress
-from bot.provisioners import NoopProvisioner
-from bot.simulators.stage import Stage
+from bot.adapters.provisioners import NoopProvisioner
+from bot.core.clock import FakeClock
+from bot.core.errors import ChatError
+from bot.core.platforms import ChatPlatform, PlatformParts
+from bot.core.ports import ChatAddress
+from bot.runtime import app as composition
+from bot.runtime.config import Settings
+from bot.runtime.simulators.stage import Stage
 from tests.fakes.chat import RecordingNotifier
 from tests.fakes.stage_fixtures import STAGE_POLICY, requests_of
 

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from bot import messages
-from bot.cli import main
-from bot.config import load_settings
-from bot.errors import ConfigError
-from bot.policy_file import parse_policy
+from bot.core import messages
+from bot.core.errors import ConfigError
+from bot.core.policy_file import parse_policy
+from bot.runtime.cli import main
+from bot.runtime.config import load_settings
 from tests.test_cli import ENV, EXAMPLE, GOOD_ENV
 
 SLACK_ENV = ("SLACK_BOT_TOKEN", "SLACK_SIGNING_SECRET")
@@ -41,7 +41,7 @@ def good_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     async def must_not_start(*args: object) -> int:
         raise AssertionError("serve got past its checks")
 
-    monkeypatch.setattr("bot.runtime.serve", must_not_start)
+    monkeypatch.setattr("bot.runtime.server.serve", must_not_start)
 
 
 def _refused(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:

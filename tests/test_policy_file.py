@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.errors import ConfigError
-from bot.policy import (
+from bot.core.errors import ConfigError
+from bot.core.policy import (
     AcknowledgedIncidentGate,
     ApproversApproval,
     AutoApproval,
@@ -16,7 +16,7 @@ from bot.policy import (
     OnCallGate,
     Policy,
 )
-from bot.policy_file import load_policy, parse_policy
+from bot.core.policy_file import load_policy, parse_policy
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "policy.yaml"
 

@@ -12,11 +12,7 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from bot.clock import FakeClock
-from bot.domain import Grant, GrantStatus, Incident, Principal
-from bot.errors import ConfigError, ProvisioningError
-from bot.policy import Policy, ProvisionerSpec
-from bot.provisioners import (
+from bot.adapters.provisioners import (
     NoopProvisioner,
     ProvisionerCall,
     WebhookProvisioner,
@@ -24,6 +20,10 @@ from bot.provisioners import (
     sign,
     verify_signature,
 )
+from bot.core.clock import FakeClock
+from bot.core.domain import Grant, GrantStatus, Incident, Principal
+from bot.core.errors import ConfigError, ProvisioningError
+from bot.core.policy import Policy, ProvisionerSpec
 from tests.fakes.provisioner_receiver import Answer, ProvisionerReceiver
 
 SECRET = SecretStr("s3cret-for-tests-only-0123456789")

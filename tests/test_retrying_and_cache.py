@@ -9,11 +9,11 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from bot.cache import CoalescingCache
-from bot.errors import PagerDutyUnavailable
-from bot.pagerduty import MAX_CONNECTIONS, PagerDutyClient
-from bot.retrying import Backoff, Retryable, retry, wait_hint
-from bot.simulators.pagerduty import PagerDutySimulator
+from bot.adapters.cache import CoalescingCache
+from bot.adapters.pagerduty import MAX_CONNECTIONS, PagerDutyClient
+from bot.adapters.retrying import Backoff, Retryable, retry, wait_hint
+from bot.core.errors import PagerDutyUnavailable
+from bot.runtime.simulators.pagerduty import PagerDutySimulator
 from tests.fakes import pagerduty_fixtures
 from tests.fakes.pagerduty_fixtures import TOKEN, ClientFactory, FakeTime
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import SecretStr
 
-from bot.errors import ConfigError, UsageError
-from bot.secrets import SecretBox, mask, validate_integration_key
+from bot.core.errors import ConfigError, UsageError
+from bot.core.secrets import SecretBox, mask, validate_integration_key
 
 KEY = "0123456789abcdefABCDEF0123456789"
 PASSPHRASE = SecretStr("correct horse battery staple")

@@ -24,10 +24,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from bot.simulators import slack_requests
-from bot.simulators.pagerduty import PagerDutySimulator
-from bot.simulators.slack import SlackSimulator
-from bot.version import version
+from bot.runtime.simulators import slack_requests
+from bot.runtime.simulators.pagerduty import PagerDutySimulator
+from bot.runtime.simulators.slack import SlackSimulator
+from bot.runtime.version import version
 from tests.fakes.storage_fixtures import postgres_schema_url
 
 SIGNING_SECRET = "serve-process-signing-secret"
@@ -98,7 +98,7 @@ async def serve(tmp_path: Path, *args: str, listening: int = 1, **env: str) -> A
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "bot.cli",
+        "bot.runtime.cli",
         "serve",
         *args,
         env=full,

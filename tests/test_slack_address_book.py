@@ -10,12 +10,12 @@ from datetime import timedelta
 import pytest
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.clock import FakeClock
-from bot.domain import Principal
-from bot.errors import ChatError, StorageError
-from bot.ports import ChatAddress, Store
-from bot.simulators.slack import SlackSimulator
-from handlers.slack_notifier import ADDRESS_FRESH, SlackIdentity, SlackNotifier
+from bot.core.clock import FakeClock
+from bot.core.domain import Principal
+from bot.core.errors import ChatError, StorageError
+from bot.core.ports import ChatAddress, Store
+from bot.runtime.simulators.slack import SlackSimulator
+from handlers.slack.notifier import ADDRESS_FRESH, SlackIdentity, SlackNotifier
 from storage import open_store
 
 ALICE = Principal(platform="slack", user_id="U0ALICE", email="alice@example.com", name="Alice")

@@ -6,11 +6,11 @@ from typing import Any
 
 import pytest
 
-from bot import messages
-from bot.commands import MAX_REASON, RequestAccess
-from bot.simulators.slack_requests import form_state
-from bot.views import Action, Card, Choice, Fact, Link, RequestForm, Tone
-from handlers.slack_blocks import (
+from bot.core import messages
+from bot.core.commands import MAX_REASON, RequestAccess
+from bot.core.views import Action, Card, Choice, Fact, Link, RequestForm, Tone
+from bot.runtime.simulators.slack_requests import form_state
+from handlers.slack.blocks import (
     FORM_CALLBACK_ID,
     read_form,
     render_card,

@@ -20,13 +20,14 @@ from aiohttp.test_utils import TestServer
 from pydantic import SecretStr
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot import messages
-from bot.commands import Command, ListMine, RequestAccess, Revoke
-from bot.domain import Principal
-from bot.errors import NotAuthorized, PagerDutyUnavailable, StorageError
-from bot.ports import Store
-from bot.simulators.slack import SlackSimulator
-from bot.simulators.slack_requests import (
+from bot.core import messages
+from bot.core.commands import Command, ListMine, RequestAccess, Revoke
+from bot.core.domain import Principal
+from bot.core.errors import NotAuthorized, PagerDutyUnavailable, StorageError
+from bot.core.ports import Store
+from bot.core.views import Action, Card, Choice, Fact, RequestForm
+from bot.runtime.simulators.slack import SlackSimulator
+from bot.runtime.simulators.slack_requests import (
     block_actions_body,
     block_actions_payload,
     form_state,
@@ -34,9 +35,8 @@ from bot.simulators.slack_requests import (
     slash_command_body,
     view_submission_body,
 )
-from bot.views import Action, Card, Choice, Fact, RequestForm
-from handlers.slack import AccessUseCases, build_slack_app, mount_slack
-from handlers.slack_notifier import WEB_API_SCOPES, SlackIdentity, SlackNotifier
+from handlers.slack.app import AccessUseCases, build_slack_app, mount_slack
+from handlers.slack.notifier import WEB_API_SCOPES, SlackIdentity, SlackNotifier
 from tests.fakes import storage_fixtures
 from tests.fakes.block_kit import assert_within_limits
 

@@ -13,8 +13,8 @@ from jsonschema import Draft7Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT7
 
-from bot import messages
-from handlers.slack_notifier import WEB_API_SCOPES, required_bot_scopes
+from bot.core import messages
+from handlers.slack.notifier import WEB_API_SCOPES, required_bot_scopes
 from tests.fakes.block_kit import SLACK_REFERENCE
 
 MANIFEST_FILE = Path(__file__).resolve().parents[1] / "manifests/slack/manifest.yaml"

@@ -10,12 +10,12 @@ import pytest
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot import messages
-from bot.domain import MessageRef, Principal
-from bot.errors import ChatError, IdentityError
-from bot.simulators.slack import SlackSimulator
-from bot.views import Action, Card
-from handlers.slack_notifier import SlackIdentity, SlackNotifier
+from bot.core import messages
+from bot.core.domain import MessageRef, Principal
+from bot.core.errors import ChatError, IdentityError
+from bot.core.views import Action, Card
+from bot.runtime.simulators.slack import SlackSimulator
+from handlers.slack.notifier import SlackIdentity, SlackNotifier
 from tests.fakes.block_kit import assert_within_limits
 
 ALICE = Principal(platform="slack", user_id="U0ALICE", email="alice@example.com", name="Alice")

@@ -1,4 +1,4 @@
-"""The bounded retries of every Slack call (``handlers.slack_retry``), against the Slack simulator
+"""The bounded retries of every Slack call (``handlers.slack.retry``), against the Slack simulator
 and a loopback server that answers what a test tells it to."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from slack_sdk.errors import SlackApiError
 
-from bot.simulators.slack import SlackSimulator
-from handlers.slack_notifier import post_response, web_client
+from bot.runtime.simulators.slack import SlackSimulator
+from handlers.slack.notifier import post_response, web_client
 
 
 @pytest.fixture

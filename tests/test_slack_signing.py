@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from slack_sdk.signature import Clock, SignatureVerifier
 
-from bot.simulators.slack_requests import signature, signed_headers
+from bot.runtime.simulators.slack_requests import signature, signed_headers
 from tests.fakes.block_kit import SLACK_REFERENCE
 
 PAYLOADS = SLACK_REFERENCE / "payloads"

@@ -11,7 +11,7 @@ import pytest
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.simulators.slack import SlackSimulator
+from bot.runtime.simulators.slack import SlackSimulator
 from tests.fakes.block_kit import SLACK_REFERENCE
 
 VIEW: dict[str, Any] = {"type": "modal", "callback_id": "x", "title": {"type": "plain_text", "text": "T"}, "blocks": []}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from bot.ports import ChatAddress, Store
+from bot.core.ports import ChatAddress, Store
 from tests.fakes import storage_fixtures
 
 backend = storage_fixtures.backend

@@ -9,9 +9,9 @@ from datetime import timedelta
 
 import pytest
 
-from bot.domain import AuditEvent, AuthStatus
-from bot.errors import StorageError
-from bot.ports import Store
+from bot.core.domain import AuditEvent, AuthStatus
+from bot.core.errors import StorageError
+from bot.core.ports import Store
 from tests.fakes import storage_fixtures
 from tests.fakes.storage_fixtures import T0, make_transaction
 

@@ -10,8 +10,8 @@ from typing import Any
 import asyncpg
 import pytest
 
-from bot.domain import AuditEvent
-from bot.errors import ConfigError, StorageError
+from bot.core.domain import AuditEvent
+from bot.core.errors import ConfigError, StorageError
 from storage import PostgresStore, SqliteStore, migrations, open_store
 from storage import postgres as pg
 from storage import sqlite as sq

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.domain import (
+from bot.core.domain import (
     AccessRequest,
     Approval,
     AuditEvent,
@@ -20,8 +20,8 @@ from bot.domain import (
     MessageRef,
     RequestStatus,
 )
-from bot.errors import AlreadyDecided, NotFound, StorageError
-from bot.ports import Store
+from bot.core.errors import AlreadyDecided, NotFound, StorageError
+from bot.core.ports import Store
 from storage import migrations, open_store
 from tests.fakes import storage_fixtures
 from tests.fakes.storage_fixtures import (

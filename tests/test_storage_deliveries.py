@@ -7,8 +7,8 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 
-from bot.domain import MessageRef
-from bot.ports import OutboxDelivery, Store
+from bot.core.domain import MessageRef
+from bot.core.ports import OutboxDelivery, Store
 from tests.fakes import storage_fixtures
 from tests.fakes.storage_fixtures import T0, opened
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 
-from bot.domain import ReceivedCommand, RequestStatus, claim_prefix, claim_token
-from bot.ports import OutboxDelivery, Store
+from bot.core.domain import ReceivedCommand, RequestStatus, claim_prefix, claim_token
+from bot.core.ports import OutboxDelivery, Store
 from tests.fakes import storage_fixtures
 from tests.fakes.storage_fixtures import T0, make_request, opened
 

@@ -10,9 +10,9 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from bot.domain import AuthStatus, AuthTransaction
-from bot.errors import AlreadyDecided, NotFound, StorageError
-from bot.ports import Store
+from bot.core.domain import AuthStatus, AuthTransaction
+from bot.core.errors import AlreadyDecided, NotFound, StorageError
+from bot.core.ports import Store
 from storage import PrunesSeen, migrations, open_store
 from tests.fakes import storage_fixtures
 from tests.fakes.storage_fixtures import (

@@ -11,9 +11,9 @@ from datetime import timedelta
 
 import pytest
 
-from bot.domain import AccessRequest, Approval, AuditEvent, EndReason, Grant, GrantStatus, RequestStatus
-from bot.errors import AlreadyDecided, NotFound, StorageError
-from bot.ports import Store
+from bot.core.domain import AccessRequest, Approval, AuditEvent, EndReason, Grant, GrantStatus, RequestStatus
+from bot.core.errors import AlreadyDecided, NotFound, StorageError
+from bot.core.ports import Store
 from storage import postgres as postgres_backend
 from storage import sqlite as sqlite_backend
 from storage.codec import GRANT_COLUMNS, insert

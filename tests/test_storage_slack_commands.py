@@ -7,8 +7,8 @@ import asyncio
 from dataclasses import replace
 from datetime import timedelta
 
-from bot.domain import ReceivedCommand
-from bot.ports import Store
+from bot.core.domain import ReceivedCommand
+from bot.core.ports import Store
 from tests.fakes import storage_fixtures
 from tests.fakes.storage_fixtures import T0, opened
 

@@ -9,8 +9,8 @@ import pytest
 from botbuilder.core import TurnContext
 from botbuilder.schema import Activity
 
-from bot.commands import ListMine, RequestAccess, RequestAuth, parse_command
-from handlers.teams_activity import MalformedActivity, Mention, command_text, normalise_mentions, parse_activity
+from bot.core.commands import ListMine, RequestAccess, RequestAuth, parse_command
+from handlers.teams.activity import MalformedActivity, Mention, command_text, normalise_mentions, parse_activity
 from tests.fakes.teams_schemas import load
 
 BOT = "28:00000000-0000-0000-0000-000000000002"

@@ -15,14 +15,14 @@ from botbuilder.core.teams import TeamsActivityHandler, TeamsInfo
 from botbuilder.integration.aiohttp import CloudAdapter
 from botbuilder.schema import AdaptiveCardInvokeResponse, AdaptiveCardInvokeValue
 
-from bot.simulators.teams import TeamsSimulator
-from bot.simulators.teams_client import TeamsClient, sign
-from bot.views import Card
-from handlers import teams_adapter
-from handlers.teams_activity import parse_activity
-from handlers.teams_auth import OpenIdKeys, ServiceUrlPolicy, TeamsAuthenticator
-from handlers.teams_cards import CARD_CONTENT_TYPE, render_card
-from handlers.teams_connector import TokenSource
+from bot.core.views import Card
+from bot.runtime.simulators.teams import TeamsSimulator
+from bot.runtime.simulators.teams_client import TeamsClient, sign
+from handlers.teams import adapter as teams_adapter
+from handlers.teams.activity import parse_activity
+from handlers.teams.auth import OpenIdKeys, ServiceUrlPolicy, TeamsAuthenticator
+from handlers.teams.cards import CARD_CONTENT_TYPE, render_card
+from handlers.teams.connector import TokenSource
 from tests.fakes.teams_schemas import check_card, check_connector_body
 
 CHANNEL = "19:ops@thread.tacv2"

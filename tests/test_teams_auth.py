@@ -14,10 +14,10 @@ import pytest
 import requests
 from botframework.connector.auth.jwt_token_extractor import JwtTokenExtractor
 
-from bot.simulators.teams import TeamsSimulator
-from bot.simulators.teams_client import TeamsClient, sign
-from handlers import teams_auth
-from handlers.teams_auth import OpenIdKeys, ServiceUrlPolicy, TeamsAuthenticator
+from bot.runtime.simulators.teams import TeamsSimulator
+from bot.runtime.simulators.teams_client import TeamsClient, sign
+from handlers.teams import auth as teams_auth
+from handlers.teams.auth import OpenIdKeys, ServiceUrlPolicy, TeamsAuthenticator
 
 EMULATOR_ISSUER = "https://sts.windows.net/d6d49420-f39b-4df7-a1dc-d59a935871db/"
 
@@ -273,8 +273,8 @@ SDK_CASES = [
 @pytest.fixture
 async def sdk_auth(sim: TeamsSimulator, keys: OpenIdKeys, sdk_cache: None) -> AsyncIterator[Any]:
     """botbuilder's parameterized channel validation, its key cache primed by OpenIdKeys (no blocking fetch)."""
-    from handlers import teams_adapter
-    from handlers.teams_connector import TokenSource
+    from handlers.teams import adapter as teams_adapter
+    from handlers.teams.connector import TokenSource
 
     async with httpx.AsyncClient() as http:
         tokens = TokenSource(

@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 
-from bot import messages
-from bot.cards import approval_card
-from bot.commands import MAX_REASON, RequestAccess
-from bot.domain import AccessRequest, Incident, Principal, RequestStatus
-from bot.views import Action, Card, Choice, Fact, Link, RequestForm, Tone
-from handlers import teams_cards as tcards
-from handlers.teams_cards import ActionClick, CardSigner, InvalidAction, read_action, render_card
+from bot.core import messages
+from bot.core.cards import approval_card
+from bot.core.commands import MAX_REASON, RequestAccess
+from bot.core.domain import AccessRequest, Incident, Principal, RequestStatus
+from bot.core.views import Action, Card, Choice, Fact, Link, RequestForm, Tone
+from handlers.teams import cards as tcards
+from handlers.teams.cards import ActionClick, CardSigner, InvalidAction, read_action, render_card
 from tests.fakes.teams_schemas import check_card, check_connector_body, load
 
 MARKDOWN = "[click me](https://evil.example) **now** <at>everyone</at> _x_"

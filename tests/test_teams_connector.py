@@ -12,11 +12,11 @@ import pytest
 import requests
 from botbuilder.schema import Activity
 
-from bot import messages
-from bot.errors import ChatError
-from bot.simulators.teams import TeamsSimulator
-from handlers import teams_connector as tc
-from handlers.teams_auth import ServiceUrlPolicy
+from bot.core import messages
+from bot.core.errors import ChatError
+from bot.runtime.simulators.teams import TeamsSimulator
+from handlers.teams import connector as tc
+from handlers.teams.auth import ServiceUrlPolicy
 from tests.fakes.teams_schemas import check_connector_body
 
 CHANNEL = "19:ops@thread.tacv2"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from handlers import teams_manifest as tm
+from handlers.teams import manifest as tm
 from tests.fakes.teams_schemas import SchemaError, check_manifest
 
 APP_ID = "0F3C2A51-7B6D-4E8F-9A10-B2C3D4E5F607"

@@ -10,8 +10,8 @@ import jwt
 import pytest
 from jwt.algorithms import RSAAlgorithm
 
-from bot.simulators.teams import SCOPE, TeamsSimulator
-from bot.simulators.teams_client import TeamsClient, sign
+from bot.runtime.simulators.teams import SCOPE, TeamsSimulator
+from bot.runtime.simulators.teams_client import TeamsClient, sign
 from tests.fakes.teams_schemas import check_connector_body
 
 CHANNEL = "19:ops@thread.tacv2"

@@ -17,11 +17,11 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
 
-from bot.app import PARTS, build_app
-from bot.clock import FakeClock
-from bot.config import Settings
-from bot.policy import Policy
-from bot.simulators.slack import SlackSimulator
+from bot.core.clock import FakeClock
+from bot.core.policy import Policy
+from bot.runtime.app import PARTS, build_app
+from bot.runtime.config import Settings
+from bot.runtime.simulators.slack import SlackSimulator
 from tests.fakes import storage_fixtures
 from tests.fakes.incident_world import POLICY, webhook_body
 from tests.fakes.storage_fixtures import opened

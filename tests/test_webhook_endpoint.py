@@ -16,10 +16,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
 
-from bot.clock import FakeClock
-from bot.ports import Store, WebhookInbox
-from bot.webhook_inbox import Inbox
-from bot.webhooks import WebhookEvent, advances
+from bot.core.clock import FakeClock
+from bot.core.ports import Store, WebhookInbox
+from bot.core.webhook_inbox import Inbox
+from bot.core.webhooks import WebhookEvent, advances
 from handlers.pagerduty_webhooks import mount_pagerduty_webhooks
 from storage import open_store
 from tests.pagerduty_webhook_reference import SIGNATURE_VECTORS, example_bodies, sign, vector_body

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from bot.clock import FakeClock
-from bot.mirror import subject
-from bot.simulators.stage import Stage
-from bot.webhook_inbox import Inbox
-from bot.webhooks import WebhookEvent
+from bot.core.clock import FakeClock
+from bot.core.mirror import subject
+from bot.core.webhook_inbox import Inbox
+from bot.core.webhooks import WebhookEvent
+from bot.runtime.simulators.stage import Stage
 from tests.fakes import storage_fixtures
 from tests.fakes.incident_world import webhook_body
 from tests.fakes.issue3_stage import database_file

@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 import jsonschema
 import pytest
 
-from bot.errors import UsageError
-from bot.webhooks import (
+from bot.core.errors import UsageError
+from bot.core.webhooks import (
     STATUS_ORDER,
     MalformedWebhook,
     WebhookEvent,

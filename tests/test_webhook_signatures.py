@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from bot.webhooks import verify_signature
+from bot.core.webhooks import verify_signature
 from tests.pagerduty_webhook_reference import SIGNATURE_VECTORS, example_bodies, sign, vector_body
 
 OLD_SECRET = "old-secret-for-tests-0123456789abcdef"

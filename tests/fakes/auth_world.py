@@ -15,17 +15,17 @@ import pytest
 from jsonschema.protocols import Validator
 from pydantic import SecretStr
 
-from bot.auth import AuthService, target_subject
-from bot.auth_reactions import AuthReactions, auth_registry
-from bot.bus import MessageBus
-from bot.clock import FakeClock
-from bot.commands import RequestAuth, parse_command
-from bot.domain import AuthTransaction, Principal
-from bot.org_settings import OrgSettings
-from bot.pagerduty_events import EventsClient
-from bot.ports import Store
-from bot.simulators.pagerduty_events import EventsSimulator
-from bot.views import Card
+from bot.adapters.pagerduty_events import EventsClient
+from bot.core.auth import AuthService, target_subject
+from bot.core.auth_reactions import AuthReactions, auth_registry
+from bot.core.bus import MessageBus
+from bot.core.clock import FakeClock
+from bot.core.commands import RequestAuth, parse_command
+from bot.core.domain import AuthTransaction, Principal
+from bot.core.org_settings import OrgSettings
+from bot.core.ports import Store
+from bot.core.views import Card
+from bot.runtime.simulators.pagerduty_events import EventsSimulator
 from storage import open_store
 from tests.fakes.chat import RecordingNotifier
 from tests.test_pagerduty_events import _errors, _reference, _validators

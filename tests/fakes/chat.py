@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from bot.domain import MessageRef, Principal
-from bot.errors import ChatError
-from bot.views import Card
+from bot.core.domain import MessageRef, Principal
+from bot.core.errors import ChatError
+from bot.core.views import Card
 
 
 @dataclass

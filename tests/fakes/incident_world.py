@@ -14,23 +14,25 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from bot.access import AccessService
-from bot.bus import MessageBus
-from bot.clock import FakeClock
-from bot.commands import parse_command
-from bot.domain import AuthStatus, AuthTransaction, Grant, Principal
-from bot.expiry import ExpiryScheduler
-from bot.incident_notes import IncidentNotes, notes_registry
-from bot.mirror import MirrorService
-from bot.pagerduty import PagerDutyClient
-from bot.policy import Policy
-from bot.ports import Store
-from bot.provisioners import NoopProvisioner
-from bot.reactions import Reactions, registry
-from bot.simulators.pagerduty import PagerDutySimulator
-from bot.simulators.pagerduty_state import SimIncident
-from bot.views import Card
-from bot.webhooks import parse_event
+from bot.adapters.pagerduty import PagerDutyClient
+from bot.adapters.provisioners import NoopProvisioner
+from bot.core.access import AccessService
+from bot.core.bus import MessageBus
+from bot.core.clock import FakeClock
+from bot.core.commands import parse_command
+from bot.core.domain import AuthStatus, AuthTransaction, Grant, Principal
+from bot.core.expiry import ExpiryScheduler
+from bot.core.grants import GrantLifecycle
+from bot.core.incident_notes import IncidentNotes, notes_registry
+from bot.core.mirror import MirrorService
+from bot.core.policy import Policy
+from bot.core.ports import Store
+from bot.core.reactions import Reactions, registry
+from bot.core.router import CommandRouter
+from bot.core.views import Card
+from bot.core.webhooks import parse_event
+from bot.runtime.simulators.pagerduty import PagerDutySimulator
+from bot.runtime.simulators.pagerduty_state import SimIncident
 from storage import open_store
 from tests.fakes.chat import RecordingNotifier
 from tests.fakes.pagerduty_openapi import Conformance
@@ -93,7 +95,7 @@ class IncidentWorld:
 
     async def type(self, who: Principal, text: str) -> Card:
         """``who`` types ``/access <text>``; returns what Ackgate answers them."""
-        return await self.service.execute(who, parse_command(text))
+        return await CommandRouter(self.service).execute(who, parse_command(text))
 
     def acknowledged_incident(self, who: str, title: str = "Checkout latency") -> SimIncident:
         """``who`` has acknowledged a fresh incident in PagerDuty."""
@@ -200,12 +202,14 @@ async def iw() -> AsyncIterator[IncidentWorld]:
         bus = MessageBus(audit=store.audit)
         policy = Policy.model_validate(POLICY)
         service = AccessService(
-            policy=policy,
-            store=store,
-            pagerduty=client,
-            provisioners={"noop": noop},
-            bus=bus,
-            clock=clock,
+            GrantLifecycle(
+                policy=policy,
+                store=store,
+                pagerduty=client,
+                provisioners={"noop": noop},
+                bus=bus,
+                clock=clock,
+            ),
         )
         scheduler = ExpiryScheduler(service, grants=store.grants, clock=clock)
         mirror = MirrorService(

@@ -21,9 +21,9 @@ from typing import Any
 
 import pytest
 
-from bot.clock import FakeClock
-from bot.provisioners import NoopProvisioner
-from bot.simulators.stage import Person, Stage
+from bot.adapters.provisioners import NoopProvisioner
+from bot.core.clock import FakeClock
+from bot.runtime.simulators.stage import Person, Stage
 from tests.fakes.pagerduty_openapi import Conformance
 from tests.fakes.stage_fixtures import DATABASE_SERVICE
 

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from bot.pagerduty import PagerDutyClient
-from bot.simulators.pagerduty import PagerDutySimulator
+from bot.adapters.pagerduty import PagerDutyClient
+from bot.runtime.simulators.pagerduty import PagerDutySimulator
 from tests.fakes.pagerduty_openapi import Conformance, warm_up
 
 TOKEN = "u+pd-test-token-0123456789"

@@ -2,7 +2,7 @@
 
 The document is ``tests/reference/pagerduty/rest-api-v2/openapiv3.subset.json`` in the repository. If it is missing, :func:`spec_document` raises: conformance must fail loudly, never skip.
 
-:class:`Conformance` is a validator for :class:`bot.simulators.pagerduty.PagerDutySimulator`: it sees
+:class:`Conformance` is a validator for :class:`bot.runtime.simulators.pagerduty.PagerDutySimulator`: it sees
 each request exactly as it arrived over the wire from the client, and each answer the simulator gave.
 
 The document is used as published, except for these deliberate corrections (FACTS.md §2b, §9, §10):
@@ -37,7 +37,7 @@ from openapi_core import OpenAPI
 from openapi_core.testing import MockRequest, MockResponse
 from werkzeug.datastructures import ImmutableMultiDict
 
-from bot.simulators.pagerduty import RecordedRequest, RecordedResponse
+from bot.runtime.simulators.pagerduty import RecordedRequest, RecordedResponse
 from tests.fakes.reference import PAGERDUTY
 
 SPEC_PATH = PAGERDUTY / "rest-api-v2/openapiv3.subset.json"

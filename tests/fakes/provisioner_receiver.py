@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from aiohttp import web
 from pydantic import SecretStr
 
-from bot.clock import Clock
-from bot.provisioners import verify_signature
+from bot.adapters.provisioners import verify_signature
+from bot.core.clock import Clock
 
 
 @dataclass(frozen=True)

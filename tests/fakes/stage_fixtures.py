@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from bot.clock import FakeClock
-from bot.domain import AccessRequest, AuditEvent, Grant
-from bot.provisioners import NoopProvisioner
-from bot.simulators.stage import Person, Stage
+from bot.adapters.provisioners import NoopProvisioner
+from bot.core.clock import FakeClock
+from bot.core.domain import AccessRequest, AuditEvent, Grant
+from bot.runtime.simulators.stage import Person, Stage
 from tests.fakes.pagerduty_openapi import Conformance
 
 DATABASE_SERVICE = "PDBSVC1"

@@ -30,7 +30,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from bot.domain import (
+from bot.core.domain import (
     AccessRequest,
     AuthStatus,
     AuthTransaction,
@@ -41,7 +41,7 @@ from bot.domain import (
     Principal,
     RequestStatus,
 )
-from bot.ports import Store
+from bot.core.ports import Store
 from storage import open_store
 from storage.postgres import describe
 

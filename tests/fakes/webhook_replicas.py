@@ -19,16 +19,17 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
 
-from bot.access import AccessService
-from bot.bus import MessageBus
-from bot.clock import FakeClock
-from bot.mirror import MirrorService
-from bot.pagerduty import PagerDutyClient
-from bot.policy import Policy
-from bot.ports import Store
-from bot.provisioners import NoopProvisioner
-from bot.webhook_inbox import Inbox
-from bot.webhooks import WebhookEvent
+from bot.adapters.pagerduty import PagerDutyClient
+from bot.adapters.provisioners import NoopProvisioner
+from bot.core.access import AccessService
+from bot.core.bus import MessageBus
+from bot.core.clock import FakeClock
+from bot.core.grants import GrantLifecycle
+from bot.core.mirror import MirrorService
+from bot.core.policy import Policy
+from bot.core.ports import Store
+from bot.core.webhook_inbox import Inbox
+from bot.core.webhooks import WebhookEvent
 from handlers.pagerduty_webhooks import mount_pagerduty_webhooks
 from tests.fakes.chat import RecordingNotifier
 from tests.fakes.incident_world import CHANNEL, POLICY, WATCHED_SERVICE
@@ -92,17 +93,19 @@ async def replicas(url: str, count: int = 2) -> AsyncIterator[Replicas]:
             store = await stack.enter_async_context(opened(url))
             bus = MessageBus(audit=store.audit)
             access = AccessService(
-                policy=policy,
-                store=store,
-                pagerduty=pagerduty,
-                provisioners={"noop": NoopProvisioner()},
-                bus=bus,
-                clock=clock,
+                GrantLifecycle(
+                    policy=policy,
+                    store=store,
+                    pagerduty=pagerduty,
+                    provisioners={"noop": NoopProvisioner()},
+                    bus=bus,
+                    clock=clock,
+                ),
             )
             mirror = MirrorService(
                 store=store,
                 notifiers={"slack": chat},
-                access=access,
+                access=access.grants,
                 pagerduty=pagerduty,
                 bus=bus,
                 clock=clock,

@@ -12,21 +12,23 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from bot.access import AccessService
-from bot.bus import MessageBus
-from bot.clock import FakeClock
-from bot.commands import parse_command
-from bot.domain import Principal
-from bot.errors import ProvisioningError
-from bot.expiry import ExpiryScheduler
-from bot.pagerduty import PagerDutyClient
-from bot.policy import Policy
-from bot.ports import Store
-from bot.provisioners import NoopProvisioner
-from bot.reactions import Reactions, registry
-from bot.reconciler import Reconciler
-from bot.simulators.pagerduty import PagerDutySimulator
-from bot.views import Card
+from bot.adapters.pagerduty import PagerDutyClient
+from bot.adapters.provisioners import NoopProvisioner
+from bot.core.access import AccessService
+from bot.core.bus import MessageBus
+from bot.core.clock import FakeClock
+from bot.core.commands import parse_command
+from bot.core.domain import Principal
+from bot.core.errors import ProvisioningError
+from bot.core.expiry import ExpiryScheduler
+from bot.core.grants import GrantLifecycle
+from bot.core.policy import Policy
+from bot.core.ports import Store
+from bot.core.reactions import Reactions, registry
+from bot.core.reconciler import Reconciler
+from bot.core.router import CommandRouter
+from bot.core.views import Card
+from bot.runtime.simulators.pagerduty import PagerDutySimulator
 from storage import open_store
 from tests.fakes.chat import RecordingNotifier
 
@@ -116,7 +118,7 @@ class World:
 
     async def type(self, who: Principal, text: str) -> Card:
         """``who`` types ``/access <text>``; returns what Ackgate answers them."""
-        return await self.service.execute(who, parse_command(text))
+        return await CommandRouter(self.service).execute(who, parse_command(text))
 
     async def click(self, who: Principal, request_id: str, *, approve: bool = True) -> Card:
         return await self.service.decide(request_id, actor=who, approve=approve)
@@ -189,17 +191,19 @@ async def open_world(
         audited = AuditRequiredStore(store)
         bus = MessageBus(audit=store.audit)
         service = AccessService(
-            policy=Policy.model_validate(POLICY),
-            store=audited,  # type: ignore[arg-type]
-            pagerduty=client,
-            provisioners={"noop": noop, "flaky": flaky, **(provisioners or {})},
-            bus=bus,
-            clock=clock,
-            admins=frozenset({"carol@example.com"}),
+            GrantLifecycle(
+                policy=Policy.model_validate(POLICY),
+                store=audited,  # type: ignore[arg-type]
+                pagerduty=client,
+                provisioners={"noop": noop, "flaky": flaky, **(provisioners or {})},
+                bus=bus,
+                clock=clock,
+                admins=frozenset({"carol@example.com"}),
+                lease=lease,
+            ),
             approval_timeout=timedelta(hours=1),
-            lease=lease,
         )
-        reconciler = Reconciler(service, store=audited, clock=clock)  # type: ignore[arg-type]
+        reconciler = Reconciler(service.grants, store=audited, clock=clock)  # type: ignore[arg-type]
         scheduler = ExpiryScheduler(service, grants=store.grants, clock=clock, reconciler=reconciler)
         bus.use(registry(Reactions(notifiers={"slack": chat}, messages=store.messages, wake_scheduler=scheduler.wake)))
         try:

@@ -19,8 +19,8 @@ from urllib.parse import quote, urlencode
 
 from hypothesis import strategies as st
 
-from bot.simulators import slack_requests
-from handlers.slack_blocks import KEY_FORM_CALLBACK_ID
+from bot.runtime.simulators import slack_requests
+from handlers.slack.blocks import KEY_FORM_CALLBACK_ID
 from tests.fakes.reference import SLACK
 from tests.pagerduty_webhook_reference import EVENT_TYPES, example_bodies
 from tests.reliability.fuzz_support import (

@@ -36,17 +36,17 @@ from aiohttp import web
 from hypothesis import HealthCheck, settings
 from pydantic import SecretStr
 
-from bot import logs
-from bot.app import PARTS, Parts, build_app
-from bot.clock import FakeClock
-from bot.config import Settings
-from bot.domain import AuditEvent, Grant
-from bot.provisioners import NoopProvisioner
-from bot.simulators import slack_requests
-from bot.simulators.pagerduty import PagerDutySimulator
-from bot.simulators.pagerduty_events import EventsSimulator
-from bot.simulators.slack import SlackSimulator
-from bot.simulators.stage import text_of
+from bot.adapters.provisioners import NoopProvisioner
+from bot.core.clock import FakeClock
+from bot.core.domain import AuditEvent, Grant
+from bot.runtime import logs
+from bot.runtime.app import PARTS, Parts, build_app
+from bot.runtime.config import Settings
+from bot.runtime.simulators import slack_requests
+from bot.runtime.simulators.pagerduty import PagerDutySimulator
+from bot.runtime.simulators.pagerduty_events import EventsSimulator
+from bot.runtime.simulators.slack import SlackSimulator
+from bot.runtime.simulators.stage import text_of
 from tests.fakes.storage_fixtures import postgres_schema_url
 
 SIGNING_SECRET = "fuzz-signing-secret-5f1e0c2a9b"
@@ -273,7 +273,7 @@ class LogLines(logging.Handler):
 
 @contextmanager
 def production_logging() -> Iterator[LogLines]:
-    """Log exactly as ``ackgate serve`` does (``bot.logs.configure``), into a :class:`LogLines`."""
+    """Log exactly as ``ackgate serve`` does (``bot.runtime.logs.configure``), into a :class:`LogLines`."""
     root = logging.getLogger()
     saved_handlers, saved_level = root.handlers[:], root.level
     touched = ("httpx", "httpcore", "slack_bolt", "slack_sdk", "aiohttp.access")

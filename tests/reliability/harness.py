@@ -36,11 +36,11 @@ from urllib.parse import urlencode
 import aiohttp
 import asyncpg
 
-from bot.simulators import slack_requests
-from bot.simulators.pagerduty import PagerDutySimulator
-from bot.simulators.pagerduty_events import EventsSimulator
-from bot.simulators.slack import SlackSimulator
-from bot.simulators.stage import text_of
+from bot.runtime.simulators import slack_requests
+from bot.runtime.simulators.pagerduty import PagerDutySimulator
+from bot.runtime.simulators.pagerduty_events import EventsSimulator
+from bot.runtime.simulators.slack import SlackSimulator
+from bot.runtime.simulators.stage import text_of
 from tests.reliability.receiver import RecordingReceiver
 
 REPO = Path(__file__).resolve().parents[2]
@@ -291,7 +291,14 @@ class Server:
         self.generations.append(gen)
         self._log = (self.workdir / f"{sender}.log").open("w")
         self._process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bot.cli", "serve", cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT
+            sys.executable,
+            "-m",
+            "bot.runtime.cli",
+            "serve",
+            cwd=REPO,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
         )
         if not await self._wait_ready(ready_within):
             await self.kill()

@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from bot.domain import AccessRequest, AuditEvent, EndReason, Grant, GrantStatus, IncidentMirror, RequestStatus
-from bot.ports import Store
+from bot.core.domain import AccessRequest, AuditEvent, EndReason, Grant, GrantStatus, IncidentMirror, RequestStatus
+from bot.core.ports import Store
 from storage import open_store
 from tests.reliability.harness import APPROVERS, PROVISIONER_TIMEOUT, Interaction, poll
 

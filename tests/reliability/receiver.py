@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from aiohttp import web
 from pydantic import SecretStr
 
-from bot.clock import SystemClock
-from bot.provisioners import verify_signature
+from bot.adapters.provisioners import verify_signature
+from bot.core.clock import SystemClock
 
 
 @dataclass(frozen=True)

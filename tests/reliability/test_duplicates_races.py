@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from bot.domain import GrantStatus
-from bot.simulators import slack_requests
-from bot.simulators.stage import text_of
+from bot.core.domain import GrantStatus
+from bot.runtime.simulators import slack_requests
+from bot.runtime.simulators.stage import text_of
 from tests.reliability.fuzz_support import (
     BACKENDS,
     MIRROR_CHANNEL,

@@ -23,10 +23,10 @@ from urllib.parse import urlencode
 
 import pytest
 
-from bot.domain import GrantStatus, RequestStatus
-from bot.org_settings import INTEGRATION_KEY as STORED_KEY
-from bot.simulators import slack_requests
-from handlers.slack_blocks import KEY_FORM_CALLBACK_ID
+from bot.core.domain import GrantStatus, RequestStatus
+from bot.core.org_settings import INTEGRATION_KEY as STORED_KEY
+from bot.runtime.simulators import slack_requests
+from handlers.slack.blocks import KEY_FORM_CALLBACK_ID
 from tests.reliability.fuzz_support import (
     INTEGRATION_KEY,
     MIRROR_CHANNEL,

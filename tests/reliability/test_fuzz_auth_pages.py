@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 from hypothesis import given
 
-from bot.domain import AuthStatus
+from bot.core.domain import AuthStatus
 from tests.reliability.fuzz_strategies import Case, auth_pages
 from tests.reliability.fuzz_support import Fuzzer, LiveCluster, fuzz_settings
 

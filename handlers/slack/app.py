@@ -1,0 +1,592 @@
+"""Slack's entry point: a thin translator from slash commands, button clicks and modal
+submissions to the use cases, mounted on Ackgate's own aiohttp app.
+
+:func:`mount_slack` checks each request's signature headers and validates the body into the typed
+models of :mod:`handlers.slack.inbound` (4xx, one log line, no body echoed, for anything else), then
+hands it to its listener itself. (bolt's ``AsyncApp`` used to dispatch: it checked the signature a
+second time, ran its middleware chain and polled every 10 ms for the ack, which set an 11 ms floor
+under every acknowledgement. Only bolt's ``AsyncAck`` is kept, for its response bodies.) The
+request waits on the ack alone: a future, set the moment the listener acks.
+
+Each slash command and form submission is then recorded once, under Slack's ``trigger_id``, in the
+:class:`bot.core.ports.CommandInbox` (one insert, shared by replicas): a retry or a replay of the same
+signed request is acknowledged and not run again. The row is marked answered when the answer was
+posted; :class:`handlers.slack.recovery.SlackRecovery` answers what a crash left.
+
+Every listener acknowledges first and only then talks to Slack or PagerDuty, so Slack's 3-second
+deadline never depends on either. What a listener does after its ack waits for one of a bounded
+number of background turns (:class:`Background`), so a backlog of slow work queues instead of
+crowding the event loop that answers acks; a turn not had within :data:`TURN_WAIT` is answered
+with :data:`bot.core.messages.SLACK_BUSY` (and the row marked answered), well inside the command's lease.
+Users see ``UserError``/``UpstreamError`` messages; anything unexpected becomes the generic
+sentence and a logged traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
+from dataclasses import replace
+from typing import Any, Protocol
+
+from aiohttp import web
+from pydantic import SecretStr
+from slack_bolt.adapter.aiohttp import to_aiohttp_response
+from slack_bolt.context.ack.async_ack import AsyncAck
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot.adapters.throttling import notify_when_queued
+from bot.core import messages
+from bot.core.clock import Clock, SystemClock
+from bot.core.commands import Command, OpenForm, RequestAccess, RequestAuth, Revoke, parse_command
+from bot.core.domain import Principal, ReceivedCommand
+from bot.core.errors import ChatError, StorageError, UpstreamError, UsageError, UserError
+from bot.core.ports import ChatNotifier, CommandInbox
+from bot.core.secrets import validate_integration_key
+from bot.core.views import Card, RequestForm
+from handlers.slack.answers import COMMAND_LEASE, Answerer, click_key, command_key, form_text, submission_key
+from handlers.slack.blocks import (
+    ACTION_PREFIX,
+    FORM_CALLBACK_ID,
+    KEY_BLOCK_ID,
+    KEY_FORM_CALLBACK_ID,
+    OPEN_KEY_FORM,
+    read_form,
+    read_key_form,
+    render_card,
+    render_form,
+    render_key_form,
+    render_notice,
+)
+from handlers.slack.inbound import (
+    BlockActions,
+    Inbound,
+    Refused,
+    SlashCommand,
+    check_signature,
+    listener_body,
+    parse_inbound,
+)
+from handlers.slack.notifier import SlackIdentity, SlackNotifier, call_slack
+
+_log = logging.getLogger(__name__)
+
+Body = dict[str, Any]
+
+MAX_BODY_BYTES = 512 * 1024  # Slack's largest interaction payloads are well under this
+ACK_WAIT = 3.0  # Slack gives up after 3 s; a listener that has not acked by then never will in time
+BACKGROUND_TURNS = 128  # listeners working after their ack at once, per process
+TURN_WAIT = 20.0  # seconds a listener waits for a turn before answering "busy" (the lease is 60 s)
+
+
+class Background:
+    """The bounded turns of work done after an ack.
+
+    A listener calls :meth:`turn` after acking; the dispatcher releases the turn when the listener
+    ends. Waiting is in a semaphore's queue (no busy task), so a backlog costs memory, not the loop."""
+
+    def __init__(self, turns: int = BACKGROUND_TURNS, *, wait: float = TURN_WAIT) -> None:
+        self._slots = asyncio.Semaphore(turns)
+        self._wait = wait
+        self._held: ContextVar[bool] = ContextVar("ackgate_background_turn", default=False)
+
+    async def turn(self) -> bool:
+        """Wait for a turn; False if none came within the wait (the caller answers "busy")."""
+        if self._held.get():
+            return True
+        try:
+            async with asyncio.timeout(self._wait):
+                await self._slots.acquire()
+        except TimeoutError:
+            return False
+        self._held.set(True)
+        return True
+
+    def release(self) -> None:
+        """Called by the dispatcher in the listener's own task, when the listener has ended."""
+        if self._held.get():
+            self._held.set(False)
+            self._slots.release()
+
+
+class Ack:
+    """What a listener calls to acknowledge: bolt's ``AsyncAck`` bodies, and the future the
+    waiting request is woken by."""
+
+    def __init__(self) -> None:
+        self._bolt = AsyncAck()  # type: ignore[no-untyped-call]
+        self.acked: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    @property
+    def response(self) -> Any:
+        return self._bolt.response
+
+    async def __call__(self, **fields: Any) -> None:
+        await self._bolt(**fields)
+        if not self.acked.done():
+            self.acked.set_result(None)
+
+    def ended(self, _: object) -> None:
+        """The listener's task ended: wake the request even if it never acked (it answers 500)."""
+        if not self.acked.done():
+            self.acked.set_result(None)
+
+
+class AccessUseCases(Protocol):
+    """The core's use cases as the Slack listeners need them (implemented by ``bot.core.router``)."""
+
+    async def execute(self, actor: Principal, command: Command) -> Card:
+        """Carry out any command except ``OpenForm``. Raises ``UserError``/``UpstreamError``."""
+        ...
+
+    async def decide(self, request_id: str, *, actor: Principal, approve: bool) -> Card:
+        """An approve/deny click; the returned card is for the clicker only."""
+        ...
+
+    async def set_key(self, actor: Principal, text: str) -> Card:
+        """The integration key an admin pasted into the key form."""
+        ...
+
+    def request_form(self) -> RequestForm:
+        """The empty request form (no I/O)."""
+        ...
+
+    async def prefilled_form(self, actor: Principal) -> RequestForm:
+        """The form with the actor's acknowledged incident as hint and reason (asks PagerDuty)."""
+        ...
+
+
+def _notice(text: str) -> Card:
+    """A one-paragraph card with no title: an error or a short answer."""
+    return Card(title="", text=text)
+
+
+class _Listeners:
+    def __init__(
+        self,
+        *,
+        service: AccessUseCases,
+        identity: SlackIdentity,
+        answerer: Answerer,
+        clock: Clock,
+        logger: logging.Logger,
+        background: Background,
+        instance: str = "",
+    ) -> None:
+        self._background = background
+        self._service = service
+        self._identity = identity
+        self._answerer = answerer
+        self._clock = clock
+        self._log = logger
+        self._instance = instance  # named on each inbox row: a restart takes back what it owed at once
+
+    def _received(
+        self, key: str, kind: str, *, user_id: str, channel_id: str = "", text: str = "", response_url: str = ""
+    ) -> ReceivedCommand:
+        now = self._clock.now()
+        return ReceivedCommand(
+            key=key,
+            kind=kind,
+            user_id=user_id,
+            channel_id=channel_id,
+            text=text,
+            response_url=response_url,
+            received_at=now,
+            lease_until=now + COMMAND_LEASE,
+            claimed_by=self._instance,
+        )
+
+    # --- /access --------------------------------------------------------------------------
+
+    async def command(self, ack: Ack, command: Body, client: AsyncWebClient) -> None:
+        text = str(command.get("text") or "")
+        try:
+            parsed = parse_command(normalise_mentions(text))
+        except UsageError as exc:  # parsing is pure, so the usage line can be the ack itself
+            await ack(**render_notice(exc.message), response_type="ephemeral")
+            return
+        user_id = str(command.get("user_id") or "")
+        trigger_id = str(command.get("trigger_id") or "")
+        received = self._received(
+            command_key(trigger_id),
+            "command",
+            user_id=user_id,
+            channel_id=str(command.get("channel_id") or ""),
+            text=text,
+            response_url=str(command.get("response_url") or ""),
+        )
+        new = await self._answerer.record(received)
+        if new is None:
+            await ack(**render_notice(messages.STORAGE_DOWN), response_type="ephemeral")
+            return
+        if not new:
+            self._log.info("Slack sent command %s again (a retry or a replay); it runs once", received.key)
+            await ack()
+            return
+        if isinstance(parsed, OpenForm):
+            await ack()
+            await self._open_form(client, trigger_id=trigger_id, user_id=user_id)
+            await self._answerer.done(received.key)  # the form is the answer (or the DM saying it failed)
+            return
+        if isinstance(parsed, RequestAccess):
+            await ack(text=messages.WORKING, response_type="ephemeral")
+        elif isinstance(parsed, RequestAuth):
+            await ack(text=messages.AUTH_SENDING, response_type="ephemeral")
+        else:
+            await ack()
+        if not await self._background.turn():
+            await self._answerer.answer(received, _notice(messages.SLACK_BUSY), replace_original=True)
+            return
+        if isinstance(parsed, RequestAccess):
+            # A wait in PagerDuty's queue (its request budget) is told on the response_url, replacing "Checking…".
+            notify_when_queued(lambda: self._answerer.post_soon(received.response_url, messages.PAGERDUTY_QUEUED))
+        card = await self._outcome(self._execute(user_id, parsed))
+        if any(action.kind == OPEN_KEY_FORM for action in card.actions):
+            await self._open_key_form(client, trigger_id=trigger_id, user_id=user_id)
+            await self._answerer.done(received.key)
+            return
+        await self._answerer.answer(received, card, replace_original=isinstance(parsed, RequestAccess | RequestAuth))
+
+    async def _open_key_form(self, client: AsyncWebClient, *, trigger_id: str, user_id: str) -> None:
+        try:
+            await call_slack("views.open", client.views_open(trigger_id=trigger_id, view=render_key_form()))
+        except ChatError:
+            self._log.warning("Slack did not open the key form for %s", user_id, exc_info=True)
+            await self._answerer.dm(user_id, _notice(messages.SLACK_FORM_NOT_OPENED))
+
+    async def key_submission(self, ack: Ack, body: Body, view: Body) -> None:
+        # Only the key's shape is checked before the ack (pure, no I/O), so a malformed key is still
+        # shown beside the field; who is asking and whether they are an admin are Slack calls, after.
+        user_id = str((body.get("user") or {}).get("id") or "")
+        text = read_key_form((view.get("state") or {}).get("values") or {})
+        try:
+            validate_integration_key(text)
+        except UsageError as exc:
+            await ack(response_action="errors", errors={KEY_BLOCK_ID: whole_sentences(exc.message)})
+            return
+        # The row keeps nothing of the key: it is a secret, and the recovery pass only says to retry.
+        received = self._received(submission_key(view, str(body.get("trigger_id") or "")), "key_form", user_id=user_id)
+        new = await self._answerer.record(received)
+        await ack()
+        if new is False:
+            return
+        card = (
+            await self._outcome(self._set_key(user_id, text))
+            if await self._background.turn()
+            else _notice(messages.SLACK_BUSY)
+        )
+        if new is None:
+            await self._answerer.dm(user_id, card)
+        else:
+            await self._answerer.answer(received, card)
+
+    async def _set_key(self, user_id: str, text: str) -> Card:
+        actor = await self._identity.principal(user_id)
+        return await self._service.set_key(actor, text)
+
+    async def _execute(self, user_id: str, command: Command) -> Card:
+        actor = await self._identity.principal(user_id)
+        return await self._service.execute(actor, command)
+
+    async def _open_form(self, client: AsyncWebClient, *, trigger_id: str, user_id: str) -> None:
+        # The trigger id dies 3 s after Slack sent it: open the plain form now, fill it in later.
+        try:
+            plain = self._service.request_form()
+            opened = await call_slack("views.open", client.views_open(trigger_id=trigger_id, view=render_form(plain)))
+        except ChatError:
+            self._log.warning("Slack did not open the request form for %s", user_id, exc_info=True)
+            await self._answerer.dm(user_id, _notice(messages.SLACK_FORM_NOT_OPENED))
+            return
+        try:
+            actor = await self._identity.principal(user_id)
+            form = await self._service.prefilled_form(actor)
+        except (UserError, UpstreamError) as exc:
+            form = replace(plain, hint=exc.message)
+        except Exception:
+            self._log.exception("Could not prefill the request form for %s", user_id)
+            return
+        view = opened["view"]
+        try:
+            await call_slack(
+                "views.update",
+                client.views_update(view_id=view["id"], hash=view["hash"], view=render_form(form)),
+            )
+        except ChatError:
+            # Usually hash_conflict or not_found: the user already submitted or closed the form.
+            self._log.info("Did not prefill the request form for %s", user_id, exc_info=True)
+
+    # --- buttons ----------------------------------------------------------------------------
+
+    async def button(self, ack: Ack, body: Body, action: Body) -> None:
+        # The click gets an inbox row under its trigger id, so one acknowledged and then lost to a
+        # crash is answered by the recovery pass (which clicks again: a decision is a compare-and-set
+        # in the core, so it counts once); a retry of the same click runs once.
+        kind = str(action.get("action_id") or "").removeprefix(ACTION_PREFIX)
+        target = str(action.get("value") or "")
+        user_id = str((body.get("user") or {}).get("id") or "")
+        url = str(body.get("response_url") or "")
+        trigger_id = str(body.get("trigger_id") or "")
+        new: bool | None = None
+        received = self._received(
+            click_key(trigger_id), "click", user_id=user_id, text=f"{kind} {target}", response_url=url
+        )
+        if trigger_id and target and user_id:
+            new = await self._answerer.record(received)
+        await ack()
+        if new is False:
+            self._log.info("Slack sent click %s again (a retry or a replay); it runs once", received.key)
+            return
+        card = (
+            await click(self._service, self._identity, user_id, kind, target, self._log)
+            if await self._background.turn()
+            else _notice(messages.SLACK_BUSY)
+        )
+        if new:
+            await self._answerer.answer(received, card)
+            return
+        # Ephemeral, beside the shared message: the core updates that one for everyone.
+        message = {**render_card(card), "response_type": "ephemeral", "replace_original": False}
+        if not url or not await self._answerer.post(url, message):
+            await self._answerer.dm(user_id, card)
+
+    # --- the request form -------------------------------------------------------------------
+
+    async def submission(self, ack: Ack, body: Body, view: Body) -> None:
+        parsed = read_form((view.get("state") or {}).get("values") or {})
+        if isinstance(parsed, dict):
+            await ack(response_action="errors", errors=parsed)
+            return
+        user_id = str((body.get("user") or {}).get("id") or "")
+        received = self._received(
+            submission_key(view, str(body.get("trigger_id") or "")), "form", user_id=user_id, text=form_text(parsed)
+        )
+        new = await self._answerer.record(received)
+        await ack()
+        if new is False:
+            self._log.info("Slack sent form submission %s again; it runs once", received.key)
+            return
+        card = (
+            await self._outcome(self._execute(user_id, parsed))
+            if await self._background.turn()
+            else _notice(messages.SLACK_BUSY)
+        )
+        if new is None:
+            await self._answerer.dm(user_id, card)
+        else:
+            await self._answerer.answer(received, card)
+
+    # --- shared -----------------------------------------------------------------------------
+
+    async def _outcome(self, work: Awaitable[Card]) -> Card:
+        return await outcome(work, self._log)
+
+    def unexpected(self, error: Exception, body: Body) -> None:
+        """The last resort, for a failure outside the guarded use-case calls."""
+        self._log.error("Unhandled error in a Slack listener (%s)", body.get("type", "command"), exc_info=error)
+
+
+async def click(
+    service: AccessUseCases, identity: SlackIdentity, user_id: str, kind: str, target: str, log: logging.Logger
+) -> Card:
+    """The answer to a click on an ``ackgate.<kind>`` button for ``target``; the recovery pass runs
+    it again for a click a crash left unanswered (deciding twice counts once: compare-and-set)."""
+    if not target or not user_id:
+        return _notice(messages.SLACK_BUTTON_WITHOUT_TARGET)
+    if kind not in ("approve", "deny", "revoke"):
+        return _notice(messages.SLACK_BUTTON_UNKNOWN)
+
+    async def run() -> Card:
+        actor = await identity.principal(user_id)
+        if kind == "revoke":
+            return await service.execute(actor, Revoke(grant_id=target))
+        return await service.decide(target, actor=actor, approve=kind == "approve")
+
+    return await outcome(run(), log)
+
+
+async def outcome(work: Awaitable[Card], log: logging.Logger) -> Card:
+    """Run a use case: its card, or the card with the sentence the user should see instead."""
+    try:
+        return await work
+    except (UserError, UpstreamError) as exc:
+        return _notice(exc.message)
+    except StorageError:
+        log.exception("Storage failed while handling a Slack request")
+        return _notice(messages.STORAGE_DOWN)
+    except Exception:
+        log.exception("Unexpected failure while handling a Slack request")
+        return _notice(messages.GENERIC_FAILURE)
+
+
+class SlackApp:
+    """The listeners behind ``/slack/events``, with the dispatch :func:`mount_slack` calls."""
+
+    def __init__(self, listeners: _Listeners, *, client: AsyncWebClient, background: Background) -> None:
+        self._listeners = listeners
+        self._client = client
+        self._background = background
+
+    async def dispatch(self, inbound: Inbound, body: Body) -> web.Response:
+        """Run the listener for ``inbound`` in a task of its own and answer as soon as it acks."""
+        ack = Ack()
+        task = asyncio.get_running_loop().create_task(self._run(inbound, body, ack))
+        task.add_done_callback(ack.ended)
+        try:
+            async with asyncio.timeout(ACK_WAIT):
+                await ack.acked
+        except TimeoutError:
+            _log.error("A Slack listener did not acknowledge within %g s", ACK_WAIT)
+        if ack.response is None:
+            return web.Response(status=500, text=messages.GENERIC_FAILURE)
+        return await to_aiohttp_response(ack.response)
+
+    async def _run(self, inbound: Inbound, body: Body, ack: Ack) -> None:
+        listeners = self._listeners
+        try:
+            if isinstance(inbound, SlashCommand):
+                await listeners.command(ack, body, self._client)
+            elif isinstance(inbound, BlockActions):
+                await listeners.button(ack, body, body["actions"][0])
+            elif inbound.view.callback_id == KEY_FORM_CALLBACK_ID:
+                await listeners.key_submission(ack, body, body["view"])
+            else:
+                await listeners.submission(ack, body, body["view"])
+        except Exception as exc:
+            listeners.unexpected(exc, body)
+        finally:
+            self._background.release()
+
+
+def build_slack_app(
+    *,
+    client: AsyncWebClient,
+    service: AccessUseCases,
+    identity: SlackIdentity,
+    inbox: CommandInbox,
+    clock: Clock | None = None,
+    notifier: ChatNotifier | None = None,
+    logger: logging.Logger | None = None,
+    instance: str = "",
+    post: Callable[[str, Body], Awaitable[bool]] | None = None,
+    background: Background | None = None,
+) -> SlackApp:
+    """Ackgate's listeners: the ``/access`` command, ``ackgate.*`` buttons and the ``ackgate.request``
+    and key forms.
+
+    ``inbox`` records each command once (see the module docstring); ``notifier`` sends answers
+    that go by DM (default: a SlackNotifier on ``client``); ``post`` posts to a ``response_url``
+    (default: :func:`handlers.slack.notifier.post_response`, a session per post; the platform
+    passes its pooled one); ``logger`` receives unexpected failures with their tracebacks."""
+    log = logger or _log
+    clock = clock or SystemClock()
+    background = background or Background()
+    answerer = Answerer(
+        inbox=inbox,
+        notifier=notifier or SlackNotifier(client),
+        clock=clock,
+        logger=log,
+        **({"post": post} if post else {}),
+    )
+    listeners = _Listeners(
+        service=service,
+        identity=identity,
+        answerer=answerer,
+        clock=clock,
+        logger=log,
+        background=background,
+        instance=instance,
+    )
+    return SlackApp(listeners, client=client, background=background)
+
+
+def mount_slack(
+    web_app: web.Application,
+    *,
+    slack_app: SlackApp,
+    signing_secret: SecretStr,
+    path: str = "/slack/events",
+    now: Callable[[], float] = time.time,
+) -> None:
+    """Serve Slack's commands and interactivity at ``path`` on our aiohttp app.
+
+    Refusals, each with one sentence and one log line without the body: 401 for a missing, malformed
+    or wrong signature or a timestamp more than five minutes off (``now``, wall-clock seconds, since
+    Slack signs with its own clock); 413 for a body larger than :data:`MAX_BODY_BYTES`; 400 for a
+    signed body that is not one of the payloads in :mod:`handlers.slack.inbound`."""
+    secret = signing_secret.get_secret_value()
+
+    async def slack_events(request: web.Request) -> web.Response:
+        if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+            _log.info("Refused a Slack request of %d bytes", request.content_length)
+            return web.Response(status=413, text=messages.SLACK_TOO_LARGE)
+        try:
+            raw = await request.read()  # bounded by the app's client_max_size even without a length
+        except web.HTTPRequestEntityTooLarge:
+            raw = b"x" * (MAX_BODY_BYTES + 1)
+        if len(raw) > MAX_BODY_BYTES:
+            _log.info("Refused a Slack request larger than %d bytes", MAX_BODY_BYTES)
+            return web.Response(status=413, text=messages.SLACK_TOO_LARGE)
+        unsigned = check_signature(request.headers, raw, secret=secret, now=now())
+        if unsigned is not None:
+            _log.info("Refused an unsigned Slack request: %s", unsigned)
+            return web.Response(status=401, text=messages.SLACK_UNSIGNED)
+        if raw.startswith(b"ssl_check=1"):  # Slack checking the certificate when a command URL is saved
+            return web.Response(status=200)
+        try:
+            inbound = parse_inbound(raw)
+        except Refused as refused:
+            _log.info("Refused a signed Slack request: %s", refused.reason)
+            return web.Response(status=refused.status, text=messages.SLACK_BAD_REQUEST)
+        if not handled(inbound):
+            # bolt would answer 404 too, but only after logging the whole payload at WARNING.
+            _log.info("Refused a Slack %s that no Ackgate listener handles", getattr(inbound, "type", "command"))
+            return web.Response(status=404, text=messages.SLACK_NOT_HANDLED)
+        try:
+            return await slack_app.dispatch(inbound, listener_body(inbound))
+        except Exception:
+            # A defect of ours (the payload was validated): Slack, or whoever sent it, gets no traceback.
+            _log.exception("Could not dispatch a Slack %s request", getattr(inbound, "type", "command"))
+            return web.Response(status=500, text=messages.GENERIC_FAILURE)
+
+    web_app.router.add_post(path, slack_events)
+
+
+def handled(inbound: Inbound) -> bool:
+    """Whether one of the listeners of :func:`build_slack_app` takes this request."""
+    if isinstance(inbound, SlashCommand):
+        return inbound.command == messages.COMMAND
+    if isinstance(inbound, BlockActions):
+        return inbound.actions[0].action_id.startswith(ACTION_PREFIX)
+    return inbound.view.callback_id in (FORM_CALLBACK_ID, KEY_FORM_CALLBACK_ID)
+
+
+_USER_MENTION = re.compile(r"<@([UW][A-Z0-9]+)(?:\|[^>]*)?>")
+_MAILTO = re.compile(r"<mailto:([^|>]+)(?:\|[^>]*)?>")
+
+
+def normalise_mentions(text: str) -> str:
+    """Slack's escaped markup to the core's neutral forms: ``<@U123|bob>`` → ``@U123``,
+    ``<mailto:bob@example.com|bob@example.com>`` → ``bob@example.com``."""
+    return _MAILTO.sub(r"\1", _USER_MENTION.sub(r"@\1", text))
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def whole_sentences(text: str, limit: int = 150) -> str:
+    """As many whole sentences of ``text`` as fit in ``limit`` characters (a field error is kept
+    short); a first sentence too long on its own is cut at a word and ends in an ellipsis."""
+    if len(text) <= limit:
+        return text
+    kept = ""
+    for sentence in _SENTENCE_END.split(text):
+        longer = f"{kept} {sentence}".strip()
+        if len(longer) > limit:
+            break
+        kept = longer
+    return kept or text[: limit - 1].rsplit(" ", 1)[0] + "…"
