@@ -4,7 +4,12 @@ import pytest
 
 from tests.fakes import storage_fixtures
 
-pytest_plugins = ["tests.fakes.world", "tests.fakes.stage_fixtures", "tests.fakes.issue3_stage"]
+pytest_plugins = [
+    "tests.fakes.world",
+    "tests.fakes.stage_fixtures",
+    "tests.fakes.issue3_stage",
+    "tests.fakes.teams_stage_fixtures",
+]
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

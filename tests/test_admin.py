@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import SecretStr
@@ -51,7 +52,7 @@ def fact(card: Card, label: str) -> str | None:
     return next((f.value for f in card.facts if f.label == label), None)
 
 
-def parsed(text: str) -> Admin | SetPrefs:
+def parsed(text: str) -> Any:
     """What the router would hand the admin service for ``/access <text>``."""
     command = parse_command(text)
     assert isinstance(command, Admin | SetPrefs)
@@ -480,7 +481,7 @@ async def test_admin_test_without_authentication_requests_set_up_says_it_is_not_
 
 
 async def test_prefs_without_arguments_show_the_current_preferences_and_how_to_change_them(w: AdminWorld) -> None:
-    card = await w.service.execute(user, parsed("prefs"))
+    card = await w.service.set_prefs(user, parsed("prefs"))
 
     assert (fact(card, "PagerDuty"), fact(card, "Chat")) == ("on", "on")
     assert "/access prefs [pagerduty on|off] [chat on|off]" in card.footnote
@@ -488,7 +489,7 @@ async def test_prefs_without_arguments_show_the_current_preferences_and_how_to_c
 
 
 async def test_any_user_sets_their_own_prefs_confirmed_and_audited(w: AdminWorld) -> None:
-    card = await w.service.execute(user, parsed("prefs pagerduty off"))
+    card = await w.service.set_prefs(user, parsed("prefs pagerduty off"))
 
     assert card.title == "Your preferences are saved"
     assert (fact(card, "PagerDuty"), fact(card, "Chat")) == ("off", "on")
@@ -501,13 +502,13 @@ async def test_any_user_sets_their_own_prefs_confirmed_and_audited(w: AdminWorld
 
 
 async def test_turning_both_prefs_off_says_chat_still_reaches_you(w: AdminWorld) -> None:
-    card = await w.service.execute(user, SetPrefs(pagerduty=False, chat=False))
+    card = await w.service.set_prefs(user, SetPrefs(pagerduty=False, chat=False))
 
     assert "still reach you by chat" in card.text
 
 
 async def test_prefs_of_one_user_leave_anothers_alone(w: AdminWorld) -> None:
-    await w.service.execute(user, SetPrefs(chat=False))
+    await w.service.set_prefs(user, SetPrefs(chat=False))
 
     assert (await w.org.prefs("alice@example.com")).chat is True
 

@@ -132,7 +132,7 @@ async def _change(w: AdminWorld, name: str) -> None:
     if name == "key":
         await w.service.set_key(admin, KEY)
     elif name == "prefs":
-        await w.service.execute(admin, parsed("prefs pagerduty off"))
+        await w.service.set_prefs(admin, parsed("prefs pagerduty off"))
     else:
         await w.service.execute(admin, parsed(CHANGES[name][0]))
 

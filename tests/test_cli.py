@@ -111,6 +111,11 @@ def test_the_demo_plays_every_scene_to_the_end(capsys: pytest.CaptureFixture[str
     assert "Approved by bob@example.com" in out
     assert "Access to prod-db was not granted" in out
     assert "Identity verified by bob@example.com" in out
+    teams = out.split("5. One deployment, two platforms", 1)[1].split("── 6.", 1)[0]
+    assert "Ackgate → bob (Teams 1:1 chat, Adaptive Card)" in teams and "[Approve]" in teams
+    assert "bob's card, updated in place for everyone (PUT)" in teams
+    assert "Approved by bob@example.com" in teams.split("(PUT)", 1)[1]
+    assert "Ackgate → dana (Slack direct message):\n      Access granted: prod-db" in teams
 
 
 # --- check-config --env refuses exactly what serve refuses -------------------------------------

@@ -175,7 +175,7 @@ async def test_a_live_provisioning_is_never_taken_over_by_the_reconciler(world: 
         async def revoke(self, grant: Grant) -> None:
             calls.append("revoke")
 
-    world.service.provisioners = {"noop": Slow(), "flaky": world.flaky}
+    world.service.grants.provisioners = {"noop": Slow(), "flaky": world.flaky}
     await world.type(alice, "prod-db 1h inspect a table")
     [request] = await world.store.requests.list_for(alice.email)
     click = asyncio.create_task(world.click(dana, request.id))
@@ -323,8 +323,8 @@ async def test_two_replicas_racing_expiries_revoke_each_grant_exactly_once(
             a.scheduler.run_once(),
             b.scheduler.run_once(),
             later(a.scheduler.run_once(), 0.01),
-            later(b.service.retry_revokes(), 0.02),  # during the slow revokes: the old double
-            later(a.service.retry_revokes(), 0.03),
+            later(b.service.grants.retry_revokes(), 0.02),  # during the slow revokes: the old double
+            later(a.service.grants.retry_revokes(), 0.03),
             later(b.scheduler.run_once(), 0.04),
         )
 

@@ -180,7 +180,7 @@ async def test_without_a_channel_nothing_is_posted_but_the_incident_is_tracked(i
     quiet = MirrorService(
         store=iw.store,
         notifiers={"slack": iw.chat},
-        access=iw.service,
+        access=iw.service.grants,
         pagerduty=iw.client,
         bus=iw.service.bus,
         clock=iw.clock,
@@ -209,7 +209,7 @@ async def test_every_reference_example_body_is_handled_without_error(iw: Inciden
     mirror = MirrorService(
         store=iw.store,
         notifiers={"slack": iw.chat},
-        access=iw.service,
+        access=iw.service.grants,
         pagerduty=iw.client,
         bus=iw.service.bus,
         clock=iw.clock,
@@ -272,7 +272,7 @@ async def test_a_mirror_channel_names_its_platform_and_posts_and_updates_there(i
     mirror = MirrorService(
         store=iw.store,
         notifiers={"slack": iw.chat, "teams": teams},
-        access=iw.service,
+        access=iw.service.grants,
         pagerduty=iw.client,
         bus=iw.service.bus,
         clock=iw.clock,

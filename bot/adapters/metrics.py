@@ -60,6 +60,27 @@ class PrometheusMetrics(Metrics):
             "Queued chat messages given up after the outbox's maximum age",
             registry=self.registry,
         )
+        self.teams_activities = Counter(
+            "ackgate_teams_activities", "Authenticated Teams activities by type", ["type"], registry=self.registry
+        )
+        self.teams_auth_failures = Counter(
+            "ackgate_teams_auth_failures",
+            "Requests to /api/messages refused 401, by reason",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.teams_connector_errors = Counter(
+            "ackgate_teams_connector_errors",
+            "Bot Connector (and token) calls that failed after their retries, by operation and HTTP status",
+            ["operation", "status"],
+            registry=self.registry,
+        )
+
+    def count(self, name: str, **labels: str) -> None:
+        """:class:`bot.core.platforms.Counters`: one more on a platform's counter, e.g. ``teams_activities``."""
+        counter = getattr(self, name)
+        assert isinstance(counter, Counter), name
+        counter.labels(**labels).inc()
 
     def outcome(self, outcome: str) -> None:
         self.requests.labels(outcome=outcome).inc()

@@ -64,6 +64,9 @@ class AccessService:
         self.clock = grants.clock
         self.approval_timeout = approval_timeout
 
+    unreached: dict[str, tuple[str, ...]] = {}  # noqa: RUF012 - replaced by the reactions' own (bot.runtime.app)
+    """Approvers the approval reactions could not reach, by request id (read once, for the pending card)."""
+
     # --- commands -------------------------------------------------------------------------
 
     def help(self) -> Card:
@@ -233,7 +236,7 @@ class AccessService:
             lambda _: [AccessRequested(request.created_at, request), ApprovalRequested(request.created_at, request)],
         )
         refs = await self.store.messages.refs(request.id)
-        return cards.pending_card(request, reached=len(refs))
+        return cards.pending_card(request, reached=len(refs), unreached=self.unreached.pop(request.id, ()))
 
     # --- deciding -------------------------------------------------------------------------
 

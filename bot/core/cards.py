@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import timedelta
 
 from bot.core import messages
@@ -34,15 +35,17 @@ def _approvers(r: AccessRequest) -> str | None:
     return r.decided_by
 
 
-def approval_card(r: AccessRequest, *, failed: Grant | None = None) -> Card:
+def approval_card(r: AccessRequest, *, failed: Grant | None = None, unreached: Sequence[str] = ()) -> Card:
     """The message approvers see; buttons only while the request is pending. With ``failed`` (the
-    approved request's grant, whose provisioning failed) it says so instead of "Approved"."""
+    approved request's grant, whose provisioning failed) it says so instead of "Approved"; ``unreached``
+    names the approvers Ackgate could not message."""
     approvals = f"{len(r.approvals)} of {r.required_approvals}"
     facts = (*_request_facts(r), Fact("Approvals", approvals))
     footnote = messages.approval_footnote(r.id)
     if r.status is RequestStatus.PENDING:
         return Card(
             title=messages.approval_title(r.requester.email, r.resource),
+            text=messages.unreached_approvers(unreached).strip() if unreached else "",
             facts=facts,
             actions=(
                 Action("approve", messages.APPROVE, r.id, style="primary"),
@@ -77,11 +80,13 @@ def approval_card(r: AccessRequest, *, failed: Grant | None = None) -> Card:
     )
 
 
-def pending_card(r: AccessRequest, *, reached: int) -> Card:
+def pending_card(r: AccessRequest, *, reached: int, unreached: Sequence[str] = ()) -> Card:
     who = ", ".join(r.approvers)
     text = messages.pending_text(r.id, r.required_approvals, who)
     if reached == 0:
         text += messages.NO_APPROVER_REACHED
+    elif unreached:
+        text += messages.unreached_approvers(unreached)
     return Card(title=messages.pending_title(r.resource), text=text, facts=_request_facts(r), tone=Tone.INFO)
 
 

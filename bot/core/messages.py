@@ -5,7 +5,7 @@ Functions take plain values and return plain text; adapters add their own emphas
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 
 from bot.core.durations import format_duration
@@ -273,7 +273,7 @@ def revoking_title(resource: str) -> str:
 SLACK_EMAIL_HIDDEN_FIX = "Ask a Slack admin to grant the app the users:read.email scope and reinstall it."
 SLACK_NO_EMAIL = f"Ackgate can't see your email address, so it can't match you to PagerDuty. {SLACK_EMAIL_HIDDEN_FIX}"
 # What an admin does when a platform hides emails, by platform (a platform's adapter section adds its own).
-EMAIL_HIDDEN_FIX = {"slack": SLACK_EMAIL_HIDDEN_FIX}
+EMAIL_HIDDEN_FIX = {"slack": SLACK_EMAIL_HIDDEN_FIX, "teams": "Ask a Teams admin to check the person's email address."}
 
 SLACK_FORM_TITLE = "Request access"  # Slack caps modal titles, submit and close labels at 24 characters
 SLACK_FORM_SUBMIT = "Request"
@@ -737,6 +737,32 @@ TEAMS_CARD_ACTION_INVALID = (
     f"or type {COMMAND} list."
 )
 TEAMS_KEY_FORM_SAVE = "Save"
+TEAMS_EMAIL_HIDDEN_FIX = "Ask a Teams admin to check that your account has an email address or a user principal name."
+TEAMS_NO_EMAIL = (
+    f"Ackgate can't see your email address in Teams, so it can't match you to PagerDuty. {TEAMS_EMAIL_HIDDEN_FIX}"
+)
+TEAMS_DECISION_RECORDING = (
+    f"Recording your decision… This card updates for everyone when it is done; if it does not, type {COMMAND} list."
+)
+TEAMS_INVOKE_UNKNOWN = "Ackgate does not handle that kind of Teams action."
+TEAMS_UNAUTHENTICATED = "This request is not a genuine Teams activity for this bot."
+TEAMS_BAD_ACTIVITY = "The body is not a Teams activity Ackgate can read."
+TEAMS_NEEDS_JSON = "Send the activity as application/json."
+TEAMS_TOO_LARGE = "The activity is too large."
+
+
+def teams_not_reachable(who: str) -> str:
+    return (
+        f"Ackgate cannot message {who} in Teams: the Ackgate app is not installed for them. "
+        "Ask them to add the Ackgate app in Teams (or to message it once)."
+    )
+
+
+def unreached_approvers(emails: Sequence[str]) -> str:
+    return (
+        f" Not reachable in chat: {', '.join(emails)} (no chat account Ackgate can message, "
+        "or the Ackgate app is not installed for them)."
+    )
 
 
 # --- the grant lifecycle: failures, recovery, long lists -------------------------------------
@@ -765,9 +791,25 @@ def more_grants(hidden: int) -> str:
 # --- chat platforms (issue 7: the core assumes none) ----------------------------------------------
 
 NO_CHAT_PLATFORM = (
-    "No chat platform is configured: set SLACK_BOT_TOKEN and SLACK_SIGNING_SECRET for Slack "
+    "No chat platform is configured: set SLACK_BOT_TOKEN and SLACK_SIGNING_SECRET for Slack, "
+    "or MICROSOFT_APP_ID, MICROSOFT_APP_PASSWORD and MICROSOFT_APP_TENANT_ID for Teams "
     "(Ackgate needs at least one chat platform to take requests)."
 )
+TEAMS_NO_APP_ID = (
+    "MICROSOFT_APP_ID is missing: Teams needs the Azure Bot's app id (a GUID) beside MICROSOFT_APP_PASSWORD"
+)
+TEAMS_BAD_APP_ID = (
+    "MICROSOFT_APP_ID must be the Azure Bot's Microsoft App ID, a GUID; an empty id would turn off "
+    "Teams authentication, so Ackgate refuses it"
+)
+TEAMS_NO_APP_PASSWORD = (
+    "MICROSOFT_APP_PASSWORD is missing: set it to a client secret of the Azure Bot's app registration"  # noqa: S105 - a sentence, not a password
+)
+TEAMS_NO_TENANT = (
+    "MICROSOFT_APP_TENANT_ID is missing: a SingleTenant bot gets its token from its own tenant; "
+    "set it to the Directory (tenant) ID of the app registration"
+)
+TEAMS_NO_SERVICE_HOSTS = "TEAMS_SERVICE_URL_HOSTS is empty: leave it unset for the public cloud's Bot Connector hosts"
 
 
 def policy_channel_unknown(text: str, known: tuple[str, ...]) -> str:

@@ -1,5 +1,5 @@
 """How a chat platform joins Ackgate: the composition root calls the platform's one ``mount``
-function (``handlers.slack.platform.mount``, later ``handlers.teams.platform.mount``) for each
+function (``handlers.slack.platform.mount``, ``handlers.teams.platform.mount``) for each
 platform the settings configure, with the :class:`PlatformParts` every platform needs, and gets back
 a :class:`ChatPlatform`. Nothing else in the composition root is platform-specific.
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from bot.core import messages
 from bot.core.clock import Clock
@@ -15,6 +16,15 @@ from bot.core.domain import Principal
 from bot.core.errors import AckgateError
 from bot.core.ports import AdminCheck, ChatHealth, ChatNotifier, Store
 from bot.core.router import CommandRouter
+
+
+class Counters(Protocol):
+    """A platform's own counters (implemented by the Prometheus metrics)."""
+
+    def count(self, name: str, **labels: str) -> None:
+        """Add one to the counter ``name`` (e.g. ``teams_auth_failures``) with these label values."""
+        ...
+
 
 Job = Callable[[], Awaitable[int]]
 
@@ -33,6 +43,8 @@ class PlatformParts:
     platform does not take are queued in the outbox and sent later)."""
     instance: str = ""
     """This process's name in the claims it takes (``ACKGATE_INSTANCE_ID``), for the platform's inbox."""
+    counters: Counters | None = None
+    """The process's metrics, for a platform's own counters (e.g. Teams' auth failures)."""
 
 
 @dataclass(frozen=True)

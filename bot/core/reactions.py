@@ -48,6 +48,9 @@ class Metrics:
         """A provisioner revoke attempt failed and will be retried."""
 
 
+_UNREACHED_KEPT = 1000
+
+
 class Reactions:
     def __init__(
         self,
@@ -65,6 +68,9 @@ class Reactions:
         self.metrics = metrics or Metrics()
         self.wake_scheduler = wake_scheduler
         self.address_book = address_book
+        self.unreached: dict[str, tuple[str, ...]] = {}
+        """Approvers no chat platform could reach, by request id, for the requester's answer (in-process,
+        read once by :class:`bot.core.access.AccessService` right after the cards are posted)."""
 
     def _notifier(self, platform: str) -> ChatNotifier | None:
         notifier = self.notifiers.get(platform)
@@ -74,18 +80,22 @@ class Reactions:
 
     async def _approver(self, email: str, *, fallback: str) -> Principal | None:
         """A named approver on the platform the address book knows them on (newest first, when several
-        platforms are configured), else on ``fallback`` (the requester's), looked up by email."""
+        platforms are configured), else looked up by email on ``fallback`` (the requester's), then on
+        the other configured platforms in turn."""
         if self.address_book is not None and len(self.notifiers) > 1:
             for address in await self.address_book.by_email(email):
                 if address.platform in self.notifiers:
                     return Principal(address.platform, address.user_id, address.email, address.display_name)
-        notifier = self._notifier(fallback)
-        if notifier is None:
-            return None
-        approver = await notifier.user_by_email(email)
-        if approver is None:
-            log.warning("approver %s has no %s account; not notified", email, fallback)
-        return approver
+        platforms = [fallback, *(name for name in self.notifiers if name != fallback)]
+        for platform in platforms:
+            notifier = self._notifier(platform)
+            if notifier is None:
+                continue
+            approver = await notifier.user_by_email(email)
+            if approver is not None:
+                return approver
+        log.warning("approver %s has no chat account Ackgate can reach; not notified", email)
+        return None
 
     async def _tell(self, who: Principal, card: Card) -> None:
         notifier = self._notifier(who.platform)
@@ -109,23 +119,38 @@ class Reactions:
         return True
 
     async def _post_approval_cards(self, request: AccessRequest) -> None:
-        card = cards.approval_card(request)
         if request.approval_channel:
             # The channel names its platform (a bare id is Slack's): not necessarily the requester's.
             platform, channel = split_channel(request.approval_channel)
             notifier = self._notifier(platform)
             if notifier is not None:
+                card = cards.approval_card(request)
                 await self.messages.add(request.id, await notifier.send_to_channel(channel, card))
             return
+        reachable: list[tuple[Principal, ChatNotifier]] = []
+        unreached: list[str] = []
         for email in request.approvers:
             try:
                 approver = await self._approver(email, fallback=request.requester.platform)
-                notifier = None if approver is None else self._notifier(approver.platform)
-                if approver is None or notifier is None:
-                    continue
+            except ChatError:
+                log.exception("could not look up approver %s of %s", email, request.id)
+                approver = None
+            notifier = None if approver is None else self._notifier(approver.platform)
+            if approver is None or notifier is None:
+                unreached.append(email)
+            else:
+                reachable.append((approver, notifier))
+        # Whoever cannot be reached is named on the card (and, through ``unreached``, to the requester).
+        card = cards.approval_card(request, unreached=unreached)
+        if unreached:
+            self.unreached[request.id] = tuple(unreached)
+            while len(self.unreached) > _UNREACHED_KEPT:
+                self.unreached.pop(next(iter(self.unreached)))
+        for approver, notifier in reachable:
+            try:
                 await self.messages.add(request.id, await notifier.send_to_user(approver, card))
             except ChatError:
-                log.exception("could not notify approver %s of %s", email, request.id)
+                log.exception("could not notify approver %s of %s", approver.email, request.id)
 
     async def update_approval_messages(
         self, event: ApprovalRecorded | RequestApproved | RequestDenied | RequestTimedOut | ProvisioningFailed

@@ -7,8 +7,9 @@ Commands are dispatched by one map of their type, as events are by :mod:`bot.cor
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from bot.core import messages
 from bot.core.access import AccessService
@@ -25,13 +26,14 @@ from bot.core.commands import (
     SetPrefs,
 )
 from bot.core.domain import Principal
-from bot.core.errors import UsageError
+from bot.core.errors import StorageError, UpstreamError, UsageError, UserError
 from bot.core.views import Card, RequestForm
 
 AuthHandler = Callable[[Principal, RequestAuth], Awaitable[Card]]
 AdminHandler = Callable[[Principal, Admin], Awaitable[Card]]
 PrefsHandler = Callable[[Principal, SetPrefs], Awaitable[Card]]
 KeyHandler = Callable[[Principal, str], Awaitable[Card]]
+T = TypeVar("T")
 Handler = Callable[[Principal, Any], Awaitable[Card]]
 
 
@@ -56,7 +58,7 @@ class CommandRouter:
             return access.help()
 
         self._handlers: dict[type, Handler] = {
-            RequestAccess: access.request_access,
+            RequestAccess: lambda actor, c: access.request_access(actor, c),
             Revoke: lambda actor, c: grants.revoke(c.grant_id, actor=actor),
             Extend: lambda actor, c: grants.extend(c.grant_id, c.duration, actor=actor),
             ListMine: lambda actor, _c: grants.list_for(actor),
@@ -88,3 +90,19 @@ class CommandRouter:
         if self._set_key is None:
             raise UsageError(messages.NOT_CONFIGURED)
         return await self._set_key(actor, text)
+
+
+async def shown(work: Awaitable[T], *, instead: Callable[[str], T], log: logging.Logger, platform: str) -> T:
+    """Run a use case for a chat adapter: its answer, or ``instead(sentence)`` with the sentence the user
+    should see: a ``UserError``/``UpstreamError``'s own, else the storage or generic one (logged with its
+    traceback; no stack trace ever reaches a user)."""
+    try:
+        return await work
+    except (UserError, UpstreamError) as exc:
+        return instead(exc.message)
+    except StorageError:
+        log.exception("Storage failed while handling a %s request", platform)
+        return instead(messages.STORAGE_DOWN)
+    except Exception:
+        log.exception("Unexpected failure while handling a %s request", platform)
+        return instead(messages.GENERIC_FAILURE)

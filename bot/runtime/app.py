@@ -59,6 +59,7 @@ from handlers.guard import install as install_guard
 from handlers.ops import HealthCheck, Probe, mount_ops
 from handlers.pagerduty_webhooks import mount_pagerduty_webhooks
 from handlers.slack import platform as slack_platform
+from handlers.teams import platform as teams_platform
 from handlers.web import mount_auth_pages
 from storage import PrunesSeen, open_store
 
@@ -126,7 +127,7 @@ def _csrf_secret(settings: Settings) -> SecretStr:
 
 
 PlatformMount = Callable[[web.Application, Settings, PlatformParts], ChatPlatform]
-PLATFORM_MOUNTS: dict[str, PlatformMount] = {"slack": slack_platform.mount}
+PLATFORM_MOUNTS: dict[str, PlatformMount] = {"slack": slack_platform.mount, "teams": teams_platform.mount}
 """Each chat platform's one mount function, by the name ``Settings.chat_platforms`` gives it."""
 
 
@@ -363,7 +364,9 @@ def build_app(
     def add_job(job: Job) -> None:
         scheduler.jobs.append(job)
 
-    parts = PlatformParts(store=store, clock=clock, router=router, add_job=add_job, deliver=deliver, instance=instance)
+    parts = PlatformParts(
+        store=store, clock=clock, router=router, add_job=add_job, deliver=deliver, instance=instance, counters=metrics
+    )
     for name in settings.chat_platforms:
         platform = PLATFORM_MOUNTS[name](app, settings, parts)
         platforms.append(platform)
@@ -377,6 +380,7 @@ def build_app(
         card_claims=card_claims,
     )
     card_claims.post = reactions.show_approvers  # the reconciler posts what a crash left unposted
+    service.unreached = reactions.unreached  # the requester is told who could not be reached
     auth_reactions = AuthReactions(notifiers=notifiers, messages=store.messages, org=org, events=events, clock=clock)
     bus.use(
         merge(

@@ -110,6 +110,25 @@ def _audit(args: argparse.Namespace) -> int:
     return asyncio.run(_export_audit(parse_duration(args.since), args.format, sys.stdout))
 
 
+def _manifest(args: argparse.Namespace) -> int:
+    from bot.runtime.config import load_settings
+    from handlers.teams.manifest import PackageError, build_package
+
+    settings = load_settings(require_runtime=False)
+    if settings.microsoft_app_id is None:
+        raise ConfigError(
+            "MICROSOFT_APP_ID is not set: the Teams app package names the Azure Bot's Microsoft App ID (a GUID)."
+        )
+    try:
+        manifest = build_package(settings.microsoft_app_id, settings.public_url, args.zip)
+    except PackageError as exc:
+        raise ConfigError(str(exc)) from None
+    except OSError as exc:
+        raise ConfigError(f"Could not write {args.zip}: {exc.strerror or exc}.") from None
+    print(f"{args.zip}: Teams app package for bot {manifest['bots'][0]['botId']} at {manifest['validDomains'][0]}")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from bot.runtime.demo import run_demo
 
@@ -139,6 +158,10 @@ def parser() -> argparse.ArgumentParser:
     audit.add_argument("--since", default="24h", help="how far back, e.g. 24h or 7d (default 24h)")
     audit.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
     audit.set_defaults(run=_audit)
+    manifest = sub.add_parser("manifest", help="write a chat platform's app package")
+    manifest.add_argument("platform", choices=["teams"], help="the platform (teams)")
+    manifest.add_argument("--zip", type=Path, required=True, help="the .zip file to write")
+    manifest.set_defaults(run=_manifest)
     demo = sub.add_parser("demo", help="play a scripted scenario against built-in PagerDuty and Slack simulators")
     demo.add_argument("--verbose", action="store_true", help="also show the server's logs")
     demo.set_defaults(run=_demo)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated
+from uuid import UUID
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -15,6 +16,12 @@ from bot.core import messages
 from bot.core.errors import ConfigError
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# The Bot Framework's public cloud (SDK-NOTES §2, §3); the TEAMS_* settings move them (tests, demo).
+TEAMS_PUBLIC_OPENID_METADATA_URL = "https://login.botframework.com/v1/.well-known/openidconfiguration"
+TEAMS_PUBLIC_LOGIN_URL = "https://login.microsoftonline.com"
+TEAMS_PUBLIC_SERVICE_URL = "https://smba.trafficmanager.net/teams/"
+TEAMS_PUBLIC_SERVICE_URL_HOSTS = ("smba.trafficmanager.net", "*.trafficmanager.net", "*.botframework.com")
+TEAMS_APP_TYPES = ("SingleTenant", "MultiTenant")
 
 
 def _csv(value: object) -> object:
@@ -30,6 +37,29 @@ class Settings(BaseSettings):
     slack_bot_token: SecretStr | None = Field(default=None, validation_alias="SLACK_BOT_TOKEN")
     slack_signing_secret: SecretStr | None = Field(default=None, validation_alias="SLACK_SIGNING_SECRET")
     slack_api_url: str = Field(default="https://slack.com/api/", validation_alias="SLACK_API_URL")
+
+    # Microsoft Teams (the Azure Bot registration); the app id turns Teams on
+    microsoft_app_id: str | None = Field(
+        default=None, validation_alias=AliasChoices("MICROSOFT_APP_ID", "MicrosoftAppId")
+    )
+    microsoft_app_password: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("MICROSOFT_APP_PASSWORD", "MicrosoftAppPassword")
+    )
+    microsoft_app_type: str = Field(
+        default="SingleTenant", validation_alias=AliasChoices("MICROSOFT_APP_TYPE", "MicrosoftAppType")
+    )
+    microsoft_app_tenant_id: str | None = Field(
+        default=None, validation_alias=AliasChoices("MICROSOFT_APP_TENANT_ID", "MicrosoftAppTenantId")
+    )
+    teams_openid_metadata_url: str = Field(
+        default=TEAMS_PUBLIC_OPENID_METADATA_URL, validation_alias="TEAMS_OPENID_METADATA_URL"
+    )
+    teams_login_url: str = Field(default=TEAMS_PUBLIC_LOGIN_URL, validation_alias="TEAMS_LOGIN_URL")
+    teams_service_url: str = Field(default=TEAMS_PUBLIC_SERVICE_URL, validation_alias="TEAMS_SERVICE_URL")
+    teams_service_url_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(TEAMS_PUBLIC_SERVICE_URL_HOSTS), validation_alias="TEAMS_SERVICE_URL_HOSTS"
+    )
+    teams_invoke_budget_seconds: float = Field(default=2.5, gt=0, le=10, validation_alias="TEAMS_INVOKE_BUDGET_SECONDS")
 
     # PagerDuty
     pagerduty_api_token: SecretStr | None = Field(default=None, validation_alias="PAGERDUTY_API_TOKEN")
@@ -83,12 +113,41 @@ class Settings(BaseSettings):
     def _split_services(cls, v: object) -> object:
         return _csv(v)
 
+    @field_validator("teams_service_url_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, v: object) -> object:
+        parts = _csv(v)
+        return [p.lower() for p in parts] if isinstance(parts, list) else parts
+
+    @field_validator("microsoft_app_type")
+    @classmethod
+    def _known_app_type(cls, v: str) -> str:
+        for known in TEAMS_APP_TYPES:
+            if v.strip().lower() == known.lower():
+                return known
+        if v.strip().lower() == "userassignedmsi":
+            raise ValueError("UserAssignedMSI is not supported yet; register the bot as SingleTenant")
+        raise ValueError(f"{v!r} is not one of {', '.join(TEAMS_APP_TYPES)}")
+
+    @field_validator("microsoft_app_tenant_id", mode="before")
+    @classmethod
+    def _blank_tenant_is_unset(cls, v: object) -> object:
+        return None if isinstance(v, str) and not v.strip() else v
+
     @field_validator("pagerduty_webhook_secrets", mode="before")
     @classmethod
     def _split_secrets(cls, v: object) -> object:
         return _csv(v)
 
-    @field_validator("pagerduty_api_url", "pagerduty_events_url", "slack_api_url", "public_url")
+    @field_validator(
+        "pagerduty_api_url",
+        "pagerduty_events_url",
+        "slack_api_url",
+        "public_url",
+        "teams_openid_metadata_url",
+        "teams_login_url",
+        "teams_service_url",
+    )
     @classmethod
     def _http_url(cls, v: str) -> str:
         if not v.startswith(("http://", "https://")):
@@ -108,6 +167,26 @@ class Settings(BaseSettings):
         if (self.slack_bot_token is None) != (self.slack_signing_secret is None):
             missing = "SLACK_SIGNING_SECRET" if self.slack_signing_secret is None else "SLACK_BOT_TOKEN"
             raise ValueError(f"{missing} is missing: Slack needs both SLACK_BOT_TOKEN and SLACK_SIGNING_SECRET")
+        return self
+
+    @model_validator(mode="after")
+    def _teams_complete(self) -> Settings:
+        if self.microsoft_app_id is None:
+            if self.microsoft_app_password is not None:
+                raise ValueError(messages.TEAMS_NO_APP_ID)
+            return self
+        try:
+            UUID(self.microsoft_app_id.strip())
+        except ValueError:
+            # botbuilder reads an empty app id as "authentication disabled": never run Teams that way.
+            raise ValueError(messages.TEAMS_BAD_APP_ID) from None
+        self.microsoft_app_id = self.microsoft_app_id.strip().lower()
+        if self.microsoft_app_password is None or not self.microsoft_app_password.get_secret_value().strip():
+            raise ValueError(messages.TEAMS_NO_APP_PASSWORD)
+        if self.microsoft_app_type == "SingleTenant" and self.microsoft_app_tenant_id is None:
+            raise ValueError(messages.TEAMS_NO_TENANT)
+        if not self.teams_service_url_hosts:
+            raise ValueError(messages.TEAMS_NO_SERVICE_HOSTS)
         return self
 
     @field_validator("oidc_issuer", "oidc_client_id", mode="before")
@@ -136,10 +215,14 @@ class Settings(BaseSettings):
         return self.slack_bot_token is not None
 
     @property
+    def teams_enabled(self) -> bool:
+        return self.microsoft_app_id is not None
+
+    @property
     def chat_platforms(self) -> tuple[str, ...]:
         """The chat platforms configured, in a fixed order. A platform joins with a settings block,
         a line here, and its ``mount`` in ``bot.runtime.app.PLATFORM_MOUNTS``."""
-        configured = {"slack": self.slack_enabled}
+        configured = {"slack": self.slack_enabled, "teams": self.teams_enabled}
         return tuple(name for name, on in configured.items() if on)
 
 

@@ -12,6 +12,7 @@ import logging
 import re
 import tempfile
 import textwrap
+from datetime import timedelta
 from importlib.resources import as_file, files
 from pathlib import Path
 from urllib.parse import unquote
@@ -81,10 +82,11 @@ async def run_demo(*, verbose: bool = False) -> int:
             workdir=Path(workdir),
             clock=FakeClock(),
             provisioners={"iam": noop, "manual": noop, "noop": noop},
+            teams=True,
         )
         async with stage:
             t = Transcript(stage)
-            print("Ackgate demo: the real server on", stage.url, "with simulated PagerDuty and Slack.")
+            print("Ackgate demo: the real server on", stage.url, "with simulated PagerDuty, Slack and Teams.")
             print(f"Policy: the example policy (examples/policy.yaml); database: SQLite in {workdir}.")
             await _scenes(stage, t)
         t.failures += await _signin_scene(
@@ -144,6 +146,33 @@ async def _scenes(stage: Stage, t: Transcript) -> None:
     t.pagerduty_calls()
 
     await _authentication_scene(stage, t, alice, bob)
+    await _teams_scene(stage, t, dana)
+
+
+async def _teams_scene(stage: Stage, t: Transcript, dana: Person) -> None:
+    t.scene("5. One deployment, two platforms: asked in Slack, approved in Teams")
+    teams = stage.teams
+    bob = teams.person("bob")
+    stage.clock.advance(timedelta(minutes=5))  # later than his Slack click: Teams is where he is now
+    await teams.install(bob)
+    for _ in range(200):  # the installation is processed after Teams is answered
+        if await stage.parts.store.address_book.by_user("teams", bob.user_id) is not None:
+            break
+        await asyncio.sleep(0.01)
+    t.say("bob adds the Ackgate app in Microsoft Teams (signed activities from the Teams simulator).")
+    t.types(dana, "prod-db 1h vacuuming the orders table")
+    reply = await stage.command(dana, "prod-db 1h vacuuming the orders table")
+    t.reply(dana, reply)
+    card = await teams.wait_for_message(teams.chat_of(bob), "requests prod-db")
+    t.shows("bob (Teams 1:1 chat, Adaptive Card)", teams.texts(teams.chat_of(bob))[-1])
+    t.say("\n  bob clicks Approve on the card (an Action.Execute invoke)")
+    posted, seen = await teams.click(bob, card, "Approve")
+    t.shows(f"bob (the invoke's answer, HTTP {posted.status})", seen)
+    t.shows("dana (Slack direct message)", await stage.wait_for_dm(dana, "Access granted: prod-db"))
+    await teams.sim.wait_for(lambda: card.edits >= 1)
+    now = teams.texts(teams.chat_of(bob))[-1]
+    t.shows("bob's card, updated in place for everyone (PUT)", now)
+    t.expect("Approved by bob@example.com" in now and "[Approve]" not in now, "bob's Teams card shows the decision")
 
 
 async def _authentication_scene(stage: Stage, t: Transcript, alice: Person, bob: Person) -> None:
@@ -172,7 +201,7 @@ async def _authentication_scene(stage: Stage, t: Transcript, alice: Person, bob:
 
 
 async def _signin_scene(workdir: Path, policy_file: Path, provisioners: dict[str, NoopProvisioner]) -> list[str]:
-    """Scene 5, on a second server configured with the OpenID Connect simulator: a forwarded link
+    """Scene 6, on a second server configured with the OpenID Connect simulator: a forwarded link
     is refused to whoever it was forwarded to, and bob, signed in, verifies. Returns the failures."""
     await asyncio.to_thread(workdir.mkdir, exist_ok=True)
     clock = FakeClock()
@@ -190,7 +219,7 @@ async def _signin_scene(workdir: Path, policy_file: Path, provisioners: dict[str
         )
         async with stage:
             t = Transcript(stage)
-            t.scene("5. With a sign-in provider, a forwarded link works only for the person it is for")
+            t.scene("6. With a sign-in provider, a forwarded link works only for the person it is for")
             t.say(f"A second Ackgate, with ACKGATE_OIDC_ISSUER={idp.issuer} (the OpenID Connect simulator).")
             alice, bob = stage.person("alice"), stage.person("bob")
             reply = await stage.command(alice, f"auth <@{bob.user_id}|bob> confirming your password reset")

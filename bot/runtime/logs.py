@@ -85,5 +85,7 @@ def configure(level: str = "INFO", *, json_lines: bool = True) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # Vendor loggers that would echo request bodies or URLs with tokens stay quiet.
-    for noisy in ("httpx", "httpcore", "slack_bolt", "slack_sdk", "aiohttp.access"):
+    for noisy in ("httpx", "httpcore", "slack_bolt", "slack_sdk", "aiohttp.access", "botbuilder", "botframework"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # msrest warns "trigger is not a known attribute" on every Action.Execute (SDK-NOTES §9)
+    logging.getLogger("msrest").setLevel(logging.ERROR)

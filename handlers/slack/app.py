@@ -44,8 +44,9 @@ from bot.core import messages
 from bot.core.clock import Clock, SystemClock
 from bot.core.commands import Command, OpenForm, RequestAccess, RequestAuth, Revoke, parse_command
 from bot.core.domain import Principal, ReceivedCommand
-from bot.core.errors import ChatError, StorageError, UpstreamError, UsageError, UserError
+from bot.core.errors import ChatError, UpstreamError, UsageError, UserError
 from bot.core.ports import ChatNotifier, CommandInbox
+from bot.core.router import shown
 from bot.core.secrets import validate_integration_key
 from bot.core.views import Card, RequestForm
 from handlers.slack.answers import COMMAND_LEASE, Answerer, click_key, command_key, form_text, submission_key
@@ -411,16 +412,7 @@ async def click(
 
 async def outcome(work: Awaitable[Card], log: logging.Logger) -> Card:
     """Run a use case: its card, or the card with the sentence the user should see instead."""
-    try:
-        return await work
-    except (UserError, UpstreamError) as exc:
-        return _notice(exc.message)
-    except StorageError:
-        log.exception("Storage failed while handling a Slack request")
-        return _notice(messages.STORAGE_DOWN)
-    except Exception:
-        log.exception("Unexpected failure while handling a Slack request")
-        return _notice(messages.GENERIC_FAILURE)
+    return await shown(work, instead=_notice, log=log, platform="Slack")
 
 
 class SlackApp:

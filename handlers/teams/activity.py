@@ -14,7 +14,7 @@
 * :attr:`TeamsTurn.dedup_key` (``teams:<conversation id>:<activity id>``) lets the endpoint process a
   redelivered activity once, through the existing ``SeenStore``.
 
-Wiring (issue-8 session): the endpoint reads the body with ``bot.core.json_limits.loads_bounded``, calls
+Wiring (:mod:`handlers.teams.platform`): the endpoint reads the body with ``bot.core.json_limits.loads_bounded``, calls
 :func:`parse_activity`, authenticates, dedupes on ``dedup_key`` and hands ``turn.activity`` to the adapter;
 ``on_message_activity`` calls :func:`command_text` then ``parse_command``.
 """

@@ -14,7 +14,7 @@ event loop (SDK-NOTES §10).
 * :func:`invoke_body` serialises an ``InvokeResponse`` body only when it is not already a dict: 4.17's
   ``CloudAdapter.process`` serialises it twice and answers every ``Action.Execute`` with 500 (SDK-NOTES §9).
 
-Wiring (issue-8 session): ``POST /api/messages`` authenticates, then
+Wiring (:mod:`handlers.teams.platform`): ``POST /api/messages`` authenticates, then
 ``await adapter.process_activity(await authenticated_turn(adapter, identity, tokens=tokens), turn.activity,
 bot.on_turn)``, and for invokes answers ``web.json_response(invoke_body(response), status=response.status)``.
 ``CloudAdapter.process`` itself is never used.

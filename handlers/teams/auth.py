@@ -21,7 +21,7 @@ not typed (SDK-NOTES §2, §9). :class:`OpenIdKeys` replaces it: httpx, cached f
 unknown ``kid`` (rate-limited, single-flight). :meth:`OpenIdKeys.prime_sdk_cache` also fills the SDK's
 cache for the same URL, so no botbuilder code path can ever reach its blocking fetch.
 
-Wiring (issue-8 session, after issue 7): ``bot/runtime/app.py`` builds one :class:`OpenIdKeys` from the setting
+Wiring: the Teams mount (:mod:`handlers.teams.platform`) builds one :class:`OpenIdKeys` from the setting
 ``TEAMS_OPENID_METADATA_URL`` (default :data:`PUBLIC_OPENID_METADATA_URL`) and one
 :class:`ServiceUrlPolicy` from ``TEAMS_SERVICE_URL_HOSTS`` (default :data:`PUBLIC_SERVICE_URL_HOSTS`),
 shares the policy with :class:`handlers.teams.connector.TeamsConnector`, and ``POST /api/messages``

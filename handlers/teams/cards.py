@@ -21,9 +21,10 @@ into an :class:`ActionClick` (verb, target, inputs) or raises :class:`InvalidAct
 invoke response bodies as plain dicts (botbuilder 4.17's ``CloudAdapter.process`` serialises them twice
 and answers 500, SDK-NOTES §9), and :func:`card_activity` wraps a card in a botbuilder ``Activity``.
 
-Wiring (issue-8 session): the Teams bot replies with ``card_activity(render_card(...))``, the notifier
-posts and PUTs the same, ``on_adaptive_card_invoke`` calls :func:`read_action` and answers with
-:func:`invoke_card_response` or, on :class:`InvalidAction`, :func:`invoke_error_response`.
+Wiring: the Teams bot (:mod:`handlers.teams.bot`) replies with ``card_activity(render_card(...))``, the
+notifier posts and PUTs the same, and a click (invoke or ``Action.Submit``) goes through :func:`read_action`;
+an :class:`InvalidAction` is answered with an error card, and invokes Ackgate does not handle with
+:func:`invoke_error_response`.
 """
 
 from __future__ import annotations

@@ -20,9 +20,9 @@ client over botbuilder's schema models.
 * :class:`SharedTokenCredentialsFactory` hands botbuilder's turn pipeline (``CloudAdapter`` via
   ``ConfigurationBotFrameworkAuthentication(credentials_factory=…)``) the same cached token.
 
-Wiring (issue-8 session): ``bot/runtime/app.py`` builds one :class:`TokenSource` from ``MICROSOFT_APP_ID``,
+Wiring: the Teams mount (:mod:`handlers.teams.platform`) builds one :class:`TokenSource` from ``MICROSOFT_APP_ID``,
 ``MICROSOFT_APP_PASSWORD``, ``MICROSOFT_APP_TENANT_ID`` and ``TEAMS_LOGIN_URL`` (default
-:data:`PUBLIC_LOGIN_URL`), calls :meth:`TokenSource.token` at start-up (a clear start-up error, and the
+:data:`PUBLIC_LOGIN_URL`), fetches the token in the scheduler's first pass (a logged error if it fails, and the
 "Teams: token OK / Error" row of ``/access admin status``), and gives one :class:`TeamsConnector` to the
 Teams notifier.
 """

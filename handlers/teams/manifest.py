@@ -3,8 +3,7 @@ zipped with its two icons at the root, ready to upload in Teams (Apps → Manage
 
 :func:`fill_manifest` sets the app ``id`` and ``bots[0].botId`` to the Azure Bot's Microsoft App ID (a GUID),
 and ``validDomains`` plus the developer URLs to Ackgate's public host. :func:`build_package` writes the zip
-(``manifest.json``, ``color.png``, ``outline.png``, nothing else). Wiring (issue-8 session):
-``ackgate manifest teams --zip FILE`` calls ``build_package(settings.microsoft_app_id, <host of
+(``manifest.json``, ``color.png``, ``outline.png``, nothing else). ``ackgate manifest teams --zip FILE`` calls ``build_package(settings.microsoft_app_id, <host of
 ACKGATE_PUBLIC_URL>, FILE)``.
 """
 

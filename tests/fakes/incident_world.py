@@ -215,7 +215,7 @@ async def iw() -> AsyncIterator[IncidentWorld]:
         mirror = MirrorService(
             store=store,
             notifiers={"slack": chat},
-            access=service,
+            access=service.grants,
             pagerduty=client,
             bus=bus,
             clock=clock,

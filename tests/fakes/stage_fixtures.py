@@ -23,7 +23,7 @@ from bot.adapters.provisioners import NoopProvisioner
 from bot.core.clock import FakeClock
 from bot.core.domain import AccessRequest, AuditEvent, Grant
 from bot.runtime.simulators.stage import Person, Stage
-from tests.fakes.pagerduty_openapi import Conformance
+from tests.fakes.pagerduty_openapi import Conformance, warm_up
 
 DATABASE_SERVICE = "PDBSVC1"
 BEGINNING = datetime(2000, 1, 1, tzinfo=UTC)
@@ -92,6 +92,7 @@ def noop_provisioner() -> NoopProvisioner:
 async def stage(tmp_path: Path, noop_provisioner: NoopProvisioner) -> AsyncIterator[Stage]:
     policy_file = tmp_path / "policy.yaml"
     policy_file.write_text(STAGE_POLICY, encoding="utf-8")
+    warm_up()  # the OpenAPI document compiles on the loop the app shares: before the test, not in its deadline
     conformance = Conformance()
     stage = Stage(
         policy_file=policy_file,

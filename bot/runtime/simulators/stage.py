@@ -31,6 +31,9 @@ from bot.runtime.simulators.pagerduty import PagerDutySimulator, RecordedRequest
 from bot.runtime.simulators.pagerduty_events import EventsSimulator
 from bot.runtime.simulators.server import AsyncService
 from bot.runtime.simulators.slack import SlackSimulator
+from bot.runtime.simulators.teams import TeamsSimulator
+from bot.runtime.simulators.teams import Validator as TeamsValidator
+from bot.runtime.simulators.teams_stage import TeamsSide
 
 SIGNING_SECRET = "stage-signing-secret"  # noqa: S105 - the stage's own, not a secret
 PD_TOKEN = "stage-pagerduty-token"  # noqa: S105
@@ -103,11 +106,15 @@ class Stage(AsyncService):
         pagerduty_validator: Callable[[RecordedRequest, RecordedResponse], None] | None = None,
         settings: Mapping[str, object] | None = None,
         run_scheduler: bool = True,
+        teams: bool = False,
+        teams_validator: TeamsValidator | None = None,
     ) -> None:
         self.clock = clock or FakeClock()
         self.pd = PagerDutySimulator(token=PD_TOKEN, clock=self.clock, validator=pagerduty_validator)
         self.slack = SlackSimulator()
         self.events = EventsSimulator()
+        self.teams_sim = TeamsSimulator(validator=teams_validator) if teams else None
+        self._teams: TeamsSide | None = None
         self._policy_file = policy_file
         self._workdir = workdir
         self._provisioners = provisioners
@@ -122,6 +129,8 @@ class Stage(AsyncService):
         await self.pd.start()
         await self.slack.start()
         await self.events.start()
+        if self.teams_sim is not None:
+            await self.teams_sim.start()
         self.pd.add_user(BOT_EMAIL, "Ackgate")  # who notes on incidents are "From"
         self.slack.add_channel(MIRROR_CHANNEL)
         # Bind first, so the public URL (which goes into authentication links) is known up front.
@@ -145,6 +154,17 @@ class Stage(AsyncService):
             secret_key=SecretStr(SECRET_KEY),
             mirror_channel=MIRROR_CHANNEL,
         )
+        if self.teams_sim is not None:
+            values.update(
+                microsoft_app_id=self.teams_sim.app_id,
+                microsoft_app_password=SecretStr(self.teams_sim.app_password),
+                microsoft_app_tenant_id=self.teams_sim.tenant_id,
+                teams_openid_metadata_url=self.teams_sim.openid_metadata_url,
+                teams_login_url=self.teams_sim.login_url,
+                teams_service_url=self.teams_sim.service_url,
+                teams_service_url_hosts=["127.0.0.1"],
+            )
+            self._teams = TeamsSide(self.teams_sim, f"{self.url}/api/messages")
         values.update(self._extra)  # e.g. another database_url: replicas on one PostgreSQL
         settings = Settings(**values)
         app = build_app(settings, clock=self.clock, provisioners=self._provisioners, run_scheduler=self._run_scheduler)
@@ -160,8 +180,16 @@ class Stage(AsyncService):
         if self._runner is not None:
             await self._runner.cleanup()
         await self.slack.stop()
+        if self.teams_sim is not None:
+            await self.teams_sim.stop()
         await self.pd.stop()
         await self.events.stop()
+
+    @property
+    def teams(self) -> TeamsSide:
+        """People in Teams (a stage made with ``teams=True``)."""
+        assert self._teams is not None, "this stage has no Teams (Stage(teams=True))"
+        return self._teams
 
     @property
     def parts(self) -> Parts:

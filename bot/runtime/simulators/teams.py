@@ -1,5 +1,5 @@
 """A Microsoft Teams simulator: the Bot Framework's token service, login and Bot Connector on one
-real aiohttp server on 127.0.0.1, for the Teams tests (and, later, a Teams scene in ``ackgate demo``).
+real aiohttp server on 127.0.0.1, for the Teams tests and the Teams scene of ``ackgate demo``.
 
 It serves, in the shapes of the Bot Connector API v3 (``ConnectorAPI.swagger.json``):
 
