@@ -91,7 +91,8 @@ class _Pool:
     def read(self, doing: str) -> AbstractAsyncContextManager[_Session]:
         return _Session.over(self.connection(doing), doing)
 
-    def write(self, doing: str) -> AbstractAsyncContextManager[_Session]:
+    def write(self, doing: str, *, urgent: bool = False) -> AbstractAsyncContextManager[_Session]:
+        # urgent needs nothing here: the pool gives each writer its own connection
         return _Session.over(self.connection(doing), doing)
 
     def transaction(self, doing: str) -> AbstractAsyncContextManager[_Session]:

@@ -744,7 +744,7 @@ class Commands(Role):
     """Acknowledged chat commands, as rows of ``slack_commands``."""
 
     async def record(self, command: ReceivedCommand) -> bool:
-        async with self._db.write("record a chat command") as s:
+        async with self._db.write("record a chat command", urgent=True) as s:  # an ack waits for it
             return await s.row(_RECORD_COMMAND, *self._codec.command_values(command)) is not None
 
     async def answered(self, key: str, *, at: datetime) -> bool:

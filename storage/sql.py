@@ -276,8 +276,9 @@ class Database(Protocol):
         """A connection for reading."""
         ...
 
-    def write(self, doing: str) -> AbstractAsyncContextManager[Session]:
-        """A connection for one writing statement, atomic on its own."""
+    def write(self, doing: str, *, urgent: bool = False) -> AbstractAsyncContextManager[Session]:
+        """A connection for one writing statement, atomic on its own; ``urgent`` goes ahead of
+        the writes waiting for a shared connection (an acknowledgement waits for it)."""
         ...
 
     def transaction(self, doing: str) -> AbstractAsyncContextManager[Session]:

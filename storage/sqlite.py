@@ -1,9 +1,11 @@
 """The SQLite backend: one aiosqlite connection in WAL mode, under the statements of
 :mod:`storage.roles` (written once for both backends).
 
-One connection is shared by every coroutine, so an :class:`asyncio.Lock` keeps their
-statements from interleaving, and each write runs in ``BEGIN IMMEDIATE`` so a second process
-on the same file waits (``busy_timeout``) instead of racing: compare-and-set stays atomic.
+One connection is shared by every coroutine, so a lock keeps their statements from interleaving,
+and each write runs in ``BEGIN IMMEDIATE`` so a second process on the same file waits
+(``busy_timeout``) instead of racing: compare-and-set stays atomic. The lock serves urgent writes
+first (:class:`storage.priority_lock.PriorityLock`): recording a chat command, which Slack's
+acknowledgement waits for, never queues behind the background's writes.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import aiosqlite
 from bot.core.errors import StorageError
 from storage.codec import Row
 from storage.common import RoleStore
+from storage.priority_lock import PriorityLock
 from storage.sql import SQLITE, DriverSession
 
 BUSY_TIMEOUT_MS = 5000
@@ -63,7 +66,7 @@ class _Db:
     def __init__(self, path: str) -> None:
         self.path = path
         self._conn: aiosqlite.Connection | None = None
-        self._lock = asyncio.Lock()
+        self._lock = PriorityLock()
 
     async def open(self) -> None:
         if self._conn is not None:
@@ -117,9 +120,10 @@ class _Db:
                 raise self._failed(doing, exc) from exc
 
     @asynccontextmanager
-    async def writing(self, doing: str) -> AsyncIterator[aiosqlite.Connection]:
-        """One write transaction; any exception rolls it back, so a failure changes nothing."""
-        async with self._lock:
+    async def writing(self, doing: str, *, urgent: bool = False) -> AsyncIterator[aiosqlite.Connection]:
+        """One write transaction; any exception rolls it back, so a failure changes nothing.
+        ``urgent``: ahead of every write and read waiting for the connection."""
+        async with self._lock.held(urgent=urgent):
             conn = self._connection()
             try:
                 await conn.execute("BEGIN IMMEDIATE")
@@ -135,8 +139,8 @@ class _Db:
     def read(self, doing: str) -> AbstractAsyncContextManager[_Session]:
         return _Session.over(self.reading(doing), doing)
 
-    def write(self, doing: str) -> AbstractAsyncContextManager[_Session]:
-        return _Session.over(self.writing(doing), doing)
+    def write(self, doing: str, *, urgent: bool = False) -> AbstractAsyncContextManager[_Session]:
+        return _Session.over(self.writing(doing, urgent=urgent), doing)
 
     def transaction(self, doing: str) -> AbstractAsyncContextManager[_Session]:
         return _Session.over(self.writing(doing), doing)

@@ -14,7 +14,8 @@ import pytest
 from pydantic import SecretStr
 
 from bot.adapters.pagerduty import PagerDutyClient
-from bot.adapters.throttling import RateBudgetExceeded, SlidingWindowLimiter
+from bot.adapters.throttling import RateBudgetExceeded, SlidingWindowLimiter, notify_when_queued
+from bot.core.domain import Incident
 from bot.core.errors import ConfigError, PagerDutyAuthError, PagerDutyError, PagerDutyNotFound, PagerDutyUnavailable
 from bot.runtime.app import pagerduty_client
 from bot.runtime.config import Settings
@@ -652,3 +653,65 @@ async def test_a_retry_woken_after_the_deadline_reports_why_the_call_failed_not_
 
     assert "budget" not in raised.value.message
     await client.aclose()
+
+
+# --- under load: shared calls, the user sweep, the budget's queue -------------------------------
+
+
+async def test_lookups_for_different_users_waiting_together_share_one_call_and_each_keeps_only_their_own(
+    pd_sim: PagerDutySimulator, make_pd_client: ClientFactory
+) -> None:
+    users = [pd_sim.add_user(f"u{n}@example.com", f"User {n}") for n in range(12)]
+    mine = {u: pd_sim.add_incident(f"Incident of {u}", assigned_to=[u], acknowledged_by=[u]).id for u in users}
+    # acknowledged by users[0] but assigned only to users[1]: users[0] is not on it, as with one user asked
+    helped = pd_sim.add_incident("Helped out", assigned_to=[users[1]], acknowledged_by=[users[0]])
+    helped.assigned_to = [users[1]]  # (the simulator assigns whoever acknowledges; PagerDuty may not)
+    pd_sim.slow_next(None, seconds=0.2)  # calls overlap, so lookups arriving meanwhile queue for the next
+    client = make_pd_client()
+
+    found = await asyncio.gather(*(client.acknowledged_incidents(u) for u in users))
+
+    assert [[i.id for i in f] for f in found] == [[mine[u]] for u in users]
+    calls = pd_sim.requests_to("/incidents")
+    assert len(calls) < len(users)  # at most 4 in flight; the rest shared
+    assert sorted(u for c in calls for u in c.query.getall("user_ids[]")) == sorted(users)
+    assert all(c.query.getall("statuses[]") == ["acknowledged"] for c in calls)
+
+
+async def test_a_burst_of_new_users_is_answered_by_one_sweep_of_the_user_list(
+    pd_sim: PagerDutySimulator, make_pd_client: ClientFactory
+) -> None:
+    emails = [f"burst{n:03d}@example.com" for n in range(250)]
+    ids = {e: pd_sim.add_user(e, e) for e in emails}
+    client = make_pd_client()
+
+    found = await asyncio.gather(*(client.user_by_email(e.upper()) for e in emails))
+
+    assert [u.id if u else None for u in found] == [ids[e] for e in emails]
+    calls = pd_sim.requests_to("/users")
+    assert len(calls) <= 11 + 3  # the first few asked one by one, then 3 pages of 100 (251 users)
+    assert sum("query" not in c.query for c in calls) == 3
+    assert await client.user_by_email("nobody@example.com") is None  # not in PagerDuty: asked, not assumed
+    assert pd_sim.requests_to("/users")[-1].query.get("query") == "nobody@example.com"
+
+
+async def test_a_used_up_budget_queues_the_call_and_tells_the_caller_once_instead_of_refusing(
+    pd_sim: PagerDutySimulator, make_pd_client: ClientFactory
+) -> None:
+    client = make_pd_client(requests_per_minute=2, budget_window=4.0, queue_seconds=90.0)  # a 4-second "minute"
+    alice = pd_sim.add_user("alice@example.com", "Alice")
+    await client.ping()
+    await client.ping()
+    told: list[str] = []
+
+    async def flow() -> list[Incident]:
+        notify_when_queued(lambda: told.append("queued"))
+        return await client.acknowledged_incidents(alice)
+
+    started = time.monotonic()
+    assert await flow() == []
+    waited = time.monotonic() - started
+
+    assert 3.0 <= waited < 8.0  # queued behind the two pings' slots, then sent
+    assert told == ["queued"]  # once, after QUEUE_NOTE_SECONDS
+    assert len(pd_sim.requests) == 3

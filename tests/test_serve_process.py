@@ -77,8 +77,9 @@ async def _collect(stream: asyncio.StreamReader, into: list[str]) -> None:
 
 
 @asynccontextmanager
-async def serve(tmp_path: Path, **env: str) -> AsyncIterator[Child]:
-    """``ackgate serve`` with ``env`` on top of a clean environment; yields once it listens."""
+async def serve(tmp_path: Path, *args: str, listening: int = 1, **env: str) -> AsyncIterator[Child]:
+    """``ackgate serve ARGS`` with ``env`` on top of a clean environment; yields once ``listening``
+    processes said they listen."""
     port = int(env.get("ACKGATE_PORT") or _free_port())
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY, encoding="utf-8")
@@ -99,6 +100,7 @@ async def serve(tmp_path: Path, **env: str) -> AsyncIterator[Child]:
         "-m",
         "bot.runtime.cli",
         "serve",
+        *args,
         env=full,
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
@@ -108,7 +110,7 @@ async def serve(tmp_path: Path, **env: str) -> AsyncIterator[Child]:
     reader = asyncio.create_task(_collect(process.stderr, child.lines))
     try:
         deadline = time.monotonic() + 20
-        while not any("listening on" in line for line in child.lines):
+        while sum("listening on" in line for line in child.lines) < listening:
             if process.returncode is not None or time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.05)
@@ -268,3 +270,40 @@ async def test_work_still_running_at_the_drain_deadline_is_cancelled_and_the_pro
     assert _half_written(tmp_path / "ackgate.db") == []
     assert _problems(child) == []
     assert any("did not finish in time" in line and '"level": "warning"' in line for line in child.lines)
+
+
+async def test_two_workers_share_the_port_each_with_its_own_instance_and_stop_cleanly_on_sigterm(
+    tmp_path: Path, pd: PagerDutySimulator, slack: SlackSimulator
+) -> None:
+    users = _on_call_people(pd, slack, 24)
+    env = {**_platforms(pd, slack), "ACKGATE_DRAIN_SECONDS": "10", "ACKGATE_INSTANCE_ID": "box"}
+    async with serve(tmp_path, "--workers", "2", listening=2, **env) as child:
+        # a new connection for each request, so the kernel spreads them over both workers
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
+            statuses = await asyncio.gather(*(_request_access(session, child, slack, u) for u in users))
+            assert statuses == [200] * len(users)
+            await asyncio.wait_for(
+                slack.wait_for(lambda: all(slack.responses.get(f"t-{u}") for u in users)), timeout=30
+            )
+        code = await stopped(child, within=40)
+
+    assert code == 0, child.lines[-8:]
+    assert sum("listening on" in line for line in child.lines) == 2
+    assert sum(line.endswith('"stopped"}') or '"msg": "stopped"' in line for line in child.lines) == 2, child.lines
+    answers = [str(slack.responses[f"t-{u}"][-1]) for u in users]
+    assert all("Access granted: prod-db" in a for a in answers), answers[:3]
+    with sqlite3.connect(tmp_path / "ackgate.db") as db:
+        claimants = {row[0] for row in db.execute("SELECT DISTINCT claimed_by FROM slack_commands")}
+    assert claimants == {"box:w0", "box:w1"}  # both served, each under its own instance id
+    assert _half_written(tmp_path / "ackgate.db") == []
+    assert _problems(child) == []
+
+
+async def test_workers_refuse_an_in_memory_database_in_one_line(tmp_path: Path) -> None:
+    async with serve(tmp_path, "--workers", "2", ACKGATE_DATABASE_URL="sqlite:///:memory:") as child:
+        code = await asyncio.wait_for(child.process.wait(), timeout=20)
+    assert code == 2
+    assert child.lines == [
+        "ackgate: serve --workers needs a database the workers share: set ACKGATE_DATABASE_URL to a SQLite file "
+        "or PostgreSQL, not sqlite:///:memory:."
+    ]

@@ -42,6 +42,11 @@ class CoalescingCache:
     def forget(self, key: Hashable) -> None:
         self._cache.pop(key, None)
 
+    def put(self, key: Hashable, value: object, *, ttl: float) -> None:
+        """Keep ``value`` under ``key`` for ``ttl`` seconds, as if a lookup had loaded it."""
+        if ttl > 0:
+            self._store(key, value, ttl)
+
     async def _load(self, key: Hashable, load: Callable[[], Awaitable[T]], ttl: float | Callable[[T], float]) -> object:
         try:
             value = await load()

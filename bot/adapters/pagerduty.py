@@ -1,14 +1,25 @@
 """The PagerDuty REST API v2 client: Ackgate's adapter behind :class:`bot.core.ports.PagerDutyDirectory`.
 
-One pooled ``httpx.AsyncClient`` per process. Every public call fails closed within ``deadline``
-seconds: 429, 5xx and transport errors are retried with backoff (honouring ``ratelimit-reset`` and
-``Retry-After``) only while the deadline allows, then :class:`~bot.core.errors.PagerDutyUnavailable`.
-Users by email change rarely and are cached for ``user_cache_ttl`` seconds; on-call entries and
-"no such user" for ``cache_ttl`` (:class:`bot.adapters.cache.CoalescingCache`); identical concurrent lookups share one HTTP call.
-Acknowledgements and incidents are never cached, because the gate must see an unacknowledge at once.
-A sliding-window limiter keeps us under PagerDuty's 960 requests/minute per token; a budget slot is
-taken only once one of the pooled connections is ours, so slots go to calls actually sent. Retries
-follow :mod:`bot.adapters.retrying`. The token never appears in a message or a log line.
+One pooled ``httpx.AsyncClient`` per process (:data:`MAX_CONNECTIONS`). Once PagerDuty has been
+asked, every public call fails closed within ``deadline`` seconds: 429, 5xx and transport errors are
+retried with backoff (honouring ``ratelimit-reset`` and ``Retry-After``) only while the deadline
+allows, then :class:`~bot.core.errors.PagerDutyUnavailable`.
+
+Users by email change rarely and are cached for ``user_cache_ttl`` seconds (an hour) in a cache of
+their own; on-call entries and "no such user" for ``cache_ttl``; identical concurrent lookups share
+one HTTP call (:class:`bot.adapters.cache.CoalescingCache`). When many different users are looked up at once
+(a burst), one sweep of the user list (a page per 100 users) answers them all instead of a call
+each. Acknowledgements and incidents are never cached, because the gate must see an unacknowledge
+at once; lookups for different users waiting at the same time share a call (``user_ids[]`` holds
+them all, and each user keeps only the incidents assigned to and acknowledged by them), with at
+most :data:`BATCH_CALLS` such calls in flight per filter, so one warm request costs at most one call.
+
+A sliding-window limiter keeps us under PagerDuty's 960 requests/minute per token. A budget slot is
+taken only once one of the pooled connections is ours, so slots go to calls actually sent. When the
+budget is used up, a call waits its turn (up to ``queue_seconds``) instead of being refused, and
+the deadline counts from when it is sent; a caller that has waited :data:`QUEUE_NOTE_SECONDS` is
+told so once (:func:`bot.adapters.throttling.notify_when_queued`). Retries follow :mod:`bot.adapters.retrying`. The
+token never appears in a message or a log line.
 """
 
 from __future__ import annotations
@@ -16,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, TypeVar
@@ -27,7 +38,7 @@ from pydantic import SecretStr
 
 from bot.adapters.cache import CoalescingCache
 from bot.adapters.retrying import Backoff, Retryable, retry, wait_hint
-from bot.adapters.throttling import Monotonic, RateBudgetExceeded, Sleep, SlidingWindowLimiter
+from bot.adapters.throttling import Monotonic, RateBudgetExceeded, Sleep, SlidingWindowLimiter, queued_notice
 from bot.core.domain import Incident, OnCall, PagerDutyUser
 from bot.core.errors import ConfigError, PagerDutyAuthError, PagerDutyError, PagerDutyNotFound, PagerDutyUnavailable
 
@@ -37,8 +48,15 @@ ACCEPT = "application/vnd.pagerduty+json;version=2"
 PAGE_LIMIT = 100  # PagerDuty's maximum; the default of 25 quadruples the calls
 RETRYABLE = frozenset({408, 429})  # plus every 5xx
 MAX_OFFSET = 10_000  # classic pagination refuses offset + limit beyond this (400, code 2002)
-MAX_CONNECTIONS = 20
+MAX_CONNECTIONS = 64  # 900 calls a minute at up to 4 s each need at most 60 at once
 FIRST_BACKOFF_SECONDS = 0.1
+QUEUE_SECONDS = 30.0  # how long a call may wait for the request budget (half a Slack command's lease)
+QUEUE_NOTE_SECONDS = 3.0  # a caller waiting this long in the budget's queue is told once
+MAX_BATCH = 50  # users in one GET /incidents (user_ids[]); keeps the URL short
+BATCH_CALLS = 4  # GET /incidents calls in flight per filter; lookups arriving meanwhile share the next
+SWEEP_AFTER = 10  # different users looked up within SWEEP_WINDOW: the next miss sweeps the user list
+SWEEP_WINDOW = 5.0
+USER_CACHE_ENTRIES = 100_000
 
 CallHook = Callable[[str, str, int | None, float], None]
 """``on_call(method, path_template, status or None, seconds)``, once per HTTP attempt."""
@@ -70,6 +88,8 @@ class PagerDutyClient:
         requests_per_minute: int = 900,
         max_attempts: int = 4,
         on_call: CallHook | None = None,
+        queue_seconds: float = QUEUE_SECONDS,
+        budget_window: float = 60.0,
     ) -> None:
         secret = token.get_secret_value()
         if not secret or not secret.isprintable() or any(c.isspace() for c in secret):
@@ -85,22 +105,33 @@ class PagerDutyClient:
         self._sleep = sleep
         self._policy = Backoff(max_attempts=max(1, max_attempts), first=FIRST_BACKOFF_SECONDS, hint_replaces=True)
         self._on_call = on_call
-        self._limiter = SlidingWindowLimiter(requests_per_minute, monotonic=monotonic, sleep=sleep)
+        self._limiter = SlidingWindowLimiter(
+            requests_per_minute, window=budget_window, monotonic=monotonic, sleep=sleep
+        )
         self._connections = asyncio.Semaphore(MAX_CONNECTIONS)
+        self._queue_seconds = queue_seconds
         self._cache = CoalescingCache(monotonic=monotonic)
+        self._users = CoalescingCache(monotonic=monotonic, max_entries=USER_CACHE_ENTRIES)
         self._cache_ttl = cache_ttl
         self._user_cache_ttl = user_cache_ttl
+        self._batches: dict[tuple[tuple[str, ...], tuple[str, ...]], _Batch] = {}
+        self._recent_misses: list[float] = []  # when user lookups missed the cache, for SWEEP_AFTER
         self._http = httpx.AsyncClient(
             base_url=base_url,
             headers={"Accept": ACCEPT, "Authorization": f"Token token={secret}"},
             timeout=timeout,
             transport=transport,
             follow_redirects=False,
-            limits=httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=10),
+            limits=httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_CONNECTIONS),
         )
 
     async def aclose(self) -> None:
+        runners = [task for batch in self._batches.values() for task in batch.runners]
+        for task in runners:
+            task.cancel()
+        await asyncio.gather(*runners, return_exceptions=True)
         await self._cache.aclose()
+        await self._users.aclose()
         await self._http.aclose()
 
     async def __aenter__(self) -> PagerDutyClient:
@@ -118,7 +149,7 @@ class PagerDutyClient:
         if not wanted:
             return None
         # "no such user" lives only ``cache_ttl``: someone just added to PagerDuty is found soon
-        return await self._cache.get(("user", wanted), lambda: self._find_user(wanted), ttl=self._user_ttl)
+        return await self._noted(self._users.get(("user", wanted), lambda: self._find_user(wanted), ttl=self._user_ttl))
 
     def _user_ttl(self, user: PagerDutyUser | None) -> float:
         return self._cache_ttl if user is None else self._user_cache_ttl
@@ -129,7 +160,7 @@ class PagerDutyClient:
         services, levels = tuple(sorted(set(service_ids))), tuple(sorted(set(urgencies)))
         key = ("acked", user_id, services, levels)
         # a copy each: callers share one result and must not see each other's changes
-        return list(await self._cache.get(key, lambda: self._acked(user_id, services, levels), ttl=0))
+        return list(await self._noted(self._cache.get(key, lambda: self._acked(user_id, services, levels), ttl=0)))
 
     async def oncalls(
         self,
@@ -169,7 +200,72 @@ class PagerDutyClient:
 
     # --- the calls behind the port ----------------------------------------------------------
 
+    async def _noted(self, work: Awaitable[T]) -> T:
+        """``work``, and the caller's queued notice once it has waited QUEUE_NOTE_SECONDS in the budget's queue."""
+        notice = queued_notice()
+        if notice is None:
+            return await work
+        loop = asyncio.get_running_loop()
+        limiter = self._limiter
+
+        def still_queued() -> None:
+            if limiter.backlog() > 0:
+                notice()
+
+        handle = loop.call_later(QUEUE_NOTE_SECONDS, still_queued)
+        try:
+            return await work
+        finally:
+            handle.cancel()
+
     async def _find_user(self, wanted: str) -> PagerDutyUser | None:
+        now = self._monotonic()
+        self._recent_misses = [t for t in self._recent_misses if t > now - SWEEP_WINDOW][-SWEEP_AFTER:]
+        self._recent_misses.append(now)
+        if len(self._recent_misses) > SWEEP_AFTER:
+            try:
+                directory = await self._users.get(("directory",), self._sweep_users, ttl=SWEEP_WINDOW)
+            except PagerDutyUnavailable:
+                directory = {}  # the sweep failed: ask for this one user as usual
+            if wanted in directory:
+                return directory[wanted]
+        return await self._query_user(wanted)
+
+    async def _sweep_users(self) -> dict[str, PagerDutyUser]:
+        """Every PagerDuty user, each kept in the user cache: a burst of new requesters costs a
+        call per 100 users instead of one each. The first page says how many there are; the other
+        pages are asked for at once."""
+        deadline = self._deadline_from_now()
+        first = await self._request(
+            "GET",
+            "/users",
+            "/users",
+            params=[("limit", PAGE_LIMIT), ("offset", 0), ("total", "true")],
+            deadline=deadline,
+        )
+        total = min(int(first.get("total") or 0), MAX_OFFSET) if first.get("more") else 0
+        rest = await asyncio.gather(
+            *(
+                self._request(
+                    "GET", "/users", "/users", params=[("limit", PAGE_LIMIT), ("offset", at)], deadline=deadline
+                )
+                for at in range(PAGE_LIMIT, total, PAGE_LIMIT)
+            )
+        )
+        found: dict[str, PagerDutyUser] = {}
+        for page in (first, *rest):
+            raws = page.get("users")
+            if not isinstance(raws, list):
+                raise PagerDutyError("PagerDuty answered GET /users without a 'users' list; Ackgate cannot use it.")
+            for raw in raws:
+                user = _mapped(_user, raw)
+                email = user.email.strip().lower()
+                found[email] = user
+                self._users.put(("user", email), user, ttl=self._user_cache_ttl)
+        log.info("Swept PagerDuty's user list for a burst of lookups: %d users", len(found))
+        return found
+
+    async def _query_user(self, wanted: str) -> PagerDutyUser | None:
         # `query` is a substring match on name or email, so compare exactly ourselves.
         def matches(raw: Json) -> bool:
             return str(raw.get("email", "")).lower() == wanted
@@ -181,14 +277,57 @@ class PagerDutyClient:
         return None
 
     async def _acked(self, user_id: str, services: tuple[str, ...], urgencies: tuple[str, ...]) -> list[Incident]:
-        params: Params = [("user_ids[]", user_id), ("statuses[]", "acknowledged"), ("date_range", "all")]
+        """This user's acknowledged incidents, in a call shared with other users' lookups waiting now."""
+        batch = self._batches.get((services, urgencies))
+        if batch is None:
+            batch = self._batches[(services, urgencies)] = _Batch()
+        waiter: asyncio.Future[list[Incident]] = asyncio.get_running_loop().create_future()
+        batch.waiting[user_id] = waiter
+        if batch.running < BATCH_CALLS:
+            batch.running += 1
+            runner = asyncio.create_task(self._run_batches(batch, services, urgencies))
+            batch.runners.add(runner)
+            runner.add_done_callback(batch.runners.discard)
+        return await waiter
+
+    async def _run_batches(self, batch: _Batch, services: tuple[str, ...], urgencies: tuple[str, ...]) -> None:
+        try:
+            while batch.waiting:
+                users = list(batch.waiting)[:MAX_BATCH]
+                waiters = [batch.waiting.pop(u) for u in users]
+                try:
+                    found = await self._acked_by(users, services, urgencies)
+                except BaseException as exc:
+                    for waiter in waiters:
+                        if not waiter.done():
+                            waiter.set_exception(exc if isinstance(exc, Exception) else PagerDutyUnavailable(str(exc)))
+                    if not isinstance(exc, Exception):
+                        raise
+                    continue
+                for user, waiter in zip(users, waiters, strict=True):
+                    if not waiter.done():
+                        waiter.set_result(found.get(user, []))
+        finally:
+            batch.running -= 1
+
+    async def _acked_by(
+        self, users: list[str], services: tuple[str, ...], urgencies: tuple[str, ...]
+    ) -> dict[str, list[Incident]]:
+        params: Params = [("user_ids[]", u) for u in users]
+        params += [("statuses[]", "acknowledged"), ("date_range", "all")]
         params += [("service_ids[]", s) for s in services] + [("urgencies[]", u) for u in urgencies]
         # date_range=all: an incident acknowledged more than a month ago still counts (default window is 1 month)
         raws = await self._paginate("/incidents", params, "incidents")
-        incidents = [_mapped(_incident, raw) for raw in raws]
-        # user_ids[] filters on *assignment*; only an acknowledgement by this user counts
-        mine = [i for i in incidents if user_id in i.acknowledger_ids]
-        return sorted(mine, key=lambda i: i.number, reverse=True)
+        found: dict[str, list[Incident]] = {u: [] for u in users}
+        for raw in raws:
+            incident = _mapped(_incident, raw)
+            # user_ids[] filters on *assignment* (to any of them): only an acknowledgement by this
+            # user counts, and (with several users asked at once) only an assignment to this user
+            assigned = _assignees(raw) if len(users) > 1 else frozenset(users)
+            for user in incident.acknowledger_ids:
+                if user in found and user in assigned:
+                    found[user].append(incident)
+        return {u: sorted(mine, key=lambda i: i.number, reverse=True) for u, mine in found.items()}
 
     async def _oncalls(
         self, users: tuple[str, ...], policies: tuple[str, ...], schedules: tuple[str, ...]
@@ -307,23 +446,28 @@ class PagerDutyClient:
         headers: dict[str, str] | None,
         deadline: float,
     ) -> httpx.Response:
-        """One attempt: a pooled connection first, then a budget slot, then the call, all within ``deadline``."""
+        """One attempt: a pooled connection first, then a budget slot, then the call, all within
+        ``deadline``; a slot not free now is waited for (up to ``queue_seconds``), and a call that
+        waited is sent with the whole timeout."""
         try:
             async with asyncio.timeout(max(0.0, deadline - self._monotonic())):
                 await self._connections.acquire()
         except TimeoutError:
             raise _OutOfTime from None
         try:
-            if deadline <= self._monotonic():
+            now = self._monotonic()
+            if deadline <= now:
                 raise _OutOfTime  # the connection came too late: spend no budget on a call we won't send
             try:
-                await self._limiter.acquire(deadline=deadline)
+                await self._limiter.acquire(deadline=max(deadline, now + self._queue_seconds))
             except RateBudgetExceeded as exc:
                 if exc.wait <= 0 or deadline <= self._monotonic():
                     raise _OutOfTime from exc  # the deadline passed, not the budget: a slot was free
                 raise PagerDutyUnavailable(
                     f"Ackgate has used its PagerDuty request budget; try again in {exc.wait:.0f} seconds."
                 ) from exc
+            if self._monotonic() > now:  # it waited its turn in the queue: PagerDuty has not been asked yet
+                deadline = max(deadline, self._monotonic() + self._timeout)
             remaining = deadline - self._monotonic()
             if remaining <= 0:
                 raise _OutOfTime
@@ -393,6 +537,21 @@ def _auth_message(status: int) -> str:
 
 
 _NO_TIME = "no time was left"
+
+
+class _Batch:
+    """Incident lookups for one filter: users waiting for the next shared call, and the calls running."""
+
+    def __init__(self) -> None:
+        self.waiting: dict[str, asyncio.Future[list[Incident]]] = {}
+        self.running = 0
+        self.runners: set[asyncio.Task[None]] = set()
+
+
+def _assignees(raw: Json) -> frozenset[str]:
+    return frozenset(
+        str((a.get("assignee") or {}).get("id") or "") for a in raw.get("assignments") or [] if isinstance(a, dict)
+    )
 
 
 class _OutOfTime(Exception):

@@ -12,11 +12,38 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 
 from bot.core.errors import ConfigError
 
 Monotonic = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
+
+
+class QueuedNotice:
+    """A caller's "you are queued" callback, called at most once however many calls wait."""
+
+    def __init__(self, notice: Callable[[], None]) -> None:
+        self._notice: Callable[[], None] | None = notice
+
+    def __call__(self) -> None:
+        notice, self._notice = self._notice, None
+        if notice is not None:
+            notice()
+
+
+_queued_notice: ContextVar[QueuedNotice | None] = ContextVar("ackgate_queued_notice", default=None)
+
+
+def notify_when_queued(notice: Callable[[], None]) -> None:
+    """In the current task (and the tasks it starts): call ``notice`` once if a call waits long in
+    a client's queue for its request budget, so the user can be told why the answer is slow."""
+    _queued_notice.set(QueuedNotice(notice))
+
+
+def queued_notice() -> QueuedNotice | None:
+    """The notice set by :func:`notify_when_queued` for this task, if any."""
+    return _queued_notice.get()
 
 
 class RateBudgetExceeded(Exception):
@@ -63,6 +90,10 @@ class SlidingWindowLimiter:
             return self._slots[0] + self._window - now
         self._slots.append(now)
         return 0.0
+
+    def backlog(self) -> float:
+        """Seconds until the last slot reserved so far starts (0: nobody is waiting for one)."""
+        return max(0.0, self._slots[-1] - self._monotonic()) if self._slots else 0.0
 
     def idle(self) -> bool:
         """No slot taken in the last window: the limiter can be dropped without losing anything."""

@@ -26,6 +26,11 @@ USAGE = {
 
 GENERIC_FAILURE = "Something went wrong on Ackgate's side and nothing was changed. Try again in a minute; if it keeps happening, tell your Ackgate admins."
 WORKING = "Checking PagerDuty…"
+PAGERDUTY_QUEUED = (
+    "Queued: PagerDuty is busy, so your request is waiting its turn under PagerDuty's rate limit. "
+    "The answer will appear here; there is no need to ask again."
+)
+SLACK_BUSY = "Ackgate is too busy to start on this right now, so nothing was done. Try again in a minute."
 NO_EMAIL = (
     "Ackgate can't see your email address, so it can't match you to PagerDuty. "
     "Ask a chat admin to make emails visible to the Ackgate app."

@@ -10,10 +10,10 @@ import asyncio
 import csv
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from datetime import timedelta
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from bot.core.errors import AckgateError, ConfigError
 
@@ -21,12 +21,39 @@ from bot.core.errors import AckgateError, ConfigError
 def _serve(args: argparse.Namespace) -> int:
     from bot.runtime import logs
     from bot.runtime.config import load_settings
-    from bot.runtime.server import preflight, serve
+    from bot.runtime.server import preflight, serve, serve_workers, worker_instance
 
     settings = load_settings()
+    workers: int = getattr(args, "workers", 1)
+    worker: int | None = getattr(args, "worker", None)
+    if workers > 1:
+        preflight(settings)  # every refusal once, here, before any worker starts
+        logs.configure(settings.log_level)
+        return serve_workers(settings, workers)
+    if worker is not None:
+        settings = settings.model_copy(update={"instance_id": worker_instance(settings, worker)})
     app = preflight(settings)
     logs.configure(settings.log_level)
-    return asyncio.run(serve(app, settings))
+    return _run(serve(app, settings, reuse_port=worker is not None))
+
+
+def _run(main: Coroutine[Any, Any, int]) -> int:
+    """Run the server's loop: uvloop's (a dependency on every platform but Windows), else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)
+
+
+def _workers(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= 64:
+        raise argparse.ArgumentTypeError("--workers takes a number of processes from 1 to 64")
+    return n
 
 
 def _check_config(args: argparse.Namespace) -> int:
@@ -114,7 +141,15 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ackgate", description="Just-in-time production access, gated on PagerDuty.")
     p.add_argument("--version", action="version", version=f"ackgate {version()}")
     sub = p.add_subparsers(dest="command")
-    sub.add_parser("serve", help="run the server (the default)").set_defaults(run=_serve)
+    serve = sub.add_parser("serve", help="run the server (the default)")
+    serve.add_argument(
+        "--workers",
+        type=_workers,
+        default=1,
+        help="processes listening on the one port (SO_REUSEPORT); PostgreSQL or a SQLite file (default 1)",
+    )
+    serve.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # set by --workers for each process
+    serve.set_defaults(run=_serve)
     check = sub.add_parser("check-config", help="validate the policy file (and, with --env, the settings)")
     check.add_argument("--policy", type=Path, help="policy file (default: ACKGATE_POLICY_FILE)")
     check.add_argument("--env", action="store_true", help="also check the environment settings")

@@ -6,6 +6,7 @@ Shared by the listeners in :mod:`handlers.slack.app` and the recovery pass in :m
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
@@ -17,7 +18,7 @@ from bot.core.domain import Principal, ReceivedCommand
 from bot.core.errors import StorageError
 from bot.core.ports import ChatNotifier, CommandInbox
 from bot.core.views import Card
-from handlers.slack.blocks import render_card
+from handlers.slack.blocks import render_card, render_notice
 from handlers.slack.notifier import PLATFORM, post_response
 
 Body = dict[str, Any]
@@ -64,6 +65,7 @@ class Answerer:
         self._clock = clock
         self._log = logger
         self._post = post
+        self._notes: set[asyncio.Future[bool]] = set()
 
     async def record(self, command: ReceivedCommand) -> bool | None:
         """True for a new command, False for a duplicate, None when the database did not answer."""
@@ -87,6 +89,15 @@ class Answerer:
 
     async def post(self, url: str, message: Body) -> bool:
         return await self._post(url, message)
+
+    def post_soon(self, url: str, text: str) -> None:
+        """Post a short note on ``url`` without waiting for it (replacing the ack's "Checking…")."""
+        if not url:
+            return
+        message = {**render_notice(text), "response_type": "ephemeral", "replace_original": True}
+        task = asyncio.ensure_future(self._post(url, message))
+        self._notes.add(task)
+        task.add_done_callback(self._notes.discard)
 
     async def done(self, key: str) -> None:
         try:

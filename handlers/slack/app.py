@@ -1,39 +1,45 @@
 """Slack's entry point: a thin translator from slash commands, button clicks and modal
 submissions to the use cases, mounted on Ackgate's own aiohttp app.
 
-Before bolt sees a request, :func:`mount_slack` checks its signature headers and validates the body
-into the typed models of :mod:`handlers.slack.inbound` (4xx, one log line, no body echoed, for
-anything else). Each slash command and form submission is then recorded once, under Slack's
-``trigger_id``, in the :class:`bot.core.ports.CommandInbox` (one insert, shared by replicas): a retry or
-a replay of the same signed request is acknowledged and not run again. The row is marked answered
-when the answer was posted; :class:`handlers.slack.recovery.SlackRecovery` answers what a crash left.
+:func:`mount_slack` checks each request's signature headers and validates the body into the typed
+models of :mod:`handlers.slack.inbound` (4xx, one log line, no body echoed, for anything else), then
+hands it to its listener itself. (bolt's ``AsyncApp`` used to dispatch: it checked the signature a
+second time, ran its middleware chain and polled every 10 ms for the ack, which set an 11 ms floor
+under every acknowledgement. Only bolt's ``AsyncAck`` is kept, for its response bodies.) The
+request waits on the ack alone: a future, set the moment the listener acks.
+
+Each slash command and form submission is then recorded once, under Slack's ``trigger_id``, in the
+:class:`bot.core.ports.CommandInbox` (one insert, shared by replicas): a retry or a replay of the same
+signed request is acknowledged and not run again. The row is marked answered when the answer was
+posted; :class:`handlers.slack.recovery.SlackRecovery` answers what a crash left.
 
 Every listener acknowledges first and only then talks to Slack or PagerDuty, so Slack's 3-second
-deadline never depends on either. (bolt itself calls auth.test once, on the first request after
-start, to learn the bot's ids; it caches the answer for the process's life.) Users see
-``UserError``/``UpstreamError`` messages; anything unexpected becomes the generic sentence and a
-logged traceback.
+deadline never depends on either. What a listener does after its ack waits for one of a bounded
+number of background turns (:class:`Background`), so a backlog of slow work queues instead of
+crowding the event loop that answers acks; a turn not had within :data:`TURN_WAIT` is answered
+with :data:`bot.core.messages.SLACK_BUSY` (and the row marked answered), well inside the command's lease.
+Users see ``UserError``/``UpstreamError`` messages; anything unexpected becomes the generic
+sentence and a logged traceback.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import replace
 from typing import Any, Protocol
 
 from aiohttp import web
 from pydantic import SecretStr
 from slack_bolt.adapter.aiohttp import to_aiohttp_response
-from slack_bolt.async_app import AsyncApp, AsyncBoltContext
 from slack_bolt.context.ack.async_ack import AsyncAck
-from slack_bolt.logger.messages import warning_client_prioritized_and_token_skipped
-from slack_bolt.request.async_internals import build_async_context
-from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bot.adapters.throttling import notify_when_queued
 from bot.core import messages
 from bot.core.clock import Clock, SystemClock
 from bot.core.commands import Command, OpenForm, RequestAccess, RequestAuth, Revoke, parse_command
@@ -62,8 +68,8 @@ from handlers.slack.inbound import (
     Inbound,
     Refused,
     SlashCommand,
-    bolt_body,
     check_signature,
+    listener_body,
     parse_inbound,
 )
 from handlers.slack.notifier import SlackIdentity, SlackNotifier, call_slack
@@ -73,6 +79,62 @@ _log = logging.getLogger(__name__)
 Body = dict[str, Any]
 
 MAX_BODY_BYTES = 512 * 1024  # Slack's largest interaction payloads are well under this
+ACK_WAIT = 3.0  # Slack gives up after 3 s; a listener that has not acked by then never will in time
+BACKGROUND_TURNS = 128  # listeners working after their ack at once, per process
+TURN_WAIT = 20.0  # seconds a listener waits for a turn before answering "busy" (the lease is 60 s)
+
+
+class Background:
+    """The bounded turns of work done after an ack.
+
+    A listener calls :meth:`turn` after acking; the dispatcher releases the turn when the listener
+    ends. Waiting is in a semaphore's queue (no busy task), so a backlog costs memory, not the loop."""
+
+    def __init__(self, turns: int = BACKGROUND_TURNS, *, wait: float = TURN_WAIT) -> None:
+        self._slots = asyncio.Semaphore(turns)
+        self._wait = wait
+        self._held: ContextVar[bool] = ContextVar("ackgate_background_turn", default=False)
+
+    async def turn(self) -> bool:
+        """Wait for a turn; False if none came within the wait (the caller answers "busy")."""
+        if self._held.get():
+            return True
+        try:
+            async with asyncio.timeout(self._wait):
+                await self._slots.acquire()
+        except TimeoutError:
+            return False
+        self._held.set(True)
+        return True
+
+    def release(self) -> None:
+        """Called by the dispatcher in the listener's own task, when the listener has ended."""
+        if self._held.get():
+            self._held.set(False)
+            self._slots.release()
+
+
+class Ack:
+    """What a listener calls to acknowledge: bolt's ``AsyncAck`` bodies, and the future the
+    waiting request is woken by."""
+
+    def __init__(self) -> None:
+        self._bolt = AsyncAck()  # type: ignore[no-untyped-call]
+        self.acked: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    @property
+    def response(self) -> Any:
+        return self._bolt.response
+
+    async def __call__(self, **fields: Any) -> None:
+        await self._bolt(**fields)
+        if not self.acked.done():
+            self.acked.set_result(None)
+
+    def ended(self, _: object) -> None:
+        """The listener's task ended: wake the request even if it never acked (it answers 500)."""
+        if not self.acked.done():
+            self.acked.set_result(None)
 
 
 class AccessUseCases(Protocol):
@@ -113,8 +175,10 @@ class _Listeners:
         answerer: Answerer,
         clock: Clock,
         logger: logging.Logger,
+        background: Background,
         instance: str = "",
     ) -> None:
+        self._background = background
         self._service = service
         self._identity = identity
         self._answerer = answerer
@@ -140,7 +204,7 @@ class _Listeners:
 
     # --- /access --------------------------------------------------------------------------
 
-    async def command(self, ack: AsyncAck, command: Body, client: AsyncWebClient) -> None:
+    async def command(self, ack: Ack, command: Body, client: AsyncWebClient) -> None:
         text = str(command.get("text") or "")
         try:
             parsed = parse_command(normalise_mentions(text))
@@ -176,6 +240,12 @@ class _Listeners:
             await ack(text=messages.AUTH_SENDING, response_type="ephemeral")
         else:
             await ack()
+        if not await self._background.turn():
+            await self._answerer.answer(received, _notice(messages.SLACK_BUSY), replace_original=True)
+            return
+        if isinstance(parsed, RequestAccess):
+            # A wait in PagerDuty's queue (its request budget) is told on the response_url, replacing "Checking…".
+            notify_when_queued(lambda: self._answerer.post_soon(received.response_url, messages.PAGERDUTY_QUEUED))
         card = await self._outcome(self._execute(user_id, parsed))
         if any(action.kind == OPEN_KEY_FORM for action in card.actions):
             await self._open_key_form(client, trigger_id=trigger_id, user_id=user_id)
@@ -190,7 +260,7 @@ class _Listeners:
             self._log.warning("Slack did not open the key form for %s", user_id, exc_info=True)
             await self._answerer.dm(user_id, _notice(messages.SLACK_FORM_NOT_OPENED))
 
-    async def key_submission(self, ack: AsyncAck, body: Body, view: Body) -> None:
+    async def key_submission(self, ack: Ack, body: Body, view: Body) -> None:
         # Only the key's shape is checked before the ack (pure, no I/O), so a malformed key is still
         # shown beside the field; who is asking and whether they are an admin are Slack calls, after.
         user_id = str((body.get("user") or {}).get("id") or "")
@@ -206,7 +276,11 @@ class _Listeners:
         await ack()
         if new is False:
             return
-        card = await self._outcome(self._set_key(user_id, text))
+        card = (
+            await self._outcome(self._set_key(user_id, text))
+            if await self._background.turn()
+            else _notice(messages.SLACK_BUSY)
+        )
         if new is None:
             await self._answerer.dm(user_id, card)
         else:
@@ -249,7 +323,7 @@ class _Listeners:
 
     # --- buttons ----------------------------------------------------------------------------
 
-    async def button(self, ack: AsyncAck, body: Body, action: Body) -> None:
+    async def button(self, ack: Ack, body: Body, action: Body) -> None:
         # The click gets an inbox row under its trigger id, so one acknowledged and then lost to a
         # crash is answered by the recovery pass (which clicks again: a decision is a compare-and-set
         # in the core, so it counts once); a retry of the same click runs once.
@@ -268,7 +342,11 @@ class _Listeners:
         if new is False:
             self._log.info("Slack sent click %s again (a retry or a replay); it runs once", received.key)
             return
-        card = await click(self._service, self._identity, user_id, kind, target, self._log)
+        card = (
+            await click(self._service, self._identity, user_id, kind, target, self._log)
+            if await self._background.turn()
+            else _notice(messages.SLACK_BUSY)
+        )
         if new:
             await self._answerer.answer(received, card)
             return
@@ -279,7 +357,7 @@ class _Listeners:
 
     # --- the request form -------------------------------------------------------------------
 
-    async def submission(self, ack: AsyncAck, body: Body, view: Body) -> None:
+    async def submission(self, ack: Ack, body: Body, view: Body) -> None:
         parsed = read_form((view.get("state") or {}).get("values") or {})
         if isinstance(parsed, dict):
             await ack(response_action="errors", errors=parsed)
@@ -293,7 +371,11 @@ class _Listeners:
         if new is False:
             self._log.info("Slack sent form submission %s again; it runs once", received.key)
             return
-        card = await self._outcome(self._execute(user_id, parsed))
+        card = (
+            await self._outcome(self._execute(user_id, parsed))
+            if await self._background.turn()
+            else _notice(messages.SLACK_BUSY)
+        )
         if new is None:
             await self._answerer.dm(user_id, card)
         else:
@@ -304,9 +386,9 @@ class _Listeners:
     async def _outcome(self, work: Awaitable[Card]) -> Card:
         return await outcome(work, self._log)
 
-    async def unexpected(self, error: Exception, body: Body) -> None:
-        """bolt's last resort, for a failure outside the guarded use-case calls."""
-        self._log.error("Unhandled error in a Slack listener (%s)", body.get("type"), exc_info=error)
+    def unexpected(self, error: Exception, body: Body) -> None:
+        """The last resort, for a failure outside the guarded use-case calls."""
+        self._log.error("Unhandled error in a Slack listener (%s)", body.get("type", "command"), exc_info=error)
 
 
 async def click(
@@ -333,9 +415,47 @@ async def outcome(work: Awaitable[Card], log: logging.Logger) -> Card:
     return await shown(work, instead=_notice, log=log, platform="Slack")
 
 
-def build_bolt_app(
+class SlackApp:
+    """The listeners behind ``/slack/events``, with the dispatch :func:`mount_slack` calls."""
+
+    def __init__(self, listeners: _Listeners, *, client: AsyncWebClient, background: Background) -> None:
+        self._listeners = listeners
+        self._client = client
+        self._background = background
+
+    async def dispatch(self, inbound: Inbound, body: Body) -> web.Response:
+        """Run the listener for ``inbound`` in a task of its own and answer as soon as it acks."""
+        ack = Ack()
+        task = asyncio.get_running_loop().create_task(self._run(inbound, body, ack))
+        task.add_done_callback(ack.ended)
+        try:
+            async with asyncio.timeout(ACK_WAIT):
+                await ack.acked
+        except TimeoutError:
+            _log.error("A Slack listener did not acknowledge within %g s", ACK_WAIT)
+        if ack.response is None:
+            return web.Response(status=500, text=messages.GENERIC_FAILURE)
+        return await to_aiohttp_response(ack.response)
+
+    async def _run(self, inbound: Inbound, body: Body, ack: Ack) -> None:
+        listeners = self._listeners
+        try:
+            if isinstance(inbound, SlashCommand):
+                await listeners.command(ack, body, self._client)
+            elif isinstance(inbound, BlockActions):
+                await listeners.button(ack, body, body["actions"][0])
+            elif inbound.view.callback_id == KEY_FORM_CALLBACK_ID:
+                await listeners.key_submission(ack, body, body["view"])
+            else:
+                await listeners.submission(ack, body, body["view"])
+        except Exception as exc:
+            listeners.unexpected(exc, body)
+        finally:
+            self._background.release()
+
+
+def build_slack_app(
     *,
-    signing_secret: SecretStr,
     client: AsyncWebClient,
     service: AccessUseCases,
     identity: SlackIdentity,
@@ -344,60 +464,42 @@ def build_bolt_app(
     notifier: ChatNotifier | None = None,
     logger: logging.Logger | None = None,
     instance: str = "",
-) -> AsyncApp:
-    """A bolt app verifying Slack's signatures (401 otherwise) with Ackgate's listeners:
-    the ``/access`` command, ``ackgate.*`` buttons and the ``ackgate.request`` form.
+    post: Callable[[str, Body], Awaitable[bool]] | None = None,
+    background: Background | None = None,
+) -> SlackApp:
+    """Ackgate's listeners: the ``/access`` command, ``ackgate.*`` buttons and the ``ackgate.request``
+    and key forms.
 
     ``inbox`` records each command once (see the module docstring); ``notifier`` sends answers
-    that go by DM (default: a SlackNotifier on ``client``); ``logger`` receives unexpected
-    failures with their tracebacks."""
-    _quiet_token_warning()
-    app = AsyncApp(
-        signing_secret=signing_secret.get_secret_value(),
-        client=client,
-        request_verification_enabled=True,
-        # Listeners run after the HTTP response is sent; ack() is what Slack waits for.
-        process_before_response=False,
-    )
+    that go by DM (default: a SlackNotifier on ``client``); ``post`` posts to a ``response_url``
+    (default: :func:`handlers.slack.notifier.post_response`, a session per post; the platform
+    passes its pooled one); ``logger`` receives unexpected failures with their tracebacks."""
     log = logger or _log
     clock = clock or SystemClock()
-    answerer = Answerer(inbox=inbox, notifier=notifier or SlackNotifier(client), clock=clock, logger=log)
-    listeners = _Listeners(
-        service=service, identity=identity, answerer=answerer, clock=clock, logger=log, instance=instance
+    background = background or Background()
+    answerer = Answerer(
+        inbox=inbox,
+        notifier=notifier or SlackNotifier(client),
+        clock=clock,
+        logger=log,
+        **({"post": post} if post else {}),
     )
-
-    # bolt injects arguments by parameter name, so it is given plain functions, not bound methods.
-    async def on_command(ack: AsyncAck, command: Body, client: AsyncWebClient) -> None:
-        await listeners.command(ack, command, client)
-
-    async def on_button(ack: AsyncAck, body: Body, action: Body) -> None:
-        await listeners.button(ack, body, action)
-
-    async def on_submission(ack: AsyncAck, body: Body, view: Body) -> None:
-        await listeners.submission(ack, body, view)
-
-    async def on_key_submission(ack: AsyncAck, body: Body, view: Body) -> None:
-        await listeners.key_submission(ack, body, view)
-
-    async def on_error(error: Exception, body: Body) -> None:
-        await listeners.unexpected(error, body)
-
-    app.command(messages.COMMAND)(on_command)
-    app.action(re.compile("^" + re.escape(ACTION_PREFIX)))(on_button)
-    app.view(FORM_CALLBACK_ID)(on_submission)
-    app.view(KEY_FORM_CALLBACK_ID)(on_key_submission)
-    app.error(on_error)
-    return app
-
-
-# Only these headers reach bolt: it needs the signature pair (it checks again) and the type.
-_BOLT_HEADERS = ("Content-Type", "X-Slack-Request-Timestamp", "X-Slack-Signature", "X-Slack-Retry-Num")
+    listeners = _Listeners(
+        service=service,
+        identity=identity,
+        answerer=answerer,
+        clock=clock,
+        logger=log,
+        background=background,
+        instance=instance,
+    )
+    return SlackApp(listeners, client=client, background=background)
 
 
 def mount_slack(
     web_app: web.Application,
     *,
-    bolt_app: AsyncApp,
+    slack_app: SlackApp,
     signing_secret: SecretStr,
     path: str = "/slack/events",
     now: Callable[[], float] = time.time,
@@ -436,26 +538,18 @@ def mount_slack(
             # bolt would answer 404 too, but only after logging the whole payload at WARNING.
             _log.info("Refused a Slack %s that no Ackgate listener handles", getattr(inbound, "type", "command"))
             return web.Response(status=404, text=messages.SLACK_NOT_HANDLED)
-        body = bolt_body(inbound)
-        bolt_request = AsyncBoltRequest(
-            body="", headers={name: request.headers[name] for name in _BOLT_HEADERS if name in request.headers}
-        )
-        bolt_request.raw_body = raw.decode("utf-8")  # what the signature covers, for bolt's own check
-        bolt_request.body = body
-        bolt_request.context = build_async_context(AsyncBoltContext(), body)
         try:
-            bolt_response = await bolt_app.async_dispatch(bolt_request)
+            return await slack_app.dispatch(inbound, listener_body(inbound))
         except Exception:
             # A defect of ours (the payload was validated): Slack, or whoever sent it, gets no traceback.
-            _log.exception("bolt could not dispatch a Slack %s request", body.get("type", "command"))
+            _log.exception("Could not dispatch a Slack %s request", getattr(inbound, "type", "command"))
             return web.Response(status=500, text=messages.GENERIC_FAILURE)
-        return await to_aiohttp_response(bolt_response)
 
     web_app.router.add_post(path, slack_events)
 
 
 def handled(inbound: Inbound) -> bool:
-    """Whether one of the listeners of :func:`build_bolt_app` takes this request."""
+    """Whether one of the listeners of :func:`build_slack_app` takes this request."""
     if isinstance(inbound, SlashCommand):
         return inbound.command == messages.COMMAND
     if isinstance(inbound, BlockActions):
@@ -488,17 +582,3 @@ def whole_sentences(text: str, limit: int = 150) -> str:
             break
         kept = longer
     return kept or text[: limit - 1].rsplit(" ", 1)[0] + "…"
-
-
-class _DropTokenSkipped(logging.Filter):
-    """bolt reads SLACK_BOT_TOKEN from the environment even when given a client built with it, then
-    warns that the token "will be unused": true, and no use to an operator."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.getMessage() != warning_client_prioritized_and_token_skipped()
-
-
-def _quiet_token_warning() -> None:
-    bolt_logger = logging.getLogger("slack_bolt.AsyncApp")
-    if not any(isinstance(f, _DropTokenSkipped) for f in bolt_logger.filters):
-        bolt_logger.addFilter(_DropTokenSkipped())

@@ -1,4 +1,4 @@
-"""What Slack may send to ``/slack/events``, checked before bolt or the core sees any of it.
+"""What Slack may send to ``/slack/events``, checked before the listeners or the core see any of it.
 
 Three gates, each cheap and each answering in microseconds:
 
@@ -8,8 +8,8 @@ Three gates, each cheap and each answering in microseconds:
 2. :func:`parse_inbound` reads the form body (bounded field count) and its ``payload=`` JSON through
    :func:`bot.core.json_limits.loads_bounded`, so depth and number length are bounded too.
 3. The result is validated into the typed models below (a slash command, a ``block_actions`` or a
-   ``view_submission``); every other type is refused. bolt is then given the model's own dump, so
-   no field bolt indexes without checking (``event``, ``view.type``, ``response_urls``, …) can hold
+   ``view_submission``); every other type is refused. The listeners are then given the model's own
+   dump, so no field they index (``view.state``, ``actions``, ``response_urls``, …) can hold
    anything but what the model allows.
 
 Anything that does not fit raises :class:`Refused`, which the mount turns into a 4xx with one
@@ -239,6 +239,6 @@ def _first_error(exc: ValidationError) -> str:
     return f"{where}: {first['type']}"
 
 
-def bolt_body(inbound: Inbound) -> dict[str, Any]:
-    """What bolt is given as the request body: the model's dump, nothing the model did not check."""
+def listener_body(inbound: Inbound) -> dict[str, Any]:
+    """What the listeners are given as the request body: the model's dump, nothing the model did not check."""
     return inbound.model_dump(mode="json", exclude_none=True)

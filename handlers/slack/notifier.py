@@ -44,7 +44,7 @@ DM_CHANNELS_KEPT = 10_000
 # derived from (and tested against) this table, so a new call cannot ship without its scope.
 WEB_API_SCOPES: Mapping[str, frozenset[str]] = MappingProxyType(
     {
-        "auth.test": frozenset(),  # bolt calls it once to learn the bot's own user id
+        "auth.test": frozenset(),  # the health check (/access admin status, /metrics)
         "users.info": frozenset({"users:read", "users:read.email"}),  # email needs the second
         "users.lookupByEmail": frozenset({"users:read.email"}),
         "conversations.open": frozenset({"im:write"}),
@@ -81,10 +81,46 @@ def web_client(*, token: str, base_url: str) -> AsyncWebClient:
     )
 
 
-async def post_response(url: str, message: Mapping[str, Any]) -> bool:
+POOL_CONNECTIONS = 100  # to Slack, shared by the Web API and response_url posts
+
+
+class SlackSession:
+    """One pooled aiohttp session (keep-alive: one TLS handshake per connection, not per post) for
+    the Web API client and every ``response_url`` post. Opened on the running loop: :meth:`open` at
+    start-up gives it to the Web API client; :meth:`post` opens it too if a post comes first."""
+
+    def __init__(self, client: AsyncWebClient) -> None:
+        self._client = client
+        self._session: aiohttp.ClientSession | None = None
+
+    def _opened(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=POOL_CONNECTIONS, ttl_dns_cache=300)
+            )
+            self._client.session = self._session
+        return self._session
+
+    async def open(self) -> None:
+        self._opened()
+
+    async def post(self, url: str, message: Mapping[str, Any]) -> bool:
+        return await post_response(url, message, session=self._opened())
+
+    async def close(self) -> None:
+        if self._session is not None:
+            session, self._session = self._session, None
+            self._client.session = None
+            await session.close()
+
+
+async def post_response(url: str, message: Mapping[str, Any], *, session: aiohttp.ClientSession | None = None) -> bool:
     """Post ``message`` to a ``response_url`` with the same bounded retries; True when Slack took it.
-    The URL is a capability for 30 minutes, so it never reaches a log line."""
-    client = AsyncWebhookClient(url=url, timeout=ATTEMPT_TIMEOUT_SECONDS, retry_handlers=retry_handlers())
+    Without ``session``, a session of its own for this one post. The URL is a capability for 30
+    minutes, so it never reaches a log line."""
+    client = AsyncWebhookClient(
+        url=url, session=session, timeout=ATTEMPT_TIMEOUT_SECONDS, retry_handlers=retry_handlers()
+    )
     try:
         sent = await client.send_dict(dict(message))
     except (SlackClientError, aiohttp.ClientError, TimeoutError):

@@ -2,7 +2,7 @@
 
 The composition root calls :func:`mount` when ``SLACK_BOT_TOKEN`` and ``SLACK_SIGNING_SECRET`` are
 set; it builds the Web API client, the notifier (also Slack's health check), the identity lookup,
-the bolt app at ``/slack/events``, the admin user group (``ACKGATE_ADMIN_USERGROUP``) and the
+the listeners at ``/slack/events`` (one pooled HTTP session for the Web API and response_url posts), the admin user group (``ACKGATE_ADMIN_USERGROUP``) and the
 recovery pass for commands a crash left unanswered.
 """
 
@@ -15,8 +15,16 @@ from bot.core.expiry import every
 from bot.core.platforms import ChatPlatform, PlatformParts
 from bot.runtime.config import Settings
 from handlers.slack.answers import Answerer
-from handlers.slack.app import build_bolt_app, mount_slack
-from handlers.slack.notifier import PLATFORM, TITLE, SlackAdminGroup, SlackIdentity, SlackNotifier, web_client
+from handlers.slack.app import build_slack_app, mount_slack
+from handlers.slack.notifier import (
+    PLATFORM,
+    TITLE,
+    SlackAdminGroup,
+    SlackIdentity,
+    SlackNotifier,
+    SlackSession,
+    web_client,
+)
 from handlers.slack.recovery import PASS_SECONDS, SlackRecovery
 from handlers.slack.recovery import log as recovery_log
 
@@ -26,26 +34,34 @@ def mount(app: web.Application, settings: Settings, parts: PlatformParts) -> Cha
     if settings.slack_bot_token is None or settings.slack_signing_secret is None:
         raise ConfigError("Slack needs both SLACK_BOT_TOKEN and SLACK_SIGNING_SECRET.")
     client = web_client(token=settings.slack_bot_token.get_secret_value(), base_url=settings.slack_api_url)
+    http = SlackSession(client)  # one pooled session for the Web API and response_url posts
+
+    async def open_session(_: web.Application) -> None:
+        await http.open()
+
+    app.on_startup.append(open_session)
     book, clock = parts.store.address_book, parts.clock
     direct = SlackNotifier(client, address_book=book, now=clock.now)
     notifier = parts.deliver(PLATFORM, direct)
     identity = SlackIdentity(client, address_book=book, now=clock.now)
-    bolt = build_bolt_app(
-        signing_secret=settings.slack_signing_secret,
+    slack_app = build_slack_app(
         client=client,
         service=parts.router,
         identity=identity,
         inbox=parts.store.commands,
         clock=clock,
         instance=parts.instance,
+        post=http.post,
     )
-    mount_slack(app, bolt_app=bolt, signing_secret=settings.slack_signing_secret)
+    mount_slack(app, slack_app=slack_app, signing_secret=settings.slack_signing_secret)
     recovery = SlackRecovery(
         inbox=parts.store.commands,
         requests=parts.store.requests,
         service=parts.router,
         identity=identity,
-        answerer=Answerer(inbox=parts.store.commands, notifier=notifier, clock=clock, logger=recovery_log),
+        answerer=Answerer(
+            inbox=parts.store.commands, notifier=notifier, clock=clock, logger=recovery_log, post=http.post
+        ),
         clock=clock,
         instance=parts.instance,
     )
@@ -53,8 +69,7 @@ def mount(app: web.Application, settings: Settings, parts: PlatformParts) -> Cha
     parts.add_job(every(PASS_SECONDS, clock, recovery.run_once))
 
     async def close() -> None:
-        if client.session is not None:
-            await client.session.close()
+        await http.close()
 
     group = SlackAdminGroup(client, settings.admin_usergroup) if settings.admin_usergroup else None
     return ChatPlatform(name=PLATFORM, title=TITLE, notifier=direct, health=direct, close=close, admin_group=group)
