@@ -6,6 +6,10 @@ twice, are simply run again. A request for access is first looked for among the 
 requests made since the command arrived: if the first run got that far, the answer is its state,
 and a second request is never made. Anything else (an authentication request, an extension, an
 admin test) is not repeated: the person is told it may or may not have happened, and how to check.
+
+:class:`RecoveryPass` is the pass itself, shared by the chat platforms: it takes over one platform's
+unanswered commands from the :class:`~bot.core.ports.CommandInbox` and hands each to that platform's
+answer (which asks :func:`recover` and delivers the result its own way).
 """
 
 from __future__ import annotations
@@ -15,8 +19,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 
 from bot.core import messages
-from bot.core.commands import Admin, Command, Help, ListMine, RequestAccess, Revoke, SetPrefs
 from bot.core.clock import Clock
+from bot.core.commands import Admin, Command, Help, ListMine, RequestAccess, Revoke, SetPrefs
 from bot.core.domain import Principal, ReceivedCommand
 from bot.core.ports import CommandInbox, RequestStore
 from bot.core.views import Card

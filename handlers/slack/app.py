@@ -42,8 +42,8 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.adapters.throttling import notify_when_queued
 from bot.core import messages
 from bot.core.clock import Clock, SystemClock
-from bot.core.commands import Command, OpenForm, RequestAccess, RequestAuth, Revoke, form_text, parse_command
 from bot.core.command_recovery import COMMAND_LEASE
+from bot.core.commands import Command, OpenForm, RequestAccess, RequestAuth, Revoke, form_text, parse_command
 from bot.core.domain import Principal, ReceivedCommand
 from bot.core.errors import ChatError, UpstreamError, UsageError, UserError
 from bot.core.ports import ChatNotifier, CommandInbox
