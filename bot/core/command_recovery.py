@@ -38,15 +38,10 @@ def rerun_is_safe(command: Command) -> bool:
 
 
 async def recover(
-    actor: Principal,
-    command: Command,
-    *,
-    text: str,
-    received_at: datetime,
-    requests: RequestStore,
-    execute: Execute,
+    actor: Principal, command: Command, received: ReceivedCommand, *, requests: RequestStore, execute: Execute
 ) -> Card:
-    """The answer for ``command`` (typed as ``text`` at ``received_at``), without doing it twice."""
+    """The answer for ``command`` (the parsed text of ``received``), without doing it twice."""
+    text, received_at = received.text, received.received_at
     if isinstance(command, RequestAccess):
         made = [
             r

@@ -71,11 +71,4 @@ class SlackRecovery:
         if command.kind == "form" and not isinstance(parsed, RequestAccess):
             return Card(title="", text=messages.command_interrupted(command.text))
         actor = await self._identity.principal(command.user_id)
-        return await recover(
-            actor,
-            parsed,
-            text=command.text,
-            received_at=command.received_at,
-            requests=self._requests,
-            execute=self._service.execute,
-        )
+        return await recover(actor, parsed, command, requests=self._requests, execute=self._service.execute)

@@ -184,14 +184,7 @@ class TeamsRecovery:
             return self._notice(exc.message)
         if isinstance(parsed, OpenForm):  # nothing was done: the form again
             return render_form(self._service.request_form(), signer=self._signer), None
-        card = await recover(
-            actor,
-            parsed,
-            text=command.text,
-            received_at=command.received_at,
-            requests=self._requests,
-            execute=self._service.execute,
-        )
+        card = await recover(actor, parsed, command, requests=self._requests, execute=self._service.execute)
         return self._rendered(card)
 
     async def _reply(self, command: ReceivedCommand, rendered: dict[str, Any]) -> bool:
