@@ -19,11 +19,12 @@ import pytest
 
 from bot.adapters.provisioners import NoopProvisioner
 from bot.core import messages
+from bot.core.domain import RequestStatus
 from bot.runtime.simulators.stage import Stage
 from bot.runtime.simulators.teams_stage import TeamsPerson, activity_text
 from handlers.teams.platform import MessagesEndpoint
 from tests.fakes.stage_fixtures import grants_of, requests_of
-from tests.fakes.teams_stage_fixtures import acknowledged, teams_and_pagerduty_person, until
+from tests.fakes.teams_stage_fixtures import acknowledged, installed, teams_and_pagerduty_person, until
 
 
 async def _dropped(self: MessagesEndpoint, turn: Any, identity: Any) -> None:
@@ -154,3 +155,32 @@ async def test_copies_of_one_activity_racing_and_redelivered_after_its_answer_ru
 
 async def _true(value: object) -> bool:
     return bool(value)
+
+
+async def test_a_lost_action_submit_approve_is_decided_once_by_the_recovery_pass(
+    teams_stage: Stage, noop_provisioner: NoopProvisioner
+) -> None:
+    stage = teams_stage
+    alice = stage.person("alice")
+    bob = stage.teams.person("bob")
+    await installed(stage, bob)
+    await stage.command(alice, "prod-k8s 1h stuck pod")
+    card = await stage.teams.wait_for_message(stage.teams.chat_of(bob), "requests prod-k8s")
+    # An older Teams client sends the Approve click as a message (Action.Submit), which is then lost.
+    click = stage.teams.client.submit(
+        bob.member, card.conversation_id, value=stage.teams.button_data(card, "Approve"), reply_to=card.id
+    )
+    with crashing_endpoint():
+        assert (await stage.teams.client.post(click)).status == 202
+    assert [kind for kind, _ in answered_rows(stage) if kind.startswith("teams")] == ["teams_click"]
+    [request] = await requests_of(stage, alice.email)
+    assert request.status is RequestStatus.PENDING
+
+    await restart_passes(stage)
+    await until(lambda: _true([m for m in stage.teams.posted(card.conversation_id) if m.reply_to == click["id"]]))
+
+    [request] = await requests_of(stage, alice.email)
+    assert request.status is RequestStatus.APPROVED and request.decided_by == bob.email
+    assert len(await grants_of(stage, alice.email)) == 1
+    assert [c.action for c in noop_provisioner.calls] == ["grant"]
+    await stage.wait_for_dm(alice, "Access granted: prod-k8s")
