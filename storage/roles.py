@@ -715,12 +715,15 @@ _RECORD_COMMAND = Sql.insert("slack_commands", COMMAND_COLUMNS, suffix="ON CONFL
 _ANSWERED = Sql("UPDATE slack_commands SET answered_at = :at WHERE key = :key AND answered_at IS NULL RETURNING key")
 # PostgreSQL's SKIP LOCKED: a rival replica's pass skips the rows this one is taking; the outer WHERE
 # re-checks the lease after any wait, so a row is never taken twice for one lease. (SQLite: one writer.)
-_CLAIM_UNANSWERED = Sql(
+_CLAIM_UNANSWERED = (
     "UPDATE slack_commands SET lease_until = :lease_until, claimed_by = :owner, attempts = attempts + 1 WHERE key IN ("
-    " SELECT key FROM slack_commands WHERE answered_at IS NULL AND lease_until <= :now"
+    " SELECT key FROM slack_commands WHERE answered_at IS NULL AND lease_until <= :now{kinds}"
     " AND received_at > :received_after AND attempts < :max_attempts ORDER BY lease_until, key LIMIT :limit{skip_locked})"
     " AND answered_at IS NULL AND lease_until <= :now RETURNING *"
 )
+# Every platform's rows, or (``kinds`` given) one platform's: each recovery pass answers its own.
+_CLAIM_ANY_UNANSWERED = Sql(_CLAIM_UNANSWERED.replace("{kinds}", ""))
+_CLAIM_UNANSWERED_OF = Sql(_CLAIM_UNANSWERED.replace("{kinds}", " AND kind {in_list:kinds}"))
 _RELEASE_COMMANDS = Sql(
     "UPDATE slack_commands SET lease_until = :now WHERE claimed_by = :owner AND claimed_by != ''"
     " AND answered_at IS NULL AND lease_until > :now RETURNING key"
@@ -760,10 +763,15 @@ class Commands(Role):
         max_attempts: int,
         limit: int = 20,
         owner: str = "",
+        kinds: Sequence[str] = (),
     ) -> list[ReceivedCommand]:
-        params = {"lease_until": lease_until, "owner": owner, "now": now, "received_after": received_after}
+        params: dict[str, object] = {"lease_until": lease_until, "owner": owner, "now": now}
+        params.update(received_after=received_after, max_attempts=max_attempts, limit=limit)
+        claim = _CLAIM_ANY_UNANSWERED
+        if kinds:
+            claim, params["kinds"] = _CLAIM_UNANSWERED_OF, list(kinds)
         async with self._db.write("take over unanswered chat commands") as s:
-            rows = await s.rows(_CLAIM_UNANSWERED, **params, max_attempts=max_attempts, limit=limit)
+            rows = await s.rows(claim, **params)
         return sorted((self._codec.command(r) for r in rows), key=lambda c: (c.received_at, c.key))
 
     async def release_claims(self, owner: str, *, now: datetime) -> int:

@@ -115,3 +115,19 @@ async def test_pruning_drops_only_commands_received_before_the_cutoff(store: Sto
     assert await store.commands.prune(T0 - timedelta(days=3)) == 1
     assert await store.commands.record(command("command:old")) is True  # forgotten, so new again
     assert await store.commands.record(command("command:new")) is False
+
+
+async def test_a_take_over_by_kind_takes_only_that_platforms_commands(store: Store) -> None:
+    """Slack's and Teams' recovery passes share the inbox; each takes over its own kinds of row."""
+    assert await store.commands.record(command("command:slack"))
+    assert await store.commands.record(command("teams:a:1", kind="teams_command", user_id="29:alice"))
+    at = T0 + LEASE
+    teams = await store.commands.claim_unanswered(
+        at, lease_until=at + LEASE, received_after=LONG_AGO, max_attempts=3, kinds=("teams_command", "teams_click")
+    )
+    assert [c.key for c in teams] == ["teams:a:1"]
+    slack = await store.commands.claim_unanswered(
+        at, lease_until=at + LEASE, received_after=LONG_AGO, max_attempts=3, kinds=("command", "click")
+    )
+    assert [c.key for c in slack] == ["command:slack"]
+    assert await claim(store, LEASE) == []  # both taken for the new lease

@@ -161,3 +161,9 @@ def parse_command(text: str) -> Command:
     elif rest and _DURATION_LIKE.match(rest[0]):
         raise not_a_duration(rest[0])  # "2x", "90": meant as a duration; say how to write one
     return RequestAccess(resource=words[0], duration=duration, reason=check_reason(" ".join(rest)))
+
+
+def form_text(command: RequestAccess) -> str:
+    """A request form's answers as the command text that parses back to ``command`` (what an inbox
+    row keeps of a form submission)."""
+    return " ".join(part for part in (command.resource, command.duration or "", command.reason) if part)

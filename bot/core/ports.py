@@ -668,11 +668,12 @@ class CommandInbox(Protocol):
         max_attempts: int,
         limit: int = 20,
         owner: str = "",
+        kinds: Sequence[str] = (),
     ) -> list[ReceivedCommand]:
         """Compare-and-set take-over: every unanswered command whose lease lapsed (``lease_until <= now``),
-        received after ``received_after`` and taken over fewer than ``max_attempts`` times gets
-        ``lease_until``, ``claimed_by = owner`` and one more attempt, and is returned. Two callers
-        never get the same row for the same lease."""
+        received after ``received_after``, taken over fewer than ``max_attempts`` times and (when
+        ``kinds`` is given) of one of those kinds gets ``lease_until``, ``claimed_by = owner`` and one
+        more attempt, and is returned. Two callers never get the same row for the same lease."""
         ...
 
     async def release_claims(self, owner: str, *, now: datetime) -> int:

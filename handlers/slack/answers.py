@@ -13,7 +13,6 @@ from datetime import timedelta
 from typing import Any
 
 from bot.core.clock import Clock
-from bot.core.commands import RequestAccess
 from bot.core.domain import Principal, ReceivedCommand
 from bot.core.errors import StorageError
 from bot.core.ports import ChatNotifier, CommandInbox
@@ -23,7 +22,6 @@ from handlers.slack.notifier import PLATFORM, post_response
 
 Body = dict[str, Any]
 
-COMMAND_LEASE = timedelta(seconds=60)  # how long a command is left to its first handler
 RESPONSE_URL_LIFETIME = timedelta(minutes=30)  # Slack's; after it, answers go by DM
 
 
@@ -40,11 +38,6 @@ def submission_key(view: Body, trigger_id: str) -> str:
     if trigger_id:
         return f"view:{trigger_id}"
     return f"view:{view.get('id')}:{view.get('hash')}"
-
-
-def form_text(command: RequestAccess) -> str:
-    """The request form's answers as the ``/access`` text that parses back to ``command``."""
-    return " ".join(part for part in (command.resource, command.duration or "", command.reason) if part)
 
 
 class Answerer:

@@ -42,14 +42,15 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.adapters.throttling import notify_when_queued
 from bot.core import messages
 from bot.core.clock import Clock, SystemClock
-from bot.core.commands import Command, OpenForm, RequestAccess, RequestAuth, Revoke, parse_command
+from bot.core.command_recovery import COMMAND_LEASE
+from bot.core.commands import Command, OpenForm, RequestAccess, RequestAuth, Revoke, form_text, parse_command
 from bot.core.domain import Principal, ReceivedCommand
 from bot.core.errors import ChatError, UpstreamError, UsageError, UserError
 from bot.core.ports import ChatNotifier, CommandInbox
 from bot.core.router import shown
 from bot.core.secrets import validate_integration_key
 from bot.core.views import Card, RequestForm
-from handlers.slack.answers import COMMAND_LEASE, Answerer, click_key, command_key, form_text, submission_key
+from handlers.slack.answers import Answerer, click_key, command_key, submission_key
 from handlers.slack.blocks import (
     ACTION_PREFIX,
     FORM_CALLBACK_ID,

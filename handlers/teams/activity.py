@@ -12,10 +12,11 @@
   ``remove_mention_text`` builds a regex from the display name unescaped (SDK-NOTES §5), so a name like
   ``a.*`` would delete other text.
 * :attr:`TeamsTurn.dedup_key` (``teams:<conversation id>:<activity id>``) lets the endpoint process a
-  redelivered activity once, through the existing ``SeenStore``.
+  redelivered activity once: a message's key is its command inbox row (:mod:`handlers.teams.recovery`),
+  any other activity's a ``SeenStore`` key.
 
 Wiring (:mod:`handlers.teams.platform`): the endpoint reads the body with ``bot.core.json_limits.loads_bounded``, calls
-:func:`parse_activity`, authenticates, dedupes on ``dedup_key`` and hands ``turn.activity`` to the adapter;
+:func:`parse_activity`, authenticates, records ``dedup_key`` once and hands ``turn.activity`` to the adapter;
 ``on_message_activity`` calls :func:`command_text` then ``parse_command``.
 """
 

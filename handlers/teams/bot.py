@@ -12,6 +12,8 @@ this bot turns it into the same core calls the Slack listeners make (``CommandRo
   Approve/Deny runs as its own task; the invoke is answered with its card when it finishes within
   the budget, else with an interim card, and the core's PUT of every approval message delivers the
   outcome. A late refusal (say, not an approver) is sent to the clicker as a reply.
+* A message's answer, once posted, marks its command inbox row answered (``on_answered``, see
+  :mod:`handlers.teams.recovery`), so only what a crash left is answered again.
 * ``installationUpdate`` (add) and ``conversationUpdate`` (members added) record addresses, so Ackgate
   can message people proactively.
 
@@ -106,9 +108,11 @@ class AckgateTeamsBot(TeamsActivityHandler):  # type: ignore[misc]
         signer: CardSigner | None,
         budget_seconds: float,
         on_error: Callable[[TeamsConnectorError], None] = lambda exc: None,
+        on_answered: Callable[[TeamsTurn], Awaitable[None]] | None = None,
     ) -> None:
         super().__init__()
         self._on_error = on_error
+        self._on_answered = on_answered  # marks the message's inbox row answered
         self._service, self._identity, self._directory = service, identity, directory
         self._connector, self._signer, self._budget = connector, signer, budget_seconds
         self._late: set[asyncio.Task[Answer]] = set()
@@ -122,7 +126,8 @@ class AckgateTeamsBot(TeamsActivityHandler):  # type: ignore[misc]
             answer = await self._click(turn, read_click(turn.value, self._signer), execute=False)
         else:
             answer = await self._message(turn)
-        await self._reply(turn, answer)
+        if await self._reply(turn, answer) and self._on_answered is not None:
+            await self._on_answered(turn)
 
     async def on_invoke_activity(self, turn_context: TurnContext) -> InvokeResponse:
         turn = CURRENT_TURN.get()
@@ -259,7 +264,7 @@ class AckgateTeamsBot(TeamsActivityHandler):  # type: ignore[misc]
 
     # --- answering ---------------------------------------------------------------------------
 
-    async def _reply(self, turn: TeamsTurn, answer: Answer) -> None:
+    async def _reply(self, turn: TeamsTurn, answer: Answer) -> bool:
         try:
             await self._connector.reply(
                 turn.service_url, turn.conversation_id, turn.activity_id, card_activity(answer.card)
@@ -267,6 +272,8 @@ class AckgateTeamsBot(TeamsActivityHandler):  # type: ignore[misc]
         except TeamsConnectorError as exc:
             self._on_error(exc)
             log.warning("Could not answer a Teams %s: %s", turn.kind, exc.message)
+            return False
+        return True
 
 
 def read_click(value: object, signer: CardSigner | None) -> ActionClick | InvalidAction:

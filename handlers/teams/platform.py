@@ -16,10 +16,13 @@ The endpoint, in order, each refusal one log line without the token or the body:
 3. an **invoke** (a card click) is answered in the request: the bot's card, or an interim card when the
    decision takes longer than ``TEAMS_INVOKE_BUDGET_SECONDS`` (the PUT of the approval cards brings the
    outcome);
-4. anything else (a message, an installation or conversation update) is recorded once under its
-   activity id in the store's ``seen`` keys (one insert, shared by replicas, kept 72 hours), answered
-   202 at once, and processed in a task of its own. Teams redelivers what it thinks was lost; the second
-   copy gets 202 and nothing runs.
+4. anything else is recorded once under its activity id (one insert-if-absent, shared by replicas),
+   answered 202 at once, and processed in a task of its own. Teams redelivers what it thinks was lost;
+   the second copy gets 202 and nothing runs. A **message** is owed an answer, so its record is a row
+   of the command inbox (:mod:`handlers.teams.recovery`), marked answered once the reply is posted: a
+   crash between the 202 and the reply leaves it to :class:`~handlers.teams.recovery.TeamsRecovery`,
+   which answers it proactively after the restart. An installation or conversation update only needs
+   its key in the store's ``seen`` keys (kept 72 hours).
 """
 
 from __future__ import annotations
@@ -44,10 +47,11 @@ from bot.runtime.config import Settings
 from handlers.teams.activity import MalformedActivity, TeamsTurn, parse_activity
 from handlers.teams.adapter import authenticated_turn, build_adapter, invoke_body
 from handlers.teams.auth import OpenIdKeys, ServiceUrlPolicy, TeamsAuthenticator, TeamsAuthError
-from handlers.teams.bot import CURRENT_TURN, AckgateTeamsBot
+from handlers.teams.bot import CURRENT_TURN, VERBS, AckgateTeamsBot
 from handlers.teams.cards import CardSigner, invoke_card_response, render_notice
 from handlers.teams.connector import TeamsConnector, TeamsConnectorError, TokenSource
 from handlers.teams.notifier import PLATFORM, TITLE, TeamsDirectory, TeamsIdentity, TeamsNotifier
+from handlers.teams.recovery import PASS_SECONDS, TeamsAnswers, TeamsRecovery, recorded_as
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +80,8 @@ class MessagesEndpoint:
         bot: AckgateTeamsBot,
         adapter: Any,
         seen: SeenStore,
+        answers: TeamsAnswers,
+        signer: CardSigner | None,
         clock: Clock,
         count_activity: Callable[[str], None],
         count_auth_failure: Callable[[str], None],
@@ -83,7 +89,7 @@ class MessagesEndpoint:
     ) -> None:
         self._on_connector_error = on_connector_error
         self._auth, self._tokens, self._bot, self._adapter = auth, tokens, bot, adapter
-        self._seen, self._clock = seen, clock
+        self._seen, self._answers, self._signer, self._clock = seen, answers, signer, clock
         self._count_activity, self._count_auth_failure = count_activity, count_auth_failure
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -119,9 +125,8 @@ class MessagesEndpoint:
         if turn.kind == "invoke":
             return await self._invoke(turn, identity)
         if turn.activity_id:
-            try:
-                first = await self._seen.first_time(turn.dedup_key, at=self._clock.now())
-            except StorageError:
+            first = await self._first_time(turn)
+            if first is None:
                 log.warning("Could not record Teams activity %s; Teams will send it again", turn.activity_id)
                 return web.Response(status=503, text=messages.STORAGE_DOWN)
             if not first:
@@ -131,6 +136,18 @@ class MessagesEndpoint:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return web.Response(status=202)
+
+    async def _first_time(self, turn: TeamsTurn) -> bool | None:
+        """Record the activity once (None: the database did not answer). A message is owed an answer,
+        so it goes to the command inbox, which the recovery pass reads after a crash; anything else
+        (an installation or conversation update) only needs its dedup key."""
+        if turn.kind == "message":
+            kind, text = recorded_as(turn, self._signer, VERBS)
+            return await self._answers.record(self._answers.received(turn, kind, text))
+        try:
+            return await self._seen.first_time(turn.dedup_key, at=self._clock.now())
+        except StorageError:
+            return None
 
     async def _process(self, turn: TeamsTurn, identity: Any) -> Any:
         result = await authenticated_turn(self._adapter, identity, tokens=self._tokens)
@@ -230,15 +247,18 @@ def mount(app: web.Application, settings: Settings, parts: PlatformParts) -> Cha
         signer=signer,
         on_error=connector_error,
     )
-    parts.deliver(PLATFORM, direct)
+    notifier = parts.deliver(PLATFORM, direct)
+    answers = TeamsAnswers(inbox=parts.store.commands, clock=parts.clock, instance=parts.instance)
+    identity = TeamsIdentity(connector, directory=directory)
     bot = AckgateTeamsBot(
         service=parts.router,
-        identity=TeamsIdentity(connector, directory=directory),
+        identity=identity,
         directory=directory,
         connector=connector,
         signer=signer,
         budget_seconds=settings.teams_invoke_budget_seconds,
         on_error=connector_error,
+        on_answered=answers.done,
     )
     adapter = build_adapter(
         app_id=app_id,
@@ -254,6 +274,8 @@ def mount(app: web.Application, settings: Settings, parts: PlatformParts) -> Cha
         bot=bot,
         adapter=adapter,
         seen=parts.store.seen,
+        answers=answers,
+        signer=signer,
         clock=parts.clock,
         count_activity=lambda kind: count("teams_activities", type=kind),
         count_auth_failure=lambda reason: count("teams_auth_failures", reason=reason),
@@ -261,6 +283,19 @@ def mount(app: web.Application, settings: Settings, parts: PlatformParts) -> Cha
     )
     app.router.add_post(PATH, endpoint.handle)
     parts.add_job(every(WARM_SECONDS, parts.clock, _warm(keys, tokens)))
+    recovery = TeamsRecovery(
+        inbox=parts.store.commands,
+        requests=parts.store.requests,
+        service=parts.router,
+        identity=identity,
+        connector=connector,
+        notifier=notifier,
+        signer=signer,
+        clock=parts.clock,
+        instance=parts.instance,
+    )
+    # At start-up (the scheduler's first pass), then every PASS_SECONDS: answer what a crash left.
+    parts.add_job(every(PASS_SECONDS, parts.clock, recovery.run_once))
 
     async def close() -> None:
         await endpoint.drain()

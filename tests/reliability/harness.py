@@ -366,7 +366,16 @@ class Server:
 class Cluster:
     """``replicas`` serve processes on one database, with the fakes around them."""
 
-    def __init__(self, *, fakes: Fakes, database: Database, workdir: Path, replicas: int = 1) -> None:
+    def __init__(
+        self,
+        *,
+        fakes: Fakes,
+        database: Database,
+        workdir: Path,
+        replicas: int = 1,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
+        """``extra_env``: more settings for every process (e.g. Teams', pointed at a simulator)."""
         self.fakes = fakes
         self.database = database
         self.workdir = workdir
@@ -393,6 +402,7 @@ class Cluster:
                 "PYTHONUNBUFFERED": "1",
             }
         )
+        env.update(extra_env or {})
         self.servers = [
             Server(f"r{i + 1}", fakes=fakes, database=database, workdir=workdir, env=env) for i in range(replicas)
         ]
