@@ -277,15 +277,7 @@ class _Listeners:
         await ack()
         if new is False:
             return
-        card = (
-            await self._outcome(self._set_key(user_id, text))
-            if await self._background.turn()
-            else _notice(messages.SLACK_BUSY)
-        )
-        if new is None:
-            await self._answerer.dm(user_id, card)
-        else:
-            await self._answerer.answer(received, card)
+        await self._answer_submission(received, new, lambda: self._outcome(self._set_key(user_id, text)))
 
     async def _set_key(self, user_id: str, text: str) -> Card:
         actor = await self._identity.principal(user_id)
@@ -372,17 +364,20 @@ class _Listeners:
         if new is False:
             self._log.info("Slack sent form submission %s again; it runs once", received.key)
             return
-        card = (
-            await self._outcome(self._execute(user_id, parsed))
-            if await self._background.turn()
-            else _notice(messages.SLACK_BUSY)
-        )
-        if new is None:
-            await self._answerer.dm(user_id, card)
-        else:
-            await self._answerer.answer(received, card)
+        await self._answer_submission(received, new, lambda: self._outcome(self._execute(user_id, parsed)))
 
     # --- shared -----------------------------------------------------------------------------
+
+    async def _answer_submission(
+        self, received: ReceivedCommand, new: bool | None, work: Callable[[], Awaitable[Card]]
+    ) -> None:
+        """Run a recorded form submission in a background turn (or say Ackgate is busy) and answer
+        it: on its response URL when it was recorded, by DM when the inbox could not record it."""
+        card = await work() if await self._background.turn() else _notice(messages.SLACK_BUSY)
+        if new is None:
+            await self._answerer.dm(received.user_id, card)
+        else:
+            await self._answerer.answer(received, card)
 
     async def _outcome(self, work: Awaitable[Card]) -> Card:
         return await outcome(work, self._log)
