@@ -600,8 +600,20 @@ _POST_SENDING = Sql(
     "UPDATE incident_mirror_claims SET sending = TRUE WHERE incident_id = :incident AND claim = :token"
     " RETURNING incident_id"
 )
-# A claim whose chat call began stays: its message may exist (the lease decides, as for a rival).
-_RELEASE_POSTS = Sql(f"DELETE FROM incident_mirror_claims WHERE {OWNED} AND NOT sending RETURNING incident_id")
+_LAPSE_POST = Sql(
+    "UPDATE incident_mirror_claims SET lease_until = :now, sending = FALSE"
+    " WHERE incident_id = :incident AND claim = :token"
+)
+# A restarted owner's claim lapses, and stays as the record that the message is owed; one whose chat
+# call began keeps its lease: its message may exist (the lease decides, as for a rival).
+_RELEASE_POSTS = Sql(
+    "UPDATE incident_mirror_claims SET lease_until = :now"
+    f" WHERE {OWNED} AND NOT sending AND lease_until > :now RETURNING incident_id"
+)
+_LAPSED_POSTS = Sql(
+    "SELECT incident_id FROM incident_mirror_claims WHERE lease_until <= :now"
+    " ORDER BY lease_until, incident_id LIMIT :limit"
+)
 
 
 class Transactions(Role):
@@ -700,9 +712,17 @@ class Mirrors(Role):
         async with self._db.write(f"mark the first message of incident {incident_id} as being sent") as s:
             return await s.row(_POST_SENDING, incident=incident_id, token=token) is not None
 
-    async def release_posts(self, owner: str) -> int:
+    async def lapse_post(self, incident_id: str, *, token: str, now: datetime) -> None:
+        async with self._db.write(f"hand back the first message of incident {incident_id}") as s:
+            await s.execute(_LAPSE_POST, incident=incident_id, token=token, now=now)
+
+    async def release_posts(self, owner: str, *, now: datetime) -> int:
         async with self._db.write(f"release the mirror post claims of {owner}") as s:
-            return len(await s.rows(_RELEASE_POSTS, prefix=claim_prefix(owner)))
+            return len(await s.rows(_RELEASE_POSTS, prefix=claim_prefix(owner), now=now))
+
+    async def lapsed_posts(self, now: datetime, *, limit: int = 100) -> list[str]:
+        async with self._db.read("list the mirror posts owed") as s:
+            return [row["incident_id"] for row in await s.rows(_LAPSED_POSTS, now=now, limit=limit)]
 
 
 # --- delivery keys and acknowledged chat commands --------------------------------------------------

@@ -1,7 +1,9 @@
 """What a killed instance held is finished as soon as it starts again, through the real app: a
 request stored with no approver shown gets its cards, once; a command or a click acknowledged and
-never answered is answered; a webhook event it was processing takes effect; with no waiting for
-leases. A rival replica's claim keeps its lease. Clicks are recorded, so a Slack retry runs once."""
+never answered is answered; a webhook event it was processing takes effect, and an incident's first
+mirror message it held is posted even when a rival applied newer events meanwhile; with no waiting
+for leases. A rival replica's claim keeps its lease, and is taken over once it ends. Clicks are
+recorded, so a Slack retry runs once."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import pytest
 
 from bot.core.clock import FakeClock
 from bot.core.domain import ReceivedCommand, RequestStatus, claim_token
+from bot.core.mirror import POST_CLAIM_LEASE
 from bot.runtime.simulators import slack_requests
 from bot.runtime.simulators.stage import MIRROR_CHANNEL, Stage
 from tests.fakes.incident_world import webhook_body
@@ -48,11 +51,13 @@ class Rig:
         self.tmp_path = tmp_path
         self.clock = FakeClock()
 
-    def stage(self) -> Stage:
+    def stage(self, instance: str = ME, *, run_scheduler: bool = True) -> Stage:
         policy = self.tmp_path / "policy.yaml"
         policy.write_text(POLICY, encoding="utf-8")
-        settings = {"instance_id": ME, "mirror_services": ["PSVC001"]}
-        return Stage(policy_file=policy, workdir=self.tmp_path, clock=self.clock, settings=settings)
+        settings = {"instance_id": instance, "mirror_services": ["PSVC001"]}
+        return Stage(
+            policy_file=policy, workdir=self.tmp_path, clock=self.clock, settings=settings, run_scheduler=run_scheduler
+        )
 
     @property
     def database_url(self) -> str:
@@ -217,3 +222,82 @@ async def test_a_webhook_event_a_kill_left_claimed_takes_effect_at_restart(rig: 
         await until(lambda: len(stage.channel_messages(MIRROR_CHANNEL)) == 1)  # no clock moved: no lease ran out
         mirror = await stage.parts.store.mirrors.get("PKILLED")
         assert mirror is not None
+
+
+async def processed(stage: Stage, event_id: str) -> None:
+    """Until the app has finished the webhook event (it processes after the 202, in the background).
+    A day ahead every lease has lapsed, so ``due`` lists every event not yet done."""
+    for _ in range(500):
+        due = await stage.parts.store.inbox.due(stage.clock.now() + timedelta(days=1))
+        if event_id not in {d.event_id for d in due}:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"webhook event {event_id} was not processed")
+
+
+async def killed_holding_the_first_post(url: str, incident_id: str, *, owner: str, at: datetime, began: bool) -> None:
+    """What a SIGKILL leaves of ``owner`` processing the incident's ``triggered`` event: the event
+    claimed in the inbox, and the incident's first mirror post claimed (its chat call begun or not)."""
+    event_id = f"01{incident_id}T"
+    body = webhook_body("incident.triggered", incident_id=incident_id, at=at, event_id=event_id)
+    token = claim_token(owner)
+    async with opened(url) as before_the_kill:
+        assert await before_the_kill.inbox.add(event_id, event_type="incident.triggered", body=body.decode(), at=at)
+        assert await before_the_kill.inbox.claim(event_id, token=token, now=at, until=at + timedelta(minutes=2))
+        assert await before_the_kill.mirrors.claim_post(incident_id, token=token, now=at, until=at + POST_CLAIM_LEASE)
+        if began:
+            assert await before_the_kill.mirrors.sending(incident_id, token=token)
+
+
+def acknowledged(incident_id: str, at: datetime) -> tuple[bytes, str]:
+    event_id = f"01{incident_id}A"
+    body = webhook_body("incident.acknowledged", incident_id=incident_id, at=at, event_id=event_id, agent="Bob")
+    return body, event_id
+
+
+async def test_a_mirror_post_a_kill_left_claimed_is_made_at_restart_though_a_rival_applied_a_newer_event(
+    rig: Rig, first_run: None
+) -> None:
+    """The rival's newer event lost the first post to the dead claim and finished; at restart the
+    older event the killed instance held is stale and changes nothing, yet the message is posted,
+    once, showing the newer status."""
+    now = rig.clock.now()
+    await killed_holding_the_first_post(rig.database_url, "PSTALE1", owner=ME, at=now, began=False)
+    body, event_id = acknowledged("PSTALE1", now + timedelta(seconds=1))
+    async with rig.stage(RIVAL, run_scheduler=False) as rival:
+        assert await rival.webhook(body) == 202
+        await processed(rival, event_id)
+        assert rival.channel_messages(MIRROR_CHANNEL) == []  # the dead claim's lease still runs
+
+    async with rig.stage() as stage:
+        await until(lambda: len(stage.channel_messages(MIRROR_CHANNEL)) == 1)  # no clock moved: no lease ran out
+        await processed(stage, "01PSTALE1T")
+        await stage.pass_time(10)
+        await asyncio.sleep(0.2)
+        [message] = stage.channel_messages(MIRROR_CHANNEL)
+        assert "Acknowledged by Bob" in message
+
+
+async def test_a_mirror_post_a_dead_rival_began_is_made_here_once_its_lease_ends_and_only_once(
+    rig: Rig, first_run: None
+) -> None:
+    """A rival died in the chat call of an incident's first post, so its message may exist and only
+    the lease ends the claim; the event applied here meanwhile lost the post to it. Once the lease
+    ends, this instance posts the message, once, and the stale event it then takes over adds none."""
+    now = rig.clock.now()
+    await killed_holding_the_first_post(rig.database_url, "PDEAD01", owner=RIVAL, at=now, began=True)
+    body, event_id = acknowledged("PDEAD01", now + timedelta(seconds=1))
+    async with rig.stage() as stage:
+        assert await stage.webhook(body) == 202
+        await processed(stage, event_id)
+        await stage.pass_time(POST_CLAIM_LEASE.total_seconds() - 10)
+        await asyncio.sleep(0.2)
+        assert stage.channel_messages(MIRROR_CHANNEL) == []  # the rival's lease still runs
+        await stage.pass_time(11)
+        await until(lambda: len(stage.channel_messages(MIRROR_CHANNEL)) == 1)
+        for _ in range(3):  # the rival's inbox lease ends too: its stale event is taken over here
+            await stage.pass_time(60)
+        await processed(stage, "01PDEAD01T")
+        await asyncio.sleep(0.2)
+        [message] = stage.channel_messages(MIRROR_CHANNEL)
+        assert "Acknowledged by Bob" in message

@@ -111,14 +111,38 @@ async def test_chat_outbox_claims_of_a_restarted_instance_are_claimable_at_once(
     assert [d.id for d in await store.outbox.due(later)] == ["o-mine"]
 
 
-async def test_mirror_post_claims_of_a_restarted_instance_go_and_a_rivals_stay(store: Store) -> None:
+async def test_mirror_post_claims_of_a_restarted_instance_lapse_and_stay_owed_and_a_rivals_keep_their_lease(
+    store: Store,
+) -> None:
     now = T0
     assert await store.mirrors.claim_post("PMINE", token=claim_token(ME), now=now, until=now + LEASE)
     assert await store.mirrors.claim_post("PRIVAL", token=claim_token(RIVAL), now=now, until=now + LEASE)
-    assert await store.mirrors.release_posts(ME) == 1
+    assert await store.mirrors.lapsed_posts(now) == []
+    assert await store.mirrors.release_posts(ME, now=now) == 1
+    assert await store.mirrors.release_posts(ME, now=now) == 0  # lapsed already
+    assert await store.mirrors.lapsed_posts(now) == ["PMINE"]  # the message is still owed
+    assert await store.mirrors.lapsed_posts(now + LEASE) == ["PMINE", "PRIVAL"]
     later = now + timedelta(seconds=1)
     assert await store.mirrors.claim_post("PMINE", token=claim_token(ME), now=later, until=later + LEASE)
     assert not await store.mirrors.claim_post("PRIVAL", token=claim_token(ME), now=later, until=later + LEASE)
+    assert await store.mirrors.lapsed_posts(later) == []  # taken again
+
+
+async def test_a_mirror_post_claim_is_owed_until_released_and_handed_back_at_once_when_the_post_fails(
+    store: Store,
+) -> None:
+    mine, rival = claim_token(ME), claim_token(RIVAL)
+    assert await store.mirrors.claim_post("PFAIL", token=mine, now=T0, until=T0 + LEASE)
+    assert await store.mirrors.sending("PFAIL", token=mine)
+    await store.mirrors.lapse_post("PFAIL", token=rival, now=T0)  # not the holder: nothing happens
+    assert await store.mirrors.lapsed_posts(T0 + timedelta(seconds=1)) == []
+    await store.mirrors.lapse_post("PFAIL", token=mine, now=T0)
+    assert await store.mirrors.lapsed_posts(T0 + timedelta(seconds=1)) == ["PFAIL"]
+    later = T0 + timedelta(seconds=1)
+    assert await store.mirrors.claim_post("PFAIL", token=rival, now=later, until=later + LEASE)
+    assert await store.mirrors.release_posts(RIVAL, now=later) == 1  # the failed call counts as not begun
+    await store.mirrors.release_post("PFAIL", token=rival)  # posted: nothing owed any more
+    assert await store.mirrors.lapsed_posts(T0 + 2 * LEASE) == []
 
 
 async def pending_unshown(store: Store, at: timedelta) -> list[str]:
@@ -179,12 +203,14 @@ async def test_a_mirror_post_claim_whose_chat_call_began_outlives_its_owners_res
     assert await store.mirrors.claim_post("PIDLE", token=idle, now=now, until=now + LEASE)
     assert not await store.mirrors.sending("PBEGAN", token=claim_token(RIVAL))  # not the holder
     assert await store.mirrors.sending("PBEGAN", token=began)
-    assert await store.mirrors.release_posts(ME) == 1
+    assert await store.mirrors.release_posts(ME, now=now) == 1
     later = now + timedelta(seconds=1)
+    assert await store.mirrors.lapsed_posts(later) == ["PIDLE"]
     assert await store.mirrors.claim_post("PIDLE", token=claim_token(ME), now=later, until=later + LEASE)
     assert not await store.mirrors.claim_post("PBEGAN", token=claim_token(ME), now=later, until=later + LEASE)
-    # Once the lease ends it is taken over as before, and the new holder has not begun.
+    # Once the lease ends it is owed and taken over as before, and the new holder has not begun.
     end = now + LEASE
+    assert await store.mirrors.lapsed_posts(end) == ["PBEGAN"]
     taken = claim_token(ME)
     assert await store.mirrors.claim_post("PBEGAN", token=taken, now=end, until=end + LEASE)
-    assert await store.mirrors.release_posts(ME) == 2
+    assert await store.mirrors.release_posts(ME, now=end) == 2

@@ -1,8 +1,11 @@
 """Mirroring PagerDuty incidents into a chat channel, and ending grants when their incident resolves.
 
 One message per incident, posted the first time (by the one replica holding the incident's claim)
-and updated in place after. Webhook delivery is at-least-once and unordered, so every event goes
-through :func:`bot.core.webhooks.advances` and the store's compare-and-set
+and updated in place after. The claim stays until the message exists, so a first message whose
+claimant died or failed is posted by :meth:`MirrorService.post_missing` once the claim lapses (at
+the claimant's restart, or when its lease ends), whatever became of the events that asked for it.
+Webhook delivery is at-least-once and unordered, so every event goes through
+:func:`bot.core.webhooks.advances` and the store's compare-and-set
 (:meth:`bot.core.ports.MirrorStore.put_if_newer`): a late or repeated event never moves an incident
 backwards and never touches chat twice.
 
@@ -201,8 +204,35 @@ class MirrorService:
             for ref in refs:
                 await notifier.update(ref, card)
         except ChatError as exc:
-            # The stored state is right; the next event or transaction change redraws it.
-            log.warning("could not mirror incident %s into %s: %s", incident_id, self.channel, exc.message)
+            # The stored state is right; the next event or transaction change redraws it (and a
+            # first message not posted is owed under its claim, see post_missing).
+            self._not_mirrored(incident_id, exc)
+
+    def _not_mirrored(self, incident_id: str, exc: ChatError) -> None:
+        log.warning("could not mirror incident %s into %s: %s", incident_id, self.channel, exc.message)
+
+    async def post_missing(self, *, limit: int = INCIDENT_PAGE) -> int:
+        """Post the first messages still owed: those whose claimant died, failed or restarted before
+        the message existed (its claim lapsed). For the scheduler's ``jobs``; returns how many.
+
+        The events of such an incident may all be finished: a rival's lost the claim to the dead
+        holder, and the holder's own, re-run after its restart, may be older than what is stored
+        now and so change nothing. The lapsed claim is the record that the message is owed.
+        """
+        notifier = self.notifiers.get(self.platform)
+        if self.channel is None or notifier is None:
+            return 0  # then nothing is ever claimed (see _render)
+        posted = 0
+        for incident_id in await self.store.mirrors.lapsed_posts(self.clock.now(), limit=limit):
+            async with self._lock(incident_id):
+                try:
+                    if await self._post_first(incident_id, notifier, self.channel):
+                        posted += 1
+                except ChatError as exc:
+                    self._not_mirrored(incident_id, exc)
+        if posted:
+            log.info("posted %d mirror message(s) left unposted by a crash or a failure", posted)
+        return posted
 
     async def _card(self, incident_id: str) -> Card | None:
         mirror = await self.store.mirrors.get(incident_id)
@@ -213,39 +243,49 @@ class MirrorService:
             transaction = await self.store.transactions.get(mirror.transaction_id)
         return mirror_card(mirror, transaction)
 
-    async def _post_first(self, incident_id: str, notifier: ChatNotifier, channel: str) -> None:
+    async def _post_first(self, incident_id: str, notifier: ChatNotifier, channel: str) -> bool:
         """Post the first message, if this replica wins the incident's claim (one message per incident).
 
         A replica that loses the claim does nothing more: it has stored its state already, and the
         claimant draws the newest stored state once its message exists. The claim is released
-        only after the message's ref is stored, so a later claimant finds the ref and updates.
+        only once the message's ref is stored, so a later claimant finds the ref and updates; if
+        this replica dies or fails first, the claim stays and :meth:`post_missing` (here or on a
+        rival) takes it over when its lease ends. True when this call posted the message.
         """
-        token = claim_token(self.access.instance)  # names this instance: a restart drops its dead claims
+        token = claim_token(self.access.instance)  # names this instance: a restart lapses its dead claims
         now = self.clock.now()
         if not await self.store.mirrors.claim_post(incident_id, token=token, now=now, until=now + POST_CLAIM_LEASE):
             log.debug("incident %s: another replica is posting its message", incident_id)
-            return
+            return False
         try:
-            refs = await self.store.messages.refs(subject(incident_id))
-            card = await self._card(incident_id)
-            if card is None:
-                return
-            if refs:  # posted by a claimant that finished between our first look and our claim
+            return await self._post_claimed(incident_id, notifier, channel, token)
+        except ChatError:
+            # The platform did not take it: still owed, to the next event or recovery pass at once.
+            await self.store.mirrors.lapse_post(incident_id, token=token, now=self.clock.now())
+            raise
+
+    async def _post_claimed(self, incident_id: str, notifier: ChatNotifier, channel: str, token: str) -> bool:
+        refs = await self.store.messages.refs(subject(incident_id))
+        card = await self._card(incident_id)
+        if card is None or refs:
+            # Posted by a claimant that finished (or died releasing) since our first look: redraw only.
+            if card is not None:
                 for ref in refs:
                     await notifier.update(ref, card)
-                return
-            # From here a death leaves a message that may exist: the claim then keeps its lease.
-            if not await self.store.mirrors.sending(incident_id, token=token):
-                log.debug("incident %s: lost the claim on its first message", incident_id)
-                return
-            ref = await notifier.send_to_channel(channel, card)
-            await self.store.messages.add(subject(incident_id), ref)
-        finally:
             await self.store.mirrors.release_post(incident_id, token=token)
+            return False
+        # From here a death leaves a message that may exist: the claim then keeps its lease.
+        if not await self.store.mirrors.sending(incident_id, token=token):
+            log.debug("incident %s: lost the claim on its first message", incident_id)
+            return False
+        ref = await notifier.send_to_channel(channel, card)
+        await self.store.messages.add(subject(incident_id), ref)
+        await self.store.mirrors.release_post(incident_id, token=token)
         # A rival may have stored a newer state while we posted, and found no message to update.
         latest = await self._card(incident_id)
         if latest is not None and latest != card:
             await notifier.update(ref, latest)
+        return True
 
     # --- grants bound to their incident ----------------------------------------------------
 

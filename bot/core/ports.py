@@ -375,21 +375,36 @@ class MirrorStore(Protocol):
 
     async def claim_post(self, incident_id: str, *, token: str, now: datetime, until: datetime) -> bool:
         """Claim the right to post the incident's first message: atomic, True for one caller until
-        ``until`` (or :meth:`release_post`); a claim whose lease ended by ``now`` can be taken over."""
+        ``until``; a claim whose lease ended by ``now`` can be taken over. The claim is also the
+        record that the message is owed: it stays until :meth:`release_post`, which its holder
+        calls once the message exists, so a claim whose holder died or failed is found by
+        :meth:`lapsed_posts` when its lease ends."""
         ...
 
     async def release_post(self, incident_id: str, *, token: str) -> None:
-        """Drop the claim, if ``token`` holds it."""
+        """The message exists (or nothing is owed any more): drop the claim, if ``token`` holds it."""
         ...
 
-    async def release_posts(self, owner: str) -> int:
-        """``owner`` restarted: drop the post claims it holds (see :func:`bot.core.domain.claim_token`)
-        whose chat call had not begun (:meth:`sending`); the others keep their lease."""
+    async def lapse_post(self, incident_id: str, *, token: str, now: datetime) -> None:
+        """The holder of ``token`` could not post (the platform refused): the message is still
+        owed, so its claim's lease ends at ``now`` and the chat call counts as not begun."""
+        ...
+
+    async def release_posts(self, owner: str, *, now: datetime) -> int:
+        """``owner`` restarted: the post claims it holds (see :func:`bot.core.domain.claim_token`)
+        whose chat call had not begun (:meth:`sending`) get a lease ended at ``now``, so the next
+        :meth:`lapsed_posts` finds them; the others keep their lease. Returns how many."""
         ...
 
     async def sending(self, incident_id: str, *, token: str) -> bool:
         """The holder of ``token`` is about to call the chat platform: from now on its claim, if it
-        dies, is not dropped at its restart (the message may exist)."""
+        dies, is not ended at its restart (the message may exist), only by its lease."""
+        ...
+
+    async def lapsed_posts(self, now: datetime, *, limit: int = 100) -> list[str]:
+        """Incidents whose first message is owed and whose claim's lease ended by ``now`` (its
+        holder died, failed, or restarted), oldest lease first. The claims are few (one per first
+        message being posted or owed), so this reads a small table."""
         ...
 
 

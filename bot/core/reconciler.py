@@ -66,7 +66,7 @@ class Reconciler:
             "chat command": await self.store.commands.release_claims(owner, now=self.clock.now()),
             "webhook event": await self.store.inbox.release_claims(owner),
             "chat message": await self.store.outbox.release_claims(owner),
-            "mirror post": await self.store.mirrors.release_posts(owner),
+            "mirror post": await self.store.mirrors.release_posts(owner, now=self.clock.now()),
             "approval card": await self.store.messages.release_card_claims(owner, now=self.clock.now()),
         }
         for what, count in others.items():

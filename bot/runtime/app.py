@@ -400,6 +400,8 @@ def build_app(
     # At start-up (the scheduler's first pass) and every few seconds after: events a crash or a
     # failure left in the inbox. Done events are kept as long as PagerDuty may redeliver them.
     scheduler.jobs.append(every(INBOX_RECOVERY_SECONDS, clock, inbox.recover))
+    # Then the first mirror messages a dead or failed claimant left owed (their claim lapsed).
+    scheduler.jobs.append(every(INBOX_RECOVERY_SECONDS, clock, mirror.post_missing))
     scheduler.jobs.append(every(3600, clock, lambda: inbox.prune(kept=SEEN_KEPT)))
     mount_pagerduty_webhooks(
         app,
