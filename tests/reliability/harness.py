@@ -627,8 +627,11 @@ class Client:
             for m in self.slack.messages.get(self.slack.dm_channel(who.user_id), [])
         ]
 
-    def mirror_messages(self) -> list[str]:
-        return [text_of({"blocks": m.blocks, "text": m.text}) for m in self.slack.messages.get(MIRROR_CHANNEL, [])]
+    def mirror_messages(self) -> list[tuple[str, str]]:
+        """The mirror channel's messages as (ts, text)."""
+        return [
+            (m.ts, text_of({"blocks": m.blocks, "text": m.text})) for m in self.slack.messages.get(MIRROR_CHANNEL, [])
+        ]
 
     # --- PagerDuty webhooks -------------------------------------------------------------------
 
