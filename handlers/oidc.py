@@ -20,19 +20,20 @@ import base64
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
 
 import httpx
-from authlib.oauth2.rfc7636 import create_s256_code_challenge
-from authlib.oidc.core import CodeIDToken
-from joserfc import jwt
-from joserfc.errors import InvalidKeyIdError, JoseError
-from joserfc.jwk import KeySet
 from pydantic import SecretStr
 
 from bot.core.clock import Clock
 from bot.core.json_limits import MalformedJson, loads_bounded
+
+if TYPE_CHECKING:
+    from joserfc.jwk import KeySet
+
+# authlib and joserfc are imported on the first sign-in, not at start-up: most deployments
+# configure no provider, and the two are a tenth of the server's import time.
 
 DISCOVERY_PATH = "/.well-known/openid-configuration"
 SCOPES = "openid email"
@@ -137,6 +138,9 @@ class OidcClient:
         return self._metadata
 
     async def _keys(self, *, refresh: bool = False) -> KeySet:
+        from joserfc.errors import JoseError
+        from joserfc.jwk import KeySet
+
         if self._jwks is None or refresh:
             self._jwks = await self._get_json(str((await self.metadata())["jwks_uri"]))
         try:
@@ -146,6 +150,8 @@ class OidcClient:
 
     async def authorize_url(self, attempt: Authorization, *, login_hint: str = "", prompt: str = "") -> str:
         """Where to send the browser: the provider's sign-in with this attempt's state, nonce and PKCE challenge."""
+        from authlib.oauth2.rfc7636 import create_s256_code_challenge
+
         metadata = await self.metadata()
         params = {
             "response_type": "code",
@@ -214,6 +220,10 @@ class OidcClient:
         return self._json(response, what="the token endpoint", failure=SignInFailed)
 
     async def _validated(self, id_token: str, attempt: Authorization, *, access_token: object) -> Mapping[str, Any]:
+        from authlib.oidc.core import CodeIDToken
+        from joserfc import jwt
+        from joserfc.errors import InvalidKeyIdError, JoseError
+
         metadata = await self.metadata()
         offered = metadata.get("id_token_signing_alg_values_supported") or ["RS256"]
         algorithms = [alg for alg in offered if alg in _ASYMMETRIC] or ["RS256"]

@@ -14,10 +14,9 @@ from typing import Protocol, runtime_checkable
 
 from bot.core.errors import ConfigError
 from bot.core.ports import Store
-from storage.postgres import PostgresStore
 from storage.sqlite import SqliteStore
 
-__all__ = ["PostgresStore", "PrunesSeen", "SqliteStore", "open_store"]
+__all__ = ["PrunesSeen", "SqliteStore", "open_store"]
 
 
 @runtime_checkable
@@ -44,6 +43,8 @@ def open_store(url: str) -> Store:
     if scheme == "sqlite" and url.startswith(_SQLITE) and len(url) > len(_SQLITE):
         return SqliteStore(url[len(_SQLITE) :])
     if scheme in ("postgresql", "postgres"):
+        from storage.postgres import PostgresStore  # asyncpg only where PostgreSQL is configured
+
         return PostgresStore(url)
     # Only the scheme is echoed: the rest of the URL may carry a password.
     shown = f"{scheme}://" if sep else "a value without a scheme"

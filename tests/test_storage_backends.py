@@ -12,7 +12,7 @@ import pytest
 
 from bot.core.domain import AuditEvent
 from bot.core.errors import ConfigError, StorageError
-from storage import PostgresStore, SqliteStore, migrations, open_store, roles
+from storage import SqliteStore, migrations, open_store, roles
 from storage import sqlite as sq
 from storage.codec import (
     GRANT_COLUMNS,
@@ -24,6 +24,7 @@ from storage.codec import (
     iso,
     status_rank,
 )
+from storage.postgres import PostgresStore
 from storage.sql import POSTGRES, SQLITE, Sql
 from tests.fakes.storage_fixtures import (
     T0,

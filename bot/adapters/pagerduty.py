@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
@@ -69,7 +70,8 @@ class PagerDutyClient:
     """Implements :class:`bot.core.ports.PagerDutyDirectory`, plus :meth:`add_note`.
 
     ``monotonic`` and ``sleep`` drive deadlines, backoff, the cache and the limiter, so tests can
-    move time by hand. ``on_call`` observes every HTTP attempt (for Prometheus).
+    move time by hand. ``on_call`` observes every HTTP attempt (for Prometheus). ``verify`` is
+    httpx's: a TLS context shared with other clients saves reading the CA bundle again.
     """
 
     def __init__(
@@ -81,6 +83,7 @@ class PagerDutyClient:
         timeout: float = 4.0,
         deadline: float = 5.0,
         transport: httpx.AsyncBaseTransport | None = None,
+        verify: ssl.SSLContext | bool = True,
         monotonic: Monotonic = time.monotonic,
         sleep: Sleep = asyncio.sleep,
         cache_ttl: float = 30.0,
@@ -121,6 +124,7 @@ class PagerDutyClient:
             headers={"Accept": ACCEPT, "Authorization": f"Token token={secret}"},
             timeout=timeout,
             transport=transport,
+            verify=verify,
             follow_redirects=False,
             limits=httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_CONNECTIONS),
         )
