@@ -52,7 +52,8 @@ from storage.codec import (
     transaction_missing,
     transaction_taken,
 )
-from storage.sql import Database, Duplicate, Session, Sql
+from storage.group_commit import GroupCommit
+from storage.sql import Database, Dialect, Duplicate, Session, Sql
 from storage.sweeps import BEGIN_EXPIRY, FINISH_REVOKES, INCIDENTS_OF_ACTIVE, STRANDED_PENDING
 
 
@@ -731,8 +732,31 @@ _FIRST_TIME = Sql("INSERT INTO webhook_seen (key, at) VALUES (:key, :at) ON CONF
 _PRUNE_SEEN = Sql("DELETE FROM webhook_seen WHERE at < :before RETURNING key")
 # ON CONFLICT DO NOTHING: a concurrent insert of the same key waits for the first to commit, then
 # inserts nothing, so exactly one of two replicas gets the row back.
-_RECORD_COMMAND = Sql.insert("slack_commands", COMMAND_COLUMNS, suffix="ON CONFLICT (key) DO NOTHING RETURNING key")
-_ANSWERED = Sql("UPDATE slack_commands SET answered_at = :at WHERE key = :key AND answered_at IS NULL RETURNING key")
+_ANSWERED = Sql(
+    "UPDATE slack_commands SET answered_at = :at WHERE key {in_list:keys} AND answered_at IS NULL RETURNING key"
+)
+
+
+_RECORD_TEXTS: dict[tuple[str, int], str] = {}
+
+
+def _record_commands(dialect: Dialect, count: int) -> str:
+    """One INSERT of ``count`` commands (positional values, row after row); a key already stored
+    inserts nothing and returns nothing."""
+    done = _RECORD_TEXTS.get((dialect.name, count))
+    if done is not None:
+        return done
+    width = len(COMMAND_COLUMNS)
+    rows = ", ".join(
+        "(" + ", ".join(dialect.mark(row * width + column) for column in range(1, width + 1)) + ")"
+        for row in range(count)
+    )
+    columns = ", ".join(COMMAND_COLUMNS)
+    text = f"INSERT INTO slack_commands ({columns}) VALUES {rows} ON CONFLICT (key) DO NOTHING RETURNING key"
+    _RECORD_TEXTS[(dialect.name, count)] = text
+    return text
+
+
 # PostgreSQL's SKIP LOCKED: a rival replica's pass skips the rows this one is taking; the outer WHERE
 # re-checks the lease after any wait, so a row is never taken twice for one lease. (SQLite: one writer.)
 _CLAIM_UNANSWERED = (
@@ -764,15 +788,44 @@ class Seen(Role):
 
 
 class Commands(Role):
-    """Acknowledged chat commands, as rows of ``slack_commands``."""
+    """Acknowledged chat commands, as rows of ``slack_commands``.
+
+    Recording and marking answered are group-committed (:class:`storage.group_commit.GroupCommit`):
+    the commands that arrive together are written by one statement, so acknowledgements at hundreds
+    a second do not queue one commit each behind one another."""
+
+    def __init__(self, db: Database) -> None:
+        super().__init__(db)
+        self._records = GroupCommit(lambda: db.write("record chat commands", urgent=True), self._record_all)
+        self._answers = GroupCommit(lambda: db.write("mark chat commands answered"), self._answer_all)
 
     async def record(self, command: ReceivedCommand) -> bool:
-        async with self._db.write("record a chat command", urgent=True) as s:  # an ack waits for it
-            return await s.row(_RECORD_COMMAND, *self._codec.command_values(command)) is not None
+        return await self._records.submit(command)  # an ack waits for it
+
+    async def _record_all(self, s: Session, commands: Sequence[ReceivedCommand]) -> list[bool]:
+        rows = await s.rows(_record_commands(self._db.dialect, len(commands)), *self._command_values(commands))
+        inserted = {row["key"] for row in rows}
+        results: list[bool] = []
+        for command in commands:  # the same key twice in one batch: only its first is new
+            results.append(command.key in inserted)
+            inserted.discard(command.key)
+        return results
+
+    def _command_values(self, commands: Sequence[ReceivedCommand]) -> list[object]:
+        return [value for command in commands for value in self._codec.command_values(command)]
 
     async def answered(self, key: str, *, at: datetime) -> bool:
-        async with self._db.write("mark a chat command answered") as s:
-            return await s.row(_ANSWERED, at=at, key=key) is not None
+        return await self._answers.submit((key, at))
+
+    async def _answer_all(self, s: Session, answers: Sequence[tuple[str, datetime]]) -> list[bool]:
+        at = max(when for _, when in answers)
+        rows = await s.rows(_ANSWERED, at=at, keys=[key for key, _ in answers])
+        marked = {row["key"] for row in rows}
+        results: list[bool] = []
+        for key, _ in answers:
+            results.append(key in marked)
+            marked.discard(key)
+        return results
 
     async def claim_unanswered(
         self,

@@ -131,3 +131,21 @@ async def test_a_take_over_by_kind_takes_only_that_platforms_commands(store: Sto
     )
     assert [c.key for c in slack] == ["command:slack"]
     assert await claim(store, LEASE) == []  # both taken for the new lease
+
+
+async def test_a_burst_of_distinct_commands_is_each_recorded_once_and_each_answered_once(store: Store) -> None:
+    """Group commit: commands arriving together share one statement, and each caller still learns
+    about its own row (a new key True, a repeated one False)."""
+    keys = [f"command:burst-{n}" for n in range(150)]
+    first = await asyncio.gather(*(store.commands.record(command(key)) for key in keys))
+    assert first == [True] * len(keys)
+    again = await asyncio.gather(*(store.commands.record(command(key)) for key in keys[::3]))
+    assert again == [False] * len(keys[::3])
+    answered = await asyncio.gather(*(store.commands.answered(key, at=T0) for key in [*keys[:10], keys[0]]))
+    assert answered == [True] * 10 + [False]  # keys[0] twice: its first mark counts, the second does not
+    assert await store.commands.answered("command:never-recorded", at=T0) is False
+    at = T0 + LEASE + timedelta(seconds=1)
+    unanswered = await store.commands.claim_unanswered(
+        at, lease_until=at + LEASE, received_after=LONG_AGO, max_attempts=3, limit=500
+    )
+    assert sorted(c.key for c in unanswered) == sorted(keys[10:])
