@@ -14,10 +14,12 @@ signed request is acknowledged and not run again. The row is marked answered whe
 posted; :class:`handlers.slack.recovery.SlackRecovery` answers what a crash left.
 
 Every listener acknowledges first and only then talks to Slack or PagerDuty, so Slack's 3-second
-deadline never depends on either. What a listener does after its ack waits for one of a bounded
-number of background turns (:class:`Background`), so a backlog of slow work queues instead of
-crowding the event loop that answers acks; a turn not had within :data:`TURN_WAIT` is answered
-with :data:`bot.core.messages.SLACK_BUSY` (and the row marked answered), well inside the command's lease.
+deadline never depends on either. What a listener does after its ack is handed to one of a bounded
+number of background turns (:class:`Background`); a backlog waits as data, not as coroutines, so
+slow work queues instead of crowding the event loop that answers acks. A job that gets no turn
+within :data:`TURN_WAIT` is answered with :data:`bot.core.messages.SLACK_BUSY` (and the row marked
+answered), well inside the command's lease. A request that could not even be recorded within
+:data:`ACK_BUDGET` is answered "busy" at once instead of failing past Slack's deadline.
 Users see ``UserError``/``UpstreamError`` messages; anything unexpected becomes the generic
 sentence and a logged traceback.
 """
@@ -25,11 +27,12 @@ sentence and a logged traceback.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import re
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
-from contextvars import ContextVar
 from dataclasses import replace
 from typing import Any, Protocol
 
@@ -80,56 +83,117 @@ _log = logging.getLogger(__name__)
 Body = dict[str, Any]
 
 MAX_BODY_BYTES = 512 * 1024  # Slack's largest interaction payloads are well under this
-ACK_WAIT = 3.0  # Slack gives up after 3 s; a listener that has not acked by then never will in time
+ACK_BUDGET = 2.5  # Slack gives up after 3 s: past this, "busy" is answered instead of waiting on
 BACKGROUND_TURNS = 128  # listeners working after their ack at once, per process
-TURN_WAIT = 20.0  # seconds a listener waits for a turn before answering "busy" (the lease is 60 s)
+TURN_WAIT = 20.0  # seconds a job waits for a turn before answering "busy" (the lease is 60 s)
+BACKLOG = 5000  # jobs waiting for a turn, per process, beyond which "busy" is answered at once
+TICK = 1.0  # how often the backlog is checked for jobs that waited too long
+
+
+Job = Callable[[], Awaitable[None]]
 
 
 class Background:
-    """The bounded turns of work done after an ack.
+    """The bounded turns of work done after an ack, and the backlog waiting for one.
 
-    A listener calls :meth:`turn` after acking; the dispatcher releases the turn when the listener
-    ends. Waiting is in a semaphore's queue (no busy task), so a backlog costs memory, not the loop."""
+    A listener acks, hands its work to :meth:`submit` and returns. At most ``turns`` jobs run at
+    once, each in a task of its own (in the context of the request that submitted it, so a graceful
+    stop waits for it); the others wait in a first-in-first-out backlog as plain data, a job and its
+    "busy" answer, rather than as suspended coroutines with a timer each: a backlog of thousands
+    then costs the garbage collector (whose full passes walk every live object) little. A job that
+    waited longer than ``wait`` seconds, or that finds ``backlog`` jobs already waiting, is given its
+    busy answer instead. Jobs still waiting at a stop are left to the recovery pass, which finds
+    their commands unanswered."""
 
-    def __init__(self, turns: int = BACKGROUND_TURNS, *, wait: float = TURN_WAIT) -> None:
-        self._slots = asyncio.Semaphore(turns)
+    def __init__(
+        self,
+        turns: int = BACKGROUND_TURNS,
+        *,
+        wait: float = TURN_WAIT,
+        backlog: int = BACKLOG,
+        now: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._free = turns
         self._wait = wait
-        self._held: ContextVar[bool] = ContextVar("ackgate_background_turn", default=False)
+        self._backlog = backlog
+        self._now = now
+        self._queue: deque[tuple[float, Job, Job, contextvars.Context]] = deque()
+        self._ticking: asyncio.TimerHandle | None = None
 
-    async def turn(self) -> bool:
-        """Wait for a turn; False if none came within the wait (the caller answers "busy")."""
-        if self._held.get():
-            return True
-        try:
-            async with asyncio.timeout(self._wait):
-                await self._slots.acquire()
-        except TimeoutError:
-            return False
-        self._held.set(True)
-        return True
+    def __len__(self) -> int:
+        """Jobs waiting for a turn."""
+        return len(self._queue)
 
-    def release(self) -> None:
-        """Called by the dispatcher in the listener's own task, when the listener has ended."""
-        if self._held.get():
-            self._held.set(False)
-            self._slots.release()
+    def submit(self, job: Job, busy: Job) -> None:
+        """Run ``job`` in a turn when one is free; ``busy`` instead when none comes in time."""
+        if self._free > 0:
+            self._free -= 1
+            self._start(job, turn=True)
+        elif len(self._queue) >= self._backlog:
+            self._start(busy, turn=False)
+        else:
+            self._queue.append((self._now(), job, busy, contextvars.copy_context()))
+            if self._ticking is None:
+                self._ticking = asyncio.get_running_loop().call_later(TICK, self._tick)
+
+    def _start(self, job: Job, *, turn: bool, context: contextvars.Context | None = None) -> None:
+        task = asyncio.get_running_loop().create_task(_guarded(job), context=context)
+        if turn:
+            task.add_done_callback(self._finished)
+
+    def _finished(self, _: object) -> None:
+        self._free += 1
+        self._expire()
+        while self._free > 0 and self._queue:
+            _, job, _, context = self._queue.popleft()
+            self._free -= 1
+            self._start(job, turn=True, context=context)
+
+    def _expire(self) -> None:
+        oldest = self._now() - self._wait
+        while self._queue and self._queue[0][0] <= oldest:
+            _, _, busy, context = self._queue.popleft()
+            self._start(busy, turn=False, context=context)
+
+    def _tick(self) -> None:
+        self._ticking = None
+        self._expire()
+        if self._queue:
+            self._ticking = asyncio.get_running_loop().call_later(TICK, self._tick)
+
+
+async def _guarded(job: Job) -> None:
+    try:
+        await job()
+    except Exception:
+        _log.exception("A Slack listener failed after its acknowledgement")
 
 
 class Ack:
     """What a listener calls to acknowledge: bolt's ``AsyncAck`` bodies, and the future the
-    waiting request is woken by."""
+    waiting request is woken by. ``late`` once the request gave up waiting (:data:`ACK_BUDGET`):
+    Slack has been answered "busy" by then, so the listener must not start the work."""
 
     def __init__(self) -> None:
         self._bolt = AsyncAck()  # type: ignore[no-untyped-call]
         self.acked: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.late = False
 
     @property
     def response(self) -> Any:
         return self._bolt.response
 
     async def __call__(self, **fields: Any) -> None:
+        if self.late:
+            return
         await self._bolt(**fields)
         if not self.acked.done():
+            self.acked.set_result(None)
+
+    def expire(self) -> None:
+        """The budget for the ack is spent: wake the request, which answers "busy"."""
+        if not self.acked.done():
+            self.late = True
             self.acked.set_result(None)
 
     def ended(self, _: object) -> None:
@@ -232,6 +296,9 @@ class _Listeners:
             return
         if isinstance(parsed, OpenForm):
             await ack()
+            if ack.late:  # Slack was answered "busy" and the trigger id is spent
+                await self._answerer.done(received.key)
+                return
             await self._open_form(client, trigger_id=trigger_id, user_id=user_id)
             await self._answerer.done(received.key)  # the form is the answer (or the DM saying it failed)
             return
@@ -241,18 +308,23 @@ class _Listeners:
             await ack(text=messages.AUTH_SENDING, response_type="ephemeral")
         else:
             await ack()
-        if not await self._background.turn():
+        replace_original = isinstance(parsed, RequestAccess | RequestAuth)
+
+        async def work() -> None:
+            if isinstance(parsed, RequestAccess):
+                # A wait in PagerDuty's queue (its request budget) is told on the response_url, replacing "Checking…".
+                notify_when_queued(lambda: self._answerer.post_soon(received.response_url, messages.PAGERDUTY_QUEUED))
+            card = await self._outcome(self._execute(user_id, parsed))
+            if any(action.kind == OPEN_KEY_FORM for action in card.actions):
+                await self._open_key_form(client, trigger_id=trigger_id, user_id=user_id)
+                await self._answerer.done(received.key)
+                return
+            await self._answerer.answer(received, card, replace_original=replace_original)
+
+        async def busy() -> None:
             await self._answerer.answer(received, _notice(messages.SLACK_BUSY), replace_original=True)
-            return
-        if isinstance(parsed, RequestAccess):
-            # A wait in PagerDuty's queue (its request budget) is told on the response_url, replacing "Checking…".
-            notify_when_queued(lambda: self._answerer.post_soon(received.response_url, messages.PAGERDUTY_QUEUED))
-        card = await self._outcome(self._execute(user_id, parsed))
-        if any(action.kind == OPEN_KEY_FORM for action in card.actions):
-            await self._open_key_form(client, trigger_id=trigger_id, user_id=user_id)
-            await self._answerer.done(received.key)
-            return
-        await self._answerer.answer(received, card, replace_original=isinstance(parsed, RequestAccess | RequestAuth))
+
+        self._hand_over(ack, work, busy)
 
     async def _open_key_form(self, client: AsyncWebClient, *, trigger_id: str, user_id: str) -> None:
         try:
@@ -277,7 +349,7 @@ class _Listeners:
         await ack()
         if new is False:
             return
-        await self._answer_submission(received, new, lambda: self._outcome(self._set_key(user_id, text)))
+        self._answer_submission(ack, received, new, lambda: self._outcome(self._set_key(user_id, text)))
 
     async def _set_key(self, user_id: str, text: str) -> Card:
         actor = await self._identity.principal(user_id)
@@ -335,18 +407,20 @@ class _Listeners:
         if new is False:
             self._log.info("Slack sent click %s again (a retry or a replay); it runs once", received.key)
             return
-        card = (
-            await click(self._service, self._identity, user_id, kind, target, self._log)
-            if await self._background.turn()
-            else _notice(messages.SLACK_BUSY)
-        )
-        if new:
-            await self._answerer.answer(received, card)
-            return
-        # Ephemeral, beside the shared message: the core updates that one for everyone.
-        message = {**render_card(card), "response_type": "ephemeral", "replace_original": False}
-        if not url or not await self._answerer.post(url, message):
-            await self._answerer.dm(user_id, card)
+
+        async def deliver(card: Card) -> None:
+            if new:
+                await self._answerer.answer(received, card)
+                return
+            # Ephemeral, beside the shared message: the core updates that one for everyone.
+            message = {**render_card(card), "response_type": "ephemeral", "replace_original": False}
+            if not url or not await self._answerer.post(url, message):
+                await self._answerer.dm(user_id, card)
+
+        async def work() -> None:
+            await deliver(await click(self._service, self._identity, user_id, kind, target, self._log))
+
+        self._hand_over(ack, work, lambda: deliver(_notice(messages.SLACK_BUSY)))
 
     # --- the request form -------------------------------------------------------------------
 
@@ -364,20 +438,31 @@ class _Listeners:
         if new is False:
             self._log.info("Slack sent form submission %s again; it runs once", received.key)
             return
-        await self._answer_submission(received, new, lambda: self._outcome(self._execute(user_id, parsed)))
+        self._answer_submission(ack, received, new, lambda: self._outcome(self._execute(user_id, parsed)))
 
     # --- shared -----------------------------------------------------------------------------
 
-    async def _answer_submission(
-        self, received: ReceivedCommand, new: bool | None, work: Callable[[], Awaitable[Card]]
+    def _answer_submission(
+        self, ack: Ack, received: ReceivedCommand, new: bool | None, work: Callable[[], Awaitable[Card]]
     ) -> None:
         """Run a recorded form submission in a background turn (or say Ackgate is busy) and answer
         it: on its response URL when it was recorded, by DM when the inbox could not record it."""
-        card = await work() if await self._background.turn() else _notice(messages.SLACK_BUSY)
-        if new is None:
-            await self._answerer.dm(received.user_id, card)
-        else:
-            await self._answerer.answer(received, card)
+
+        async def deliver(card: Card) -> None:
+            if new is None:
+                await self._answerer.dm(received.user_id, card)
+            else:
+                await self._answerer.answer(received, card)
+
+        async def run() -> None:
+            await deliver(await work())
+
+        self._hand_over(ack, run, lambda: deliver(_notice(messages.SLACK_BUSY)))
+
+    def _hand_over(self, ack: Ack, work: Job, busy: Job) -> None:
+        """After the ack, the work goes to a background turn; when the ack came too late for Slack
+        (which was answered "busy"), only the busy answer, which also marks the command answered."""
+        self._background.submit(busy if ack.late else work, busy)
 
     async def _outcome(self, work: Awaitable[Card]) -> Card:
         return await outcome(work, self._log)
@@ -414,21 +499,26 @@ async def outcome(work: Awaitable[Card], log: logging.Logger) -> Card:
 class SlackApp:
     """The listeners behind ``/slack/events``, with the dispatch :func:`mount_slack` calls."""
 
-    def __init__(self, listeners: _Listeners, *, client: AsyncWebClient, background: Background) -> None:
+    def __init__(self, listeners: _Listeners, *, client: AsyncWebClient) -> None:
         self._listeners = listeners
         self._client = client
-        self._background = background
 
     async def dispatch(self, inbound: Inbound, body: Body) -> web.Response:
         """Run the listener for ``inbound`` in a task of its own and answer as soon as it acks."""
         ack = Ack()
-        task = asyncio.get_running_loop().create_task(self._run(inbound, body, ack))
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(self._run(inbound, body, ack))
         task.add_done_callback(ack.ended)
+        budget = loop.call_later(ACK_BUDGET, ack.expire)
         try:
-            async with asyncio.timeout(ACK_WAIT):
-                await ack.acked
-        except TimeoutError:
-            _log.error("A Slack listener did not acknowledge within %g s", ACK_WAIT)
+            await ack.acked
+        finally:
+            budget.cancel()
+        if ack.late:
+            # Too busy to record the request in time: a clear "try again" well inside Slack's 3 s,
+            # rather than Slack's own "dispatch_failed". The listener, when it gets there, does nothing.
+            _log.warning("A Slack %s was not acknowledged within %g s; answered busy", _kind(inbound), ACK_BUDGET)
+            return _busy(inbound)
         if ack.response is None:
             return web.Response(status=500, text=messages.GENERIC_FAILURE)
         return await to_aiohttp_response(ack.response)
@@ -446,8 +536,6 @@ class SlackApp:
                 await listeners.submission(ack, body, body["view"])
         except Exception as exc:
             listeners.unexpected(exc, body)
-        finally:
-            self._background.release()
 
 
 def build_slack_app(
@@ -489,7 +577,7 @@ def build_slack_app(
         background=background,
         instance=instance,
     )
-    return SlackApp(listeners, client=client, background=background)
+    return SlackApp(listeners, client=client)
 
 
 def mount_slack(
@@ -542,6 +630,18 @@ def mount_slack(
             return web.Response(status=500, text=messages.GENERIC_FAILURE)
 
     web_app.router.add_post(path, slack_events)
+
+
+def _kind(inbound: Inbound) -> str:
+    return getattr(inbound, "type", "command")
+
+
+def _busy(inbound: Inbound) -> web.Response:
+    """Slack's answer when Ackgate could not take the request in time: the sentence for a slash
+    command; an empty 200 for an interaction (the busy note follows on its response URL or by DM)."""
+    if isinstance(inbound, SlashCommand):
+        return web.json_response({"response_type": "ephemeral", "text": messages.SLACK_BUSY})
+    return web.Response(status=200)
 
 
 def handled(inbound: Inbound) -> bool:

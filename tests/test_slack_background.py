@@ -1,0 +1,200 @@
+"""The work Slack listeners do after their ack (handlers.slack.app.Background): bounded turns, a
+backlog kept as data and served first in first out, "busy" for what waited too long or found the
+backlog full; and a request that cannot even be recorded in time is answered "busy" inside
+Slack's deadline instead of failing, and its work is never started."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import json
+import logging
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from pydantic import SecretStr
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot.core import messages
+from bot.core.domain import ReceivedCommand
+from bot.core.ports import Store
+from bot.runtime.simulators.slack import SlackSimulator
+from handlers.slack import app as slack_app_module
+from handlers.slack.app import Background, build_slack_app, mount_slack
+from handlers.slack.notifier import SlackIdentity, SlackNotifier
+from tests.fakes import storage_fixtures
+from tests.test_slack_handler import ALICE, SECRET, FakeAccess, Rig, _typed
+
+memory_store = storage_fixtures.memory_store
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def recorder(log: list[str], name: str, gate: asyncio.Event | None = None):  # type: ignore[no-untyped-def]
+    async def job() -> None:
+        log.append(f"start {name}")
+        if gate is not None:
+            await gate.wait()
+        log.append(f"end {name}")
+
+    return job
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_at_most_the_turns_run_at_once_and_the_backlog_is_served_in_arrival_order() -> None:
+    background = Background(2, wait=60, backlog=100)
+    log: list[str] = []
+    gate = asyncio.Event()
+    for n in range(5):
+        background.submit(recorder(log, str(n), gate), recorder(log, f"busy {n}"))
+    await settle()
+    assert log == ["start 0", "start 1"] and len(background) == 3
+    gate.set()
+    for _ in range(20):
+        await settle()
+    assert [entry for entry in log if entry.startswith("start")] == [f"start {n}" for n in range(5)]
+    assert not any("busy" in entry for entry in log) and len(background) == 0
+
+
+async def test_a_job_that_waited_past_the_wait_gets_its_busy_answer_and_never_runs() -> None:
+    clock = Clock()
+    background = Background(1, wait=20, backlog=100, now=clock)
+    log: list[str] = []
+    gate = asyncio.Event()
+    background.submit(recorder(log, "long", gate), recorder(log, "busy long"))
+    background.submit(recorder(log, "old"), recorder(log, "busy old"))
+    await settle()
+    clock.t += 21
+    background._tick()  # what the backlog's timer does every second
+    await settle()
+    assert "start busy old" in log and "start old" not in log
+    gate.set()
+    await settle()
+    assert "start old" not in log
+
+
+async def test_a_full_backlog_answers_busy_at_once() -> None:
+    background = Background(1, wait=60, backlog=2)
+    log: list[str] = []
+    gate = asyncio.Event()
+    for n in range(4):
+        background.submit(recorder(log, str(n), gate), recorder(log, f"busy {n}"))
+    await settle()
+    assert "start busy 3" in log and len(background) == 2
+    gate.set()
+    for _ in range(10):
+        await settle()
+
+
+async def test_a_failing_job_is_logged_and_frees_its_turn(caplog: pytest.LogCaptureFixture) -> None:
+    background = Background(1, wait=60, backlog=10)
+    log: list[str] = []
+
+    async def broken() -> None:
+        raise RuntimeError("defect")
+
+    background.submit(broken, recorder(log, "busy"))
+    background.submit(recorder(log, "next"), recorder(log, "busy next"))
+    with caplog.at_level(logging.ERROR):
+        for _ in range(10):
+            await settle()
+    assert "end next" in log
+    assert "failed after its acknowledgement" in caplog.text
+
+
+async def test_a_queued_job_runs_in_the_context_of_the_request_that_submitted_it() -> None:
+    background = Background(1, wait=60, backlog=10)
+    who: contextvars.ContextVar[str] = contextvars.ContextVar("who", default="nobody")
+    seen: list[str] = []
+    gate = asyncio.Event()
+
+    async def first() -> None:
+        await gate.wait()
+
+    async def second() -> None:
+        seen.append(who.get())
+
+    background.submit(first, first)
+    token = who.set("alice")
+    background.submit(second, second)
+    who.reset(token)
+    gate.set()
+    for _ in range(10):
+        await settle()
+    assert seen == ["alice"]
+
+
+class SlowInbox:
+    """The store's command inbox, with records that wait for ``gate``."""
+
+    def __init__(self, store: Store) -> None:
+        self.inner = store.commands
+        self.gate = asyncio.Event()
+
+    async def record(self, command: ReceivedCommand) -> bool:
+        await self.gate.wait()
+        return await self.inner.record(command)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+
+@pytest.fixture
+async def slow_rig(memory_store: Store, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[Rig, SlowInbox]]:
+    monkeypatch.setattr(slack_app_module, "ACK_BUDGET", 0.3)
+    async with SlackSimulator() as slack:
+        slack.add_user(ALICE, "alice@example.com", "Alice Liddell")
+        client = AsyncWebClient(token=slack.token, base_url=slack.base_url)
+        service = FakeAccess(slack)
+        inbox = SlowInbox(memory_store)
+        built = build_slack_app(
+            client=client,
+            service=_typed(service),
+            identity=SlackIdentity(client),
+            inbox=inbox,  # type: ignore[arg-type]
+            notifier=SlackNotifier(client),
+        )
+        web_app = web.Application()
+        mount_slack(web_app, slack_app=built, signing_secret=SecretStr(SECRET))
+        async with TestServer(web_app, host="127.0.0.1") as server, aiohttp.ClientSession() as session:
+            yield Rig(slack, service, str(server.make_url("/slack/events")), session), inbox
+
+
+async def test_a_request_not_recorded_within_the_budget_is_answered_busy_and_its_work_never_starts(
+    slow_rig: tuple[Rig, SlowInbox], memory_store: Store
+) -> None:
+    rig, inbox = slow_rig
+    started = asyncio.get_running_loop().time()
+    status, ack, token = await rig.command("prod-db 2h fixing replication lag", trigger_id="late.1")
+    assert asyncio.get_running_loop().time() - started < 2.0
+    assert status == 200
+    assert json.loads(ack) == {"response_type": "ephemeral", "text": messages.SLACK_BUSY}
+    inbox.gate.set()  # the record completes late: the listener must not start the work
+    (answer,) = await rig.answers(token)
+    assert messages.SLACK_BUSY in json.dumps(answer)
+    assert rig.service.executed == []
+    # ...and the row is marked answered, so no recovery pass runs it later either
+    far = datetime.now(UTC) + timedelta(hours=1)
+    for _ in range(100):
+        left = await memory_store.commands.claim_unanswered(
+            far, lease_until=far, received_after=far - timedelta(days=1), max_attempts=10_000
+        )
+        if not left:
+            break
+        await asyncio.sleep(0.02)
+    assert left == []
+    assert rig.service.executed == []
