@@ -6,7 +6,6 @@ Slack's deadline instead of failing, and its work is never started."""
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -116,26 +115,30 @@ async def test_a_failing_job_is_logged_and_frees_its_turn(caplog: pytest.LogCapt
     assert "failed after its acknowledgement" in caplog.text
 
 
-async def test_a_queued_job_runs_in_the_context_of_the_request_that_submitted_it() -> None:
-    background = Background(1, wait=60, backlog=10)
-    who: contextvars.ContextVar[str] = contextvars.ContextVar("who", default="nobody")
-    seen: list[str] = []
+async def test_a_job_is_given_its_arguments_and_its_busy_answer_the_same_ones() -> None:
+    clock = Clock()
+    background = Background(1, wait=5, backlog=10, now=clock)
+    calls: list[tuple[str, tuple[object, ...]]] = []
     gate = asyncio.Event()
 
-    async def first() -> None:
+    async def hold(*args: object) -> None:
         await gate.wait()
 
-    async def second() -> None:
-        seen.append(who.get())
+    async def work(*args: object) -> None:
+        calls.append(("work", args))
 
-    background.submit(first, first)
-    token = who.set("alice")
-    background.submit(second, second)
-    who.reset(token)
+    async def busy(*args: object) -> None:
+        calls.append(("busy", args))
+
+    background.submit(hold, busy)
+    background.submit(work, busy, "first", 1)
+    background.submit(work, busy, "second", 2)
+    clock.t += 6
+    background._tick()
+    await settle()
+    assert calls == [("busy", ("first", 1)), ("busy", ("second", 2))]
     gate.set()
-    for _ in range(10):
-        await settle()
-    assert seen == ["alice"]
+    await settle()
 
 
 class SlowInbox:

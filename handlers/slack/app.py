@@ -27,7 +27,6 @@ sentence and a logged traceback.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import logging
 import re
 import time
@@ -90,20 +89,21 @@ BACKLOG = 5000  # jobs waiting for a turn, per process, beyond which "busy" is a
 TICK = 1.0  # how often the backlog is checked for jobs that waited too long
 
 
-Job = Callable[[], Awaitable[None]]
+Job = Callable[..., Awaitable[None]]
 
 
 class Background:
     """The bounded turns of work done after an ack, and the backlog waiting for one.
 
     A listener acks, hands its work to :meth:`submit` and returns. At most ``turns`` jobs run at
-    once, each in a task of its own (in the context of the request that submitted it, so a graceful
-    stop waits for it); the others wait in a first-in-first-out backlog as plain data, a job and its
-    "busy" answer, rather than as suspended coroutines with a timer each: a backlog of thousands
-    then costs the garbage collector (whose full passes walk every live object) little. A job that
-    waited longer than ``wait`` seconds, or that finds ``backlog`` jobs already waiting, is given its
-    busy answer instead. Jobs still waiting at a stop are left to the recovery pass, which finds
-    their commands unanswered."""
+    once, each in a task of its own (created in a request's context, so a graceful stop waits for
+    it); the others wait in a first-in-first-out backlog as plain data: the job's function, its
+    "busy" answer (both shared, bound once per process) and the arguments, rather than as suspended
+    coroutines with closures and a timer each. A backlog of thousands then costs the garbage
+    collector, whose full passes walk every live object, a few objects apiece. A job that waited
+    longer than ``wait`` seconds, or that finds ``backlog`` jobs already waiting, is given its busy
+    answer instead. Jobs still waiting at a stop are left to the recovery pass, which finds their
+    commands unanswered."""
 
     def __init__(
         self,
@@ -117,27 +117,27 @@ class Background:
         self._wait = wait
         self._backlog = backlog
         self._now = now
-        self._queue: deque[tuple[float, Job, Job, contextvars.Context]] = deque()
+        self._queue: deque[tuple[float, Job, Job, tuple[Any, ...]]] = deque()
         self._ticking: asyncio.TimerHandle | None = None
 
     def __len__(self) -> int:
         """Jobs waiting for a turn."""
         return len(self._queue)
 
-    def submit(self, job: Job, busy: Job) -> None:
-        """Run ``job`` in a turn when one is free; ``busy`` instead when none comes in time."""
+    def submit(self, job: Job, busy: Job, *args: Any) -> None:
+        """Run ``job(*args)`` in a turn when one is free; ``busy(*args)`` instead when none comes in time."""
         if self._free > 0:
             self._free -= 1
-            self._start(job, turn=True)
+            self._start(job, args, turn=True)
         elif len(self._queue) >= self._backlog:
-            self._start(busy, turn=False)
+            self._start(busy, args, turn=False)
         else:
-            self._queue.append((self._now(), job, busy, contextvars.copy_context()))
+            self._queue.append((self._now(), job, busy, args))
             if self._ticking is None:
                 self._ticking = asyncio.get_running_loop().call_later(TICK, self._tick)
 
-    def _start(self, job: Job, *, turn: bool, context: contextvars.Context | None = None) -> None:
-        task = asyncio.get_running_loop().create_task(_guarded(job), context=context)
+    def _start(self, job: Job, args: tuple[Any, ...], *, turn: bool) -> None:
+        task = asyncio.get_running_loop().create_task(_guarded(job, args))
         if turn:
             task.add_done_callback(self._finished)
 
@@ -145,15 +145,15 @@ class Background:
         self._free += 1
         self._expire()
         while self._free > 0 and self._queue:
-            _, job, _, context = self._queue.popleft()
+            _, job, _, args = self._queue.popleft()
             self._free -= 1
-            self._start(job, turn=True, context=context)
+            self._start(job, args, turn=True)
 
     def _expire(self) -> None:
         oldest = self._now() - self._wait
         while self._queue and self._queue[0][0] <= oldest:
-            _, _, busy, context = self._queue.popleft()
-            self._start(busy, turn=False, context=context)
+            _, _, busy, args = self._queue.popleft()
+            self._start(busy, args, turn=False)
 
     def _tick(self) -> None:
         self._ticking = None
@@ -162,9 +162,9 @@ class Background:
             self._ticking = asyncio.get_running_loop().call_later(TICK, self._tick)
 
 
-async def _guarded(job: Job) -> None:
+async def _guarded(job: Job, args: tuple[Any, ...]) -> None:
     try:
-        await job()
+        await job(*args)
     except Exception:
         _log.exception("A Slack listener failed after its acknowledgement")
 
@@ -308,23 +308,23 @@ class _Listeners:
             await ack(text=messages.AUTH_SENDING, response_type="ephemeral")
         else:
             await ack()
-        replace_original = isinstance(parsed, RequestAccess | RequestAuth)
+        self._hand_over(ack, self._run_command, self._command_busy, received, parsed, trigger_id, client)
 
-        async def work() -> None:
-            if isinstance(parsed, RequestAccess):
-                # A wait in PagerDuty's queue (its request budget) is told on the response_url, replacing "Checking…".
-                notify_when_queued(lambda: self._answerer.post_soon(received.response_url, messages.PAGERDUTY_QUEUED))
-            card = await self._outcome(self._execute(user_id, parsed))
-            if any(action.kind == OPEN_KEY_FORM for action in card.actions):
-                await self._open_key_form(client, trigger_id=trigger_id, user_id=user_id)
-                await self._answerer.done(received.key)
-                return
-            await self._answerer.answer(received, card, replace_original=replace_original)
+    async def _run_command(
+        self, received: ReceivedCommand, parsed: Command, trigger_id: str, client: AsyncWebClient
+    ) -> None:
+        if isinstance(parsed, RequestAccess):
+            # A wait in PagerDuty's queue (its request budget) is told on the response_url, replacing "Checking…".
+            notify_when_queued(lambda: self._answerer.post_soon(received.response_url, messages.PAGERDUTY_QUEUED))
+        card = await self._outcome(self._execute(received.user_id, parsed))
+        if any(action.kind == OPEN_KEY_FORM for action in card.actions):
+            await self._open_key_form(client, trigger_id=trigger_id, user_id=received.user_id)
+            await self._answerer.done(received.key)
+            return
+        await self._answerer.answer(received, card, replace_original=isinstance(parsed, RequestAccess | RequestAuth))
 
-        async def busy() -> None:
-            await self._answerer.answer(received, _notice(messages.SLACK_BUSY), replace_original=True)
-
-        self._hand_over(ack, work, busy)
+    async def _command_busy(self, received: ReceivedCommand, *_: object) -> None:
+        await self._answerer.answer(received, _notice(messages.SLACK_BUSY), replace_original=True)
 
     async def _open_key_form(self, client: AsyncWebClient, *, trigger_id: str, user_id: str) -> None:
         try:
@@ -349,7 +349,7 @@ class _Listeners:
         await ack()
         if new is False:
             return
-        self._answer_submission(ack, received, new, lambda: self._outcome(self._set_key(user_id, text)))
+        self._hand_over(ack, self._submission_work, self._submission_busy, received, new, self._set_key, text)
 
     async def _set_key(self, user_id: str, text: str) -> Card:
         actor = await self._identity.principal(user_id)
@@ -408,19 +408,23 @@ class _Listeners:
             self._log.info("Slack sent click %s again (a retry or a replay); it runs once", received.key)
             return
 
-        async def deliver(card: Card) -> None:
-            if new:
-                await self._answerer.answer(received, card)
-                return
-            # Ephemeral, beside the shared message: the core updates that one for everyone.
-            message = {**render_card(card), "response_type": "ephemeral", "replace_original": False}
-            if not url or not await self._answerer.post(url, message):
-                await self._answerer.dm(user_id, card)
+        self._hand_over(ack, self._click_work, self._click_busy, received, new, kind, target)
 
-        async def work() -> None:
-            await deliver(await click(self._service, self._identity, user_id, kind, target, self._log))
+    async def _click_work(self, received: ReceivedCommand, new: bool | None, kind: str, target: str) -> None:
+        card = await click(self._service, self._identity, received.user_id, kind, target, self._log)
+        await self._deliver_click(received, new, card)
 
-        self._hand_over(ack, work, lambda: deliver(_notice(messages.SLACK_BUSY)))
+    async def _click_busy(self, received: ReceivedCommand, new: bool | None, *_: object) -> None:
+        await self._deliver_click(received, new, _notice(messages.SLACK_BUSY))
+
+    async def _deliver_click(self, received: ReceivedCommand, new: bool | None, card: Card) -> None:
+        if new:
+            await self._answerer.answer(received, card)
+            return
+        # Ephemeral, beside the shared message: the core updates that one for everyone.
+        message = {**render_card(card), "response_type": "ephemeral", "replace_original": False}
+        if not received.response_url or not await self._answerer.post(received.response_url, message):
+            await self._answerer.dm(received.user_id, card)
 
     # --- the request form -------------------------------------------------------------------
 
@@ -438,31 +442,34 @@ class _Listeners:
         if new is False:
             self._log.info("Slack sent form submission %s again; it runs once", received.key)
             return
-        self._answer_submission(ack, received, new, lambda: self._outcome(self._execute(user_id, parsed)))
+        self._hand_over(ack, self._submission_work, self._submission_busy, received, new, self._execute, parsed)
 
     # --- shared -----------------------------------------------------------------------------
 
-    def _answer_submission(
-        self, ack: Ack, received: ReceivedCommand, new: bool | None, work: Callable[[], Awaitable[Card]]
+    async def _submission_work(
+        self,
+        received: ReceivedCommand,
+        new: bool | None,
+        use_case: Callable[[str, Any], Awaitable[Card]],
+        argument: object,
     ) -> None:
-        """Run a recorded form submission in a background turn (or say Ackgate is busy) and answer
-        it: on its response URL when it was recorded, by DM when the inbox could not record it."""
+        """A form submission's work: ``use_case(user id, argument)``, answered on the response URL
+        when the submission was recorded, by DM when the inbox could not record it."""
+        await self._deliver_submission(received, new, await self._outcome(use_case(received.user_id, argument)))
 
-        async def deliver(card: Card) -> None:
-            if new is None:
-                await self._answerer.dm(received.user_id, card)
-            else:
-                await self._answerer.answer(received, card)
+    async def _submission_busy(self, received: ReceivedCommand, new: bool | None, *_: object) -> None:
+        await self._deliver_submission(received, new, _notice(messages.SLACK_BUSY))
 
-        async def run() -> None:
-            await deliver(await work())
+    async def _deliver_submission(self, received: ReceivedCommand, new: bool | None, card: Card) -> None:
+        if new is None:
+            await self._answerer.dm(received.user_id, card)
+        else:
+            await self._answerer.answer(received, card)
 
-        self._hand_over(ack, run, lambda: deliver(_notice(messages.SLACK_BUSY)))
-
-    def _hand_over(self, ack: Ack, work: Job, busy: Job) -> None:
-        """After the ack, the work goes to a background turn; when the ack came too late for Slack
-        (which was answered "busy"), only the busy answer, which also marks the command answered."""
-        self._background.submit(busy if ack.late else work, busy)
+    def _hand_over(self, ack: Ack, work: Job, busy: Job, *args: Any) -> None:
+        """After the ack, ``work(*args)`` goes to a background turn; when the ack came too late for
+        Slack (which was answered "busy"), only ``busy(*args)``, which also marks the command answered."""
+        self._background.submit(busy if ack.late else work, busy, *args)
 
     async def _outcome(self, work: Awaitable[Card]) -> Card:
         return await outcome(work, self._log)
