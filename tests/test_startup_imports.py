@@ -103,10 +103,10 @@ def test_the_collector_is_on_again_when_start_up_is_refused() -> None:
     assert done.stdout.split() == ["2", "True"], done.stderr[-2000:]
 
 
-def test_once_listening_the_collector_is_on_with_start_up_frozen() -> None:
+def test_once_listening_the_collector_is_on_with_start_up_frozen_and_full_passes_made_rarer() -> None:
     code = (
         "import gc\nfrom bot.runtime.server import settle_garbage_collector\n"
-        "gc.disable()\nsettle_garbage_collector()\nprint(gc.isenabled(), gc.get_freeze_count() > 0)"
+        "gc.disable()\nsettle_garbage_collector()\nprint(gc.isenabled(), gc.get_freeze_count() > 0, gc.get_threshold())"
     )
     done = _run(code, {})
-    assert done.stdout.split() == ["True", "True"], done.stderr[-2000:]
+    assert done.stdout.strip().split(maxsplit=2) == ["True", "True", "(700, 10, 100)"], done.stderr[-2000:]

@@ -156,15 +156,24 @@ async def serve(app: web.Application, settings: Settings, *, reuse_port: bool = 
     return 0
 
 
+# A full collection walks every live object: under load (a backlog of queued jobs, flows waiting on
+# PagerDuty) it took 130-280 ms, and at the default (a full pass every 10 second-generation ones,
+# about every 1.5 s at 500 requests/s) it set the acknowledgements' p99. A full pass every 100
+# leaves the young generations as they are (their passes take 0.1-5 ms) and makes the long pause
+# ten times rarer; measured in bench/results-stop12-p1p2.md.
+GC_THRESHOLDS = (700, 10, 100)
+
+
 def settle_garbage_collector() -> None:
     """Move everything start-up built (modules, the app, the policy) out of the collector's sight,
     so a full collection walks only what serving creates (issue 9 measured 53–68 ms full
-    collections setting the ack maximum; the collector's thresholds are left at their defaults),
-    and turn the collector on (``serve`` starts with it off).
+    collections setting the ack maximum), set the thresholds (:data:`GC_THRESHOLDS`), and turn
+    the collector on (``serve`` starts with it off).
 
     No collection first: start-up leaves a couple of thousand objects of garbage (measured: about
     2,000), frozen with the rest, where a full collection before the first request took 45–100 ms."""
     gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
     gc.enable()
 
 

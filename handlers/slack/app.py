@@ -250,6 +250,11 @@ class _Listeners:
         self._clock = clock
         self._log = logger
         self._instance = instance  # named on each inbox row: a restart takes back what it owed at once
+        # Each job and its busy answer, bound once: a waiting job refers to these instead of
+        # holding two new bound methods of its own.
+        self._command_jobs: tuple[Job, Job] = (self._run_command, self._command_busy)
+        self._click_jobs: tuple[Job, Job] = (self._click_work, self._click_busy)
+        self._submission_jobs: tuple[Job, Job] = (self._submission_work, self._submission_busy)
 
     def _received(
         self, key: str, kind: str, *, user_id: str, channel_id: str = "", text: str = "", response_url: str = ""
@@ -308,7 +313,7 @@ class _Listeners:
             await ack(text=messages.AUTH_SENDING, response_type="ephemeral")
         else:
             await ack()
-        self._hand_over(ack, self._run_command, self._command_busy, received, parsed, trigger_id, client)
+        self._hand_over(ack, *self._command_jobs, received, parsed, trigger_id, client)
 
     async def _run_command(
         self, received: ReceivedCommand, parsed: Command, trigger_id: str, client: AsyncWebClient
@@ -349,7 +354,7 @@ class _Listeners:
         await ack()
         if new is False:
             return
-        self._hand_over(ack, self._submission_work, self._submission_busy, received, new, self._set_key, text)
+        self._hand_over(ack, *self._submission_jobs, received, new, self._set_key, text)
 
     async def _set_key(self, user_id: str, text: str) -> Card:
         actor = await self._identity.principal(user_id)
@@ -408,7 +413,7 @@ class _Listeners:
             self._log.info("Slack sent click %s again (a retry or a replay); it runs once", received.key)
             return
 
-        self._hand_over(ack, self._click_work, self._click_busy, received, new, kind, target)
+        self._hand_over(ack, *self._click_jobs, received, new, kind, target)
 
     async def _click_work(self, received: ReceivedCommand, new: bool | None, kind: str, target: str) -> None:
         card = await click(self._service, self._identity, received.user_id, kind, target, self._log)
@@ -442,7 +447,7 @@ class _Listeners:
         if new is False:
             self._log.info("Slack sent form submission %s again; it runs once", received.key)
             return
-        self._hand_over(ack, self._submission_work, self._submission_busy, received, new, self._execute, parsed)
+        self._hand_over(ack, *self._submission_jobs, received, new, self._execute, parsed)
 
     # --- shared -----------------------------------------------------------------------------
 
