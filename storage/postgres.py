@@ -24,6 +24,7 @@ from storage.sql import POSTGRES, DriverSession
 # Any bigint works; every Ackgate replica must use the same one. These are the bytes "ackgate!".
 MIGRATION_LOCK = int.from_bytes(b"ackgate!", "big")
 ACQUIRE_TIMEOUT_SECONDS = 10.0
+POOL_SIZE = 10  # connections for everything but urgent writes, which have one of their own
 COMMAND_TIMEOUT_SECONDS = 30.0
 _DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError, TimeoutError)
 
@@ -47,36 +48,46 @@ class _Pool:
         self.dsn = dsn
         self.where = describe(dsn)
         self._pool: Any = None
+        self._reserved: Any = None  # one connection for urgent writes, never taken by the background
 
     async def open(self) -> None:
         if self._pool is not None:
             return
         try:
             self._pool = await asyncpg.create_pool(
-                self.dsn, min_size=1, max_size=10, command_timeout=COMMAND_TIMEOUT_SECONDS
+                self.dsn, min_size=1, max_size=POOL_SIZE, command_timeout=COMMAND_TIMEOUT_SECONDS
+            )
+            self._reserved = await asyncpg.create_pool(
+                self.dsn, min_size=1, max_size=1, command_timeout=COMMAND_TIMEOUT_SECONDS
             )
         except ValueError as exc:  # asyncpg's ClientConfigurationError is one too
+            await self.close()
             raise ConfigError(
                 "ACKGATE_DATABASE_URL is not a valid PostgreSQL URL: use postgresql://user:password@host:5432/dbname."
             ) from exc
         except _DRIVER_ERRORS as exc:
+            await self.close()
             raise StorageError(
                 f"Could not connect to PostgreSQL at {self.where}: {exc}. "
                 "Check ACKGATE_DATABASE_URL and that the database is running."
             ) from exc
 
     async def close(self) -> None:
-        if self._pool is not None:
-            pool, self._pool = self._pool, None
-            await pool.close()
+        for name in ("_reserved", "_pool"):
+            pool = getattr(self, name)
+            if pool is not None:
+                setattr(self, name, None)
+                await pool.close()
 
     @asynccontextmanager
-    async def connection(self, doing: str, *, transaction: bool = False) -> AsyncIterator[Any]:
-        """A pooled connection, inside a transaction when asked; any exception rolls it back."""
-        if self._pool is None:
+    async def connection(self, doing: str, *, transaction: bool = False, urgent: bool = False) -> AsyncIterator[Any]:
+        """A pooled connection, inside a transaction when asked; any exception rolls it back.
+        ``urgent``: the reserved connection, free even when the background holds the whole pool."""
+        pool = self._reserved if urgent else self._pool
+        if pool is None:
             raise StorageError("The PostgreSQL store is not open. Call open() before using it.")
         try:
-            async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT_SECONDS) as conn:
+            async with pool.acquire(timeout=ACQUIRE_TIMEOUT_SECONDS) as conn:
                 if not transaction:
                     yield conn
                     return
@@ -92,8 +103,10 @@ class _Pool:
         return _Session.over(self.connection(doing), doing)
 
     def write(self, doing: str, *, urgent: bool = False) -> AbstractAsyncContextManager[_Session]:
-        # urgent needs nothing here: the pool gives each writer its own connection
-        return _Session.over(self.connection(doing), doing)
+        # Urgent writes (recording a chat command, which an ack waits for; group-committed, so one
+        # at a time) have a connection of their own: a background holding every pooled connection,
+        # e.g. while PagerDuty is slow, never makes an acknowledgement wait for one.
+        return _Session.over(self.connection(doing, urgent=urgent), doing)
 
     def transaction(self, doing: str) -> AbstractAsyncContextManager[_Session]:
         return _Session.over(self.connection(doing, transaction=True), doing)

@@ -4,11 +4,14 @@ is atomic even across processes, and a take-over of an unanswered command happen
 from __future__ import annotations
 
 import asyncio
+from contextlib import AsyncExitStack
 from dataclasses import replace
 from datetime import timedelta
+from pathlib import Path
 
 from bot.core.domain import ReceivedCommand
 from bot.core.ports import Store
+from storage.postgres import POOL_SIZE
 from tests.fakes import storage_fixtures
 from tests.fakes.storage_fixtures import T0, opened
 
@@ -149,3 +152,15 @@ async def test_a_burst_of_distinct_commands_is_each_recorded_once_and_each_answe
         at, lease_until=at + LEASE, received_after=LONG_AGO, max_attempts=3, limit=500
     )
     assert sorted(c.key for c in unanswered) == sorted(keys[10:])
+
+
+async def test_on_postgresql_a_command_is_recorded_while_the_background_holds_every_pooled_connection(
+    tmp_path: Path,
+) -> None:
+    """The ack waits for the record: it has a connection of its own, so a background that holds
+    the whole pool (say, every flow waiting on a slow PagerDuty inside a read) cannot stall it."""
+    async with storage_fixtures.url_for("postgres", tmp_path) as url, opened(url) as one:
+        async with AsyncExitStack() as held:
+            for n in range(POOL_SIZE):
+                await held.enter_async_context(one._db.read(f"hold connection {n}"))  # type: ignore[attr-defined]
+            assert await asyncio.wait_for(one.commands.record(command("command:while-full")), 5) is True
