@@ -159,8 +159,7 @@ async def test_on_postgresql_a_command_is_recorded_while_the_background_holds_ev
 ) -> None:
     """The ack waits for the record: it has a connection of its own, so a background that holds
     the whole pool (say, every flow waiting on a slow PagerDuty inside a read) cannot stall it."""
-    async with storage_fixtures.url_for("postgres", tmp_path) as url, opened(url) as one:
-        async with AsyncExitStack() as held:
-            for n in range(POOL_SIZE):
-                await held.enter_async_context(one._db.read(f"hold connection {n}"))  # type: ignore[attr-defined]
-            assert await asyncio.wait_for(one.commands.record(command("command:while-full")), 5) is True
+    async with storage_fixtures.url_for("postgres", tmp_path) as url, opened(url) as one, AsyncExitStack() as held:
+        for n in range(POOL_SIZE):
+            await held.enter_async_context(one._db.read(f"hold connection {n}"))  # type: ignore[attr-defined]
+        assert await asyncio.wait_for(one.commands.record(command("command:while-full")), 5) is True
