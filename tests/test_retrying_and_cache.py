@@ -69,6 +69,43 @@ async def test_retry_gives_up_before_a_wait_would_cross_the_deadline(fake_time: 
     assert fake_time.sleeps == [1.0, 2.0]  # the next wait (4 s) would pass the deadline
 
 
+async def test_retry_numbers_and_waits_the_first_failure_like_every_later_one(fake_time: FakeTime) -> None:
+    calls = 0
+    retries: list[tuple[int, str, float]] = []
+
+    async def attempt() -> str:
+        nonlocal calls
+        calls += 1
+        if calls < 3:
+            raise Retryable(f"failure {calls}", wait=1.5 if calls == 1 else None)
+        return "answered"
+
+    answer = await retry(
+        attempt,
+        policy=Backoff(max_attempts=4, first=1.0),
+        sleep=fake_time.sleep,
+        monotonic=fake_time,
+        deadline=fake_time() + 10,
+        on_retry=lambda n, failure, delay: retries.append((n, failure.reason, delay)),
+    )
+    assert (answer, calls) == ("answered", 3)  # each attempt made once
+    assert retries == [(1, "failure 1", 1.5), (2, "failure 2", 2.0)]  # the first one's hint, then backoff
+    assert fake_time.sleeps == [1.5, 2.0]
+
+
+async def test_a_single_attempt_policy_gives_up_after_the_first_failure(fake_time: FakeTime) -> None:
+    calls = 0
+
+    async def attempt() -> None:
+        nonlocal calls
+        calls += 1
+        raise Retryable("once")
+
+    with pytest.raises(Retryable, match="once"):
+        await retry(attempt, policy=Backoff(max_attempts=1, first=1.0), sleep=fake_time.sleep, monotonic=fake_time)
+    assert (calls, fake_time.sleeps) == (1, [])
+
+
 async def test_retry_lets_other_errors_through_at_once(fake_time: FakeTime) -> None:
     async def attempt() -> None:
         raise ValueError("not worth retrying")

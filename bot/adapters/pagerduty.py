@@ -1,9 +1,10 @@
 """The PagerDuty REST API v2 client: Ackgate's adapter behind :class:`bot.core.ports.PagerDutyDirectory`.
 
-One pooled ``httpx.AsyncClient`` per process (:data:`MAX_CONNECTIONS`). Once PagerDuty has been
-asked, every public call fails closed within ``deadline`` seconds: 429, 5xx and transport errors are
-retried with backoff (honouring ``ratelimit-reset`` and ``Retry-After``) only while the deadline
-allows, then :class:`~bot.core.errors.PagerDutyUnavailable`.
+At most :data:`MAX_CONNECTIONS` calls at once, each over a keep-alive connection of one of the
+``httpx.AsyncClient`` objects made as the load needs them, :data:`POOL_SIZE` connections each (see
+``_client``). Once PagerDuty has been asked, every public call fails closed within ``deadline``
+seconds: 429, 5xx and transport errors are retried with backoff (honouring ``ratelimit-reset`` and
+``Retry-After``) only while the deadline allows, then :class:`~bot.core.errors.PagerDutyUnavailable`.
 
 Users by email change rarely and are cached for ``user_cache_ttl`` seconds (an hour) in a cache of
 their own; on-call entries and "no such user" for ``cache_ttl``; identical concurrent lookups share
@@ -25,11 +26,13 @@ token never appears in a message or a log line.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
+from http.cookiejar import CookieJar
 from types import TracebackType
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -50,6 +53,7 @@ PAGE_LIMIT = 100  # PagerDuty's maximum; the default of 25 quadruples the calls
 RETRYABLE = frozenset({408, 429})  # plus every 5xx
 MAX_OFFSET = 10_000  # classic pagination refuses offset + limit beyond this (400, code 2002)
 MAX_CONNECTIONS = 64  # 900 calls a minute at up to 4 s each need at most 60 at once
+POOL_SIZE = 1  # connections per httpx client (MAX_CONNECTIONS in all); see PagerDutyClient._client
 FIRST_BACKOFF_SECONDS = 0.1
 QUEUE_SECONDS = 30.0  # how long a call may wait for the request budget (half a Slack command's lease)
 QUEUE_NOTE_SECONDS = 3.0  # a caller waiting this long in the budget's queue is told once
@@ -119,15 +123,25 @@ class PagerDutyClient:
         self._user_cache_ttl = user_cache_ttl
         self._batches: dict[tuple[tuple[str, ...], tuple[str, ...]], _Batch] = {}
         self._recent_misses: list[float] = []  # when user lookups missed the cache, for SWEEP_AFTER
-        self._http = httpx.AsyncClient(
+        # an injected transport holds its own connections: one client in front of it is enough
+        self._pool_size = MAX_CONNECTIONS if transport is not None else POOL_SIZE
+        if self._pool_size < MAX_CONNECTIONS and not isinstance(verify, ssl.SSLContext):
+            verify = httpx.create_ssl_context(verify=verify)  # one for every client, not a CA bundle read each
+        self._new_client = functools.partial(
+            httpx.AsyncClient,
             base_url=base_url,
             headers={"Accept": ACCEPT, "Authorization": f"Token token={secret}"},
             timeout=timeout,
             transport=transport,
             verify=verify,
             follow_redirects=False,
-            limits=httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_CONNECTIONS),
+            limits=httpx.Limits(max_connections=self._pool_size, max_keepalive_connections=self._pool_size),
+            cookies=CookieJar(),  # one jar shared by all, as if they were one client
         )
+        self._clients = [self._new_client()]  # the others are made when first needed (see _client)
+        self._in_use = [0]  # calls in flight on each client
+        self._base_url = str(self._clients[0].base_url).rstrip("/") + "/"
+        self._headers = self._clients[0].headers
 
     async def aclose(self) -> None:
         runners = [task for batch in self._batches.values() for task in batch.runners]
@@ -136,7 +150,8 @@ class PagerDutyClient:
         await asyncio.gather(*runners, return_exceptions=True)
         await self._cache.aclose()
         await self._users.aclose()
-        await self._http.aclose()
+        for client in self._clients:
+            await client.aclose()
 
     async def __aenter__(self) -> PagerDutyClient:
         return self
@@ -475,25 +490,67 @@ class PagerDutyClient:
             remaining = deadline - self._monotonic()
             if remaining <= 0:
                 raise _OutOfTime
+            which = self._client()
+            self._in_use[which] += 1
             started = time.perf_counter()  # real seconds for metrics, whatever clock drives deadlines
             status: int | None = None
             try:
                 # httpx times each phase separately; asyncio.timeout bounds the whole exchange
                 async with asyncio.timeout(remaining):
-                    response = await self._http.request(
-                        method,
-                        path,
-                        params=tuple(params or ()),
-                        json=body,
-                        headers=headers,
-                        timeout=min(self._timeout, remaining),
-                    )
+                    client = self._clients[which]
+                    request = self._build(client, method, path, params, body, headers, min(self._timeout, remaining))
+                    response = await client.send(request)
                 status = response.status_code
                 return response
             finally:
+                self._in_use[which] -= 1  # the response is read and closed: its connection is free again
                 self._record(method, template, status, time.perf_counter() - started)
         finally:
             self._connections.release()
+
+    def _client(self) -> int:
+        """The first client with a connection free, or a new one if all are busy (a call holds one
+        of MAX_CONNECTIONS, so there are never more than MAX_CONNECTIONS // POOL_SIZE).
+
+        httpcore scans its pool's every connection, and for each idle one all of them again, each
+        time a request starts or ends: over one pool of MAX_CONNECTIONS that bookkeeping cost more
+        CPU than the rest of a call. In pools of POOL_SIZE it stays short however many calls are in
+        flight. The first free client first, so a light load keeps reusing a few warm connections
+        and a process that never needs many calls at once never makes the other clients.
+        """
+        for which, busy in enumerate(self._in_use):
+            if busy < self._pool_size:
+                return which
+        self._clients.append(self._new_client())
+        self._in_use.append(0)
+        return len(self._clients) - 1
+
+    def _build(
+        self,
+        client: httpx.AsyncClient,
+        method: str,
+        path: str,
+        params: Params | None,
+        body: Json | None,
+        headers: dict[str, str] | None,
+        timeout: float,
+    ) -> httpx.Request:
+        """The request ``client.build_request`` would make, the URL parsed once instead of three times."""
+        url = self._base_url + path.lstrip("/")
+        if params:
+            url += "?" + str(httpx.QueryParams(tuple(params)))
+        merged = self._headers
+        if headers:
+            merged = merged.copy()
+            merged.update(headers)
+        return httpx.Request(
+            method,
+            url,
+            json=body,
+            headers=merged,
+            cookies=client.cookies or None,  # any the client was sent, as build_request adds them
+            extensions={"timeout": {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout}},
+        )
 
     def _record(self, method: str, template: str, status: int | None, seconds: float) -> None:
         if self._on_call is None:

@@ -94,6 +94,19 @@ async def retry(
     on_retry: OnRetry | None = None,
 ) -> T:
     """Run ``attempt`` until it returns, raises something other than :class:`Retryable`, or we give up."""
+    try:
+        return await attempt()  # most calls succeed at once: they need none of tenacity's machinery
+    except Retryable as exc:
+        first_failure = exc
+    replayed = False
+
+    async def again() -> T:
+        # tenacity's first attempt is the one already made: its failure, replayed, gets the same wait and stop
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            raise first_failure
+        return await attempt()
 
     def failure(state: RetryCallState) -> Retryable:
         assert state.outcome is not None
@@ -125,5 +138,5 @@ async def retry(
     # the iterator form, so ``attempt`` may be any callable returning an awaitable (a lambda too)
     async for trial in retrying:
         with trial:
-            return await attempt()
+            return await again()
     raise AssertionError("unreachable: tenacity returns the result or re-raises the last failure")  # pragma: no cover
