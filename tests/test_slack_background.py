@@ -201,3 +201,17 @@ async def test_a_request_not_recorded_within_the_budget_is_answered_busy_and_its
         await asyncio.sleep(0.02)
     assert left == []
     assert rig.service.executed == []
+
+
+async def test_once_a_stop_cancels_a_running_job_no_waiting_job_is_started() -> None:
+    background = Background(1, wait=60, backlog=10)
+    log: list[str] = []
+    gate = asyncio.Event()
+    background.submit(recorder(log, "running", gate), recorder(log, "busy"))
+    background.submit(recorder(log, "waiting"), recorder(log, "busy waiting"))
+    await settle()
+    (running,) = [t for t in asyncio.all_tasks() if "_guarded" in repr(t)]
+    running.cancel()  # what the graceful stop's drain does when its time is up
+    for _ in range(10):
+        await settle()
+    assert log == ["start running"] and len(background) == 1  # left for the recovery pass

@@ -102,8 +102,9 @@ class Background:
     coroutines with closures and a timer each. A backlog of thousands then costs the garbage
     collector, whose full passes walk every live object, a few objects apiece. A job that waited
     longer than ``wait`` seconds, or that finds ``backlog`` jobs already waiting, is given its busy
-    answer instead. Jobs still waiting at a stop are left to the recovery pass, which finds their
-    commands unanswered."""
+    answer instead. During a graceful stop the backlog goes on being served until the stop's time is
+    up; once a running job is cancelled, nothing more is started, and what still waits is left to
+    the recovery pass, which finds those commands unanswered."""
 
     def __init__(
         self,
@@ -141,8 +142,10 @@ class Background:
         if turn:
             task.add_done_callback(self._finished)
 
-    def _finished(self, _: object) -> None:
+    def _finished(self, task: asyncio.Task[None]) -> None:
         self._free += 1
+        if task.cancelled():  # a stop ran out of time: what still waits is the recovery pass's
+            return
         self._expire()
         while self._free > 0 and self._queue:
             _, job, _, args = self._queue.popleft()
