@@ -73,11 +73,10 @@ class _Pool:
             ) from exc
 
     async def close(self) -> None:
-        for name in ("_reserved", "_pool"):
-            pool = getattr(self, name)
-            if pool is not None:
-                setattr(self, name, None)
-                await pool.close()
+        pools = [pool for pool in (self._reserved, self._pool) if pool is not None]
+        self._reserved = self._pool = None
+        for pool in pools:
+            await pool.close()
 
     @asynccontextmanager
     async def connection(self, doing: str, *, transaction: bool = False, urgent: bool = False) -> AsyncIterator[Any]:

@@ -757,6 +757,17 @@ def _record_commands(dialect: Dialect, count: int) -> str:
     return text
 
 
+def _first_of_each(keys: Sequence[str], changed: set[str]) -> list[bool]:
+    """For each of a batch's keys, whether the statement changed its row: a key that came twice
+    in one batch counts for its first caller only."""
+    left = set(changed)
+    results: list[bool] = []
+    for key in keys:
+        results.append(key in left)
+        left.discard(key)
+    return results
+
+
 # PostgreSQL's SKIP LOCKED: a rival replica's pass skips the rows this one is taking; the outer WHERE
 # re-checks the lease after any wait, so a row is never taken twice for one lease. (SQLite: one writer.)
 _CLAIM_UNANSWERED = (
@@ -804,12 +815,7 @@ class Commands(Role):
 
     async def _record_all(self, s: Session, commands: Sequence[ReceivedCommand]) -> list[bool]:
         rows = await s.rows(_record_commands(self._db.dialect, len(commands)), *self._command_values(commands))
-        inserted = {row["key"] for row in rows}
-        results: list[bool] = []
-        for command in commands:  # the same key twice in one batch: only its first is new
-            results.append(command.key in inserted)
-            inserted.discard(command.key)
-        return results
+        return _first_of_each([command.key for command in commands], {row["key"] for row in rows})
 
     def _command_values(self, commands: Sequence[ReceivedCommand]) -> list[object]:
         return [value for command in commands for value in self._codec.command_values(command)]
@@ -819,13 +825,9 @@ class Commands(Role):
 
     async def _answer_all(self, s: Session, answers: Sequence[tuple[str, datetime]]) -> list[bool]:
         at = max(when for _, when in answers)
-        rows = await s.rows(_ANSWERED, at=at, keys=[key for key, _ in answers])
-        marked = {row["key"] for row in rows}
-        results: list[bool] = []
-        for key, _ in answers:
-            results.append(key in marked)
-            marked.discard(key)
-        return results
+        keys = [key for key, _ in answers]
+        rows = await s.rows(_ANSWERED, at=at, keys=keys)
+        return _first_of_each(keys, {row["key"] for row in rows})
 
     async def claim_unanswered(
         self,
