@@ -635,19 +635,20 @@ def mount_slack(
             return web.Response(status=refused.status, text=messages.SLACK_BAD_REQUEST)
         if not handled(inbound):
             # bolt would answer 404 too, but only after logging the whole payload at WARNING.
-            _log.info("Refused a Slack %s that no Ackgate listener handles", getattr(inbound, "type", "command"))
+            _log.info("Refused a Slack %s that no Ackgate listener handles", _kind(inbound))
             return web.Response(status=404, text=messages.SLACK_NOT_HANDLED)
         try:
             return await slack_app.dispatch(inbound, listener_body(inbound))
         except Exception:
             # A defect of ours (the payload was validated): Slack, or whoever sent it, gets no traceback.
-            _log.exception("Could not dispatch a Slack %s request", getattr(inbound, "type", "command"))
+            _log.exception("Could not dispatch a Slack %s request", _kind(inbound))
             return web.Response(status=500, text=messages.GENERIC_FAILURE)
 
     web_app.router.add_post(path, slack_events)
 
 
 def _kind(inbound: Inbound) -> str:
+    """What a request is, for a log line: ``block_actions``, ``view_submission`` or ``command``."""
     return getattr(inbound, "type", "command")
 
 
