@@ -160,7 +160,7 @@ async def serve(app: web.Application, settings: Settings, *, reuse_port: bool = 
 # PagerDuty) it took 130-280 ms, and at the default (a full pass every 10 second-generation ones,
 # about every 1.5 s at 500 requests/s) it set the acknowledgements' p99. A full pass every 100
 # leaves the young generations as they are (their passes take 0.1-5 ms) and makes the long pause
-# ten times rarer; measured in bench/results-stop12-p1p2.md.
+# ten times rarer; measured in bench/results-stop12-p1p2p3.md.
 GC_THRESHOLDS = (700, 10, 100)
 
 
