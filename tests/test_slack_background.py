@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 import aiohttp
@@ -39,7 +39,7 @@ class Clock:
         return self.t
 
 
-def recorder(log: list[str], name: str, gate: asyncio.Event | None = None):  # type: ignore[no-untyped-def]
+def recorder(log: list[str], name: str, gate: asyncio.Event | None = None) -> Callable[[], Awaitable[None]]:
     async def job() -> None:
         log.append(f"start {name}")
         if gate is not None:
@@ -49,22 +49,27 @@ def recorder(log: list[str], name: str, gate: asyncio.Event | None = None):  # t
     return job
 
 
-async def settle() -> None:
-    for _ in range(5):
+async def settle(rounds: int = 1) -> None:
+    """Let the loop run the tasks the backlog started (and what those started), ``rounds`` times over."""
+    for _ in range(5 * rounds):
         await asyncio.sleep(0)
+
+
+def fill(background: Background, log: list[str], gate: asyncio.Event, count: int) -> None:
+    """Submit ``count`` jobs that wait on ``gate``, each with a busy answer of its own."""
+    for n in range(count):
+        background.submit(recorder(log, str(n), gate), recorder(log, f"busy {n}"))
 
 
 async def test_at_most_the_turns_run_at_once_and_the_backlog_is_served_in_arrival_order() -> None:
     background = Background(2, wait=60, backlog=100)
     log: list[str] = []
     gate = asyncio.Event()
-    for n in range(5):
-        background.submit(recorder(log, str(n), gate), recorder(log, f"busy {n}"))
+    fill(background, log, gate, 5)
     await settle()
     assert log == ["start 0", "start 1"] and len(background) == 3
     gate.set()
-    for _ in range(20):
-        await settle()
+    await settle(20)
     assert [entry for entry in log if entry.startswith("start")] == [f"start {n}" for n in range(5)]
     assert not any("busy" in entry for entry in log) and len(background) == 0
 
@@ -90,13 +95,11 @@ async def test_a_full_backlog_answers_busy_at_once() -> None:
     background = Background(1, wait=60, backlog=2)
     log: list[str] = []
     gate = asyncio.Event()
-    for n in range(4):
-        background.submit(recorder(log, str(n), gate), recorder(log, f"busy {n}"))
+    fill(background, log, gate, 4)
     await settle()
     assert "start busy 3" in log and len(background) == 2
     gate.set()
-    for _ in range(10):
-        await settle()
+    await settle(10)
 
 
 async def test_a_failing_job_is_logged_and_frees_its_turn(caplog: pytest.LogCaptureFixture) -> None:
@@ -109,8 +112,7 @@ async def test_a_failing_job_is_logged_and_frees_its_turn(caplog: pytest.LogCapt
     background.submit(broken, recorder(log, "busy"))
     background.submit(recorder(log, "next"), recorder(log, "busy next"))
     with caplog.at_level(logging.ERROR):
-        for _ in range(10):
-            await settle()
+        await settle(10)
     assert "end next" in log
     assert "failed after its acknowledgement" in caplog.text
 
@@ -212,6 +214,5 @@ async def test_once_a_stop_cancels_a_running_job_no_waiting_job_is_started() -> 
     await settle()
     (running,) = [t for t in asyncio.all_tasks() if "_guarded" in repr(t)]
     running.cancel()  # what the graceful stop's drain does when its time is up
-    for _ in range(10):
-        await settle()
+    await settle(10)
     assert log == ["start running"] and len(background) == 1  # left for the recovery pass
