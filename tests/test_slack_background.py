@@ -216,3 +216,15 @@ async def test_once_a_stop_cancels_a_running_job_no_waiting_job_is_started() -> 
     running.cancel()  # what the graceful stop's drain does when its time is up
     await settle(10)
     assert log == ["start running"] and len(background) == 1  # left for the recovery pass
+
+
+async def test_a_click_not_recorded_within_the_budget_gets_an_empty_200_then_busy_and_decides_nothing(
+    slow_rig: tuple[Rig, SlowInbox],
+) -> None:
+    rig, inbox = slow_rig
+    status, token = await rig.click("ackgate.approve", "r-aaaa2222")
+    assert status == 200  # Slack is answered in time: no "dispatch_failed" for the clicker
+    inbox.gate.set()
+    (answer,) = await rig.answers(token)
+    assert messages.SLACK_BUSY in json.dumps(answer)
+    assert rig.service.decided == []
