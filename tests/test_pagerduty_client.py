@@ -634,6 +634,25 @@ async def test_from_settings_uses_the_pagerduty_variables(
     assert pd_sim.requests[0].headers["From"] == FROM_EMAIL
 
 
+async def test_the_request_budget_comes_from_its_setting(
+    pd_sim: PagerDutySimulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PAGERDUTY_REQUESTS_PER_MINUTE sets the client's budget: past it, a call that would wait
+    longer than its deadline is refused before PagerDuty is asked."""
+    monkeypatch.delenv("PAGERDUTY_FROM_EMAIL", raising=False)
+    settings = Settings(PAGERDUTY_API_TOKEN=TOKEN, PAGERDUTY_API_URL=pd_sim.base_url, PAGERDUTY_REQUESTS_PER_MINUTE="2")
+
+    async with pagerduty_client(settings) as client:
+        await client.ping()
+        await client.ping()
+        with pytest.raises(PagerDutyUnavailable, match="request budget"):
+            await client.ping()
+
+    assert len(pd_sim.requests) == 2
+    with pytest.raises(ValueError, match="PAGERDUTY_REQUESTS_PER_MINUTE"):
+        Settings(PAGERDUTY_REQUESTS_PER_MINUTE="0")
+
+
 async def test_a_retry_woken_after_the_deadline_reports_why_the_call_failed_not_the_budget() -> None:
     """A loaded event loop can wake a backoff sleep after the deadline: the call then fails closed
     with PagerDuty's own failure (here a timeout), never with a made-up "request budget" refusal."""

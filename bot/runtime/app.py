@@ -239,6 +239,7 @@ def pagerduty_client(settings: Settings, **kwargs: Any) -> PagerDutyClient:
         raise ConfigError("PAGERDUTY_API_TOKEN is not set: create a REST API key in PagerDuty and set it.")
     kwargs.setdefault("timeout", settings.pagerduty_timeout_seconds)
     kwargs.setdefault("deadline", settings.pagerduty_timeout_seconds + 1.0)
+    kwargs.setdefault("requests_per_minute", settings.pagerduty_requests_per_minute)
     return PagerDutyClient(
         settings.pagerduty_api_token,
         base_url=settings.pagerduty_api_url,

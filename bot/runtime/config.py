@@ -66,6 +66,11 @@ class Settings(BaseSettings):
     pagerduty_api_url: str = Field(default="https://api.pagerduty.com", validation_alias="PAGERDUTY_API_URL")
     pagerduty_from_email: str | None = Field(default=None, validation_alias="PAGERDUTY_FROM_EMAIL")
     pagerduty_timeout_seconds: float = Field(default=4.0, validation_alias="PAGERDUTY_TIMEOUT_SECONDS")
+    # Ackgate's own REST budget per rolling minute, kept under PagerDuty's 960 per API key; raise it
+    # only when PagerDuty has raised the key's limit (or give each deployment a key of its own).
+    pagerduty_requests_per_minute: int = Field(
+        default=900, ge=1, le=100_000, validation_alias="PAGERDUTY_REQUESTS_PER_MINUTE"
+    )
 
     # Ackgate
     database_url: str = Field(default="sqlite:///ackgate.db", validation_alias="ACKGATE_DATABASE_URL")
