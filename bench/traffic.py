@@ -209,8 +209,8 @@ def p2(report: Report, sizes: Sizes, workdir: Path, postgres_url: str | None, po
                 not_granted("postgres", got)
                 rates["postgres"].append(got["per_second"])
                 p99["postgres"].append(got["p99"] or 0.0)
-            # the same flow with Ackgate's own PagerDuty budget out of the way (the fake enforces none):
-            # what Ackgate itself can do, where the rows above are bounded by 900 calls a minute
+            # the same flow with Ackgate's own PagerDuty budget out of the way (the fake enforces none),
+            # so the report tells Ackgate's own rate from what the default 900 calls a minute allow
             with ackgate(workdir, fakes.info, env={"PAGERDUTY_REQUESTS_PER_MINUTE": str(LIFTED_BUDGET)}) as a:
                 got = _closed(a.url, sizes, fakes.info, flow=True)
             not_granted(LIFTED, got)

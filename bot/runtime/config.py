@@ -67,7 +67,7 @@ class Settings(BaseSettings):
     pagerduty_from_email: str | None = Field(default=None, validation_alias="PAGERDUTY_FROM_EMAIL")
     pagerduty_timeout_seconds: float = Field(default=4.0, validation_alias="PAGERDUTY_TIMEOUT_SECONDS")
     # Ackgate's own REST budget per rolling minute, kept under PagerDuty's 960 per API key; raise it
-    # only when PagerDuty has raised the key's limit (or give each deployment a key of its own).
+    # only when PagerDuty has raised the key's limit.
     pagerduty_requests_per_minute: int = Field(
         default=900, ge=1, le=100_000, validation_alias="PAGERDUTY_REQUESTS_PER_MINUTE"
     )
