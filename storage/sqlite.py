@@ -1,21 +1,37 @@
-"""The SQLite backend: one aiosqlite connection in WAL mode, under the statements of
+"""The SQLite backend: one stdlib ``sqlite3`` connection in WAL mode, under the statements of
 :mod:`storage.roles` (written once for both backends).
 
+Statements run on the event loop's own thread. A statement on a local WAL file takes
+microseconds, while handing each one to a worker thread (what aiosqlite does) cost a thread
+wake-up and a GIL hand-off per statement: that hop was the largest cost of a whole flow. So
+nothing here may block for long:
+
+- **No busy waits on the loop.** The connection's ``busy_timeout`` is 0. When another process
+  holds the write lock (``ackgate serve --workers N`` on one file), SQLite answers "busy" at once
+  and :func:`_retrying` awaits a short, growing pause before trying again, for up to
+  ``BUSY_TIMEOUT_SECONDS``, so the loop keeps answering while it waits.
+- **No checkpoints on the loop.** Automatic checkpoints would copy the WAL into the database and
+  fsync both inside whichever commit crossed the threshold. They are off; :class:`_Checkpointer`
+  runs a passive checkpoint on a connection of its own, in a worker thread, once a second after
+  writes.
+
 One connection is shared by every coroutine, so a lock keeps their statements from interleaving,
-and each write runs in ``BEGIN IMMEDIATE`` so a second process on the same file waits
-(``busy_timeout``) instead of racing: compare-and-set stays atomic. The lock serves urgent writes
-first (:class:`storage.priority_lock.PriorityLock`): recording a chat command, which Slack's
+and each write runs in ``BEGIN IMMEDIATE`` so a second process on the same file waits instead of
+racing: compare-and-set stays atomic. The lock serves urgent writes first
+(:class:`storage.priority_lock.PriorityLock`): recording a chat command, which Slack's
 acknowledgement waits for, never queues behind the background's writes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
-from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
-
-import aiosqlite
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
+from functools import partial
+from typing import TypeVar
 
 from bot.core.errors import StorageError
 from storage.codec import Row
@@ -23,23 +39,77 @@ from storage.common import RoleStore
 from storage.priority_lock import PriorityLock
 from storage.sql import SQLITE, DriverSession
 
-BUSY_TIMEOUT_MS = 5000
-WAL_RETRY_SECONDS = 0.05
+BUSY_TIMEOUT_SECONDS = 5.0
+BUSY_FIRST_PAUSE_SECONDS = 0.001
+BUSY_LONGEST_PAUSE_SECONDS = 0.05
+CHECKPOINT_EVERY_SECONDS = 1.0
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
-async def _enable_wal(conn: aiosqlite.Connection) -> None:
+def _busy(exc: sqlite3.OperationalError) -> bool:
+    """SQLITE_BUSY (or one of its extended codes): another connection holds the lock."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        return code & 0xFF == sqlite3.SQLITE_BUSY
+    return "locked" in str(exc)
+
+
+async def _retrying(call: Callable[[], T]) -> T:
+    """``call()``, again after a pause each time SQLite says busy, for up to ``BUSY_TIMEOUT_SECONDS``.
+
+    A busy answer means the statement changed nothing, so running it again is safe. The first try
+    is made without awaiting anything: uncontended, a statement costs no trip through the loop."""
+    try:
+        return call()
+    except sqlite3.OperationalError as exc:
+        if not _busy(exc):
+            raise
+    deadline = time.monotonic() + BUSY_TIMEOUT_SECONDS
+    pause = BUSY_FIRST_PAUSE_SECONDS
+    while True:
+        await asyncio.sleep(pause)
+        try:
+            return call()
+        except sqlite3.OperationalError as exc:
+            if not _busy(exc) or time.monotonic() >= deadline:
+                raise
+        pause = min(pause * 2, BUSY_LONGEST_PAUSE_SECONDS)
+
+
+def _enable_wal(conn: sqlite3.Connection) -> None:
     """Switch to WAL. Switching takes an exclusive lock and SQLite does not wait on busy_timeout
     for it, so two processes opening a new file at once would see "database is locked": retry
-    within the same busy budget."""
-    attempts = int(BUSY_TIMEOUT_MS / 1000 / WAL_RETRY_SECONDS)
-    for attempt in range(attempts):
+    within the same busy budget. Runs in a worker thread, where sleeping blocks nobody."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_SECONDS
+    while True:
         try:
-            await conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA journal_mode = WAL")
             return
         except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or attempt == attempts - 1:
+            if not _busy(exc) or time.monotonic() >= deadline:
                 raise
-            await asyncio.sleep(WAL_RETRY_SECONDS)
+            time.sleep(BUSY_FIRST_PAUSE_SECONDS * 50)
+
+
+def _connect(path: str) -> sqlite3.Connection:
+    """The loop's connection, set up in a worker thread: opening may have to recover a WAL."""
+    # isolation_level=None: we issue BEGIN ourselves, so sqlite3 never opens one behind our back.
+    # check_same_thread=False: opened here, used on the loop's thread, one holder at a time.
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        conn.row_factory = sqlite3.Row
+        conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_SECONDS * 1000)}")  # set-up may wait here
+        _enable_wal(conn)
+        conn.execute("PRAGMA synchronous = NORMAL")  # durable enough with WAL, much faster
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute("PRAGMA wal_autocheckpoint = 0")  # see _Checkpointer
+        conn.execute("PRAGMA busy_timeout = 0")  # on the loop, busy is waited for by _retrying
+    except BaseException:
+        conn.close()
+        raise
+    return conn
 
 
 def split_statements(script: str) -> list[str]:
@@ -54,8 +124,47 @@ def split_statements(script: str) -> list[str]:
     return statements
 
 
-def _probe(path: str) -> None:
-    sqlite3.connect(path).close()
+class _Checkpointer:
+    """Copies the WAL back into the database file off the loop: a passive checkpoint (it never
+    waits for, nor blocks, a reader or writer) on its own connection in a worker thread, once a
+    second after the loop's connection has written."""
+
+    def __init__(self, path: str, writes: Callable[[], int]) -> None:
+        self._path = path
+        self._writes = writes
+        self._conn: sqlite3.Connection | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="sqlite-checkpoint")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            await asyncio.to_thread(conn.close)
+
+    def _checkpoint(self) -> None:
+        if self._conn is None:
+            self._conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
+    async def _run(self) -> None:
+        seen = -1  # a store just opened may have migrated: look at the first round whatever it holds
+        while True:
+            await asyncio.sleep(CHECKPOINT_EVERY_SECONDS)
+            now = self._writes()
+            if now == seen:
+                continue
+            seen = now
+            try:
+                await asyncio.to_thread(self._checkpoint)
+            except sqlite3.Error as exc:  # the next round tries again; the WAL only grows meanwhile
+                log.warning("SQLite checkpoint of %s failed: %s", self._path, exc)
 
 
 class _Db:
@@ -65,41 +174,35 @@ class _Db:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._conn: aiosqlite.Connection | None = None
+        self._conn: sqlite3.Connection | None = None
         self._lock = PriorityLock()
+        self._checkpointer: _Checkpointer | None = None
 
     async def open(self) -> None:
         if self._conn is not None:
             return
-        conn: aiosqlite.Connection | None = None
         try:
-            if self.path != ":memory:":
-                # Fail here, in our thread, rather than inside aiosqlite's connect: a failed connect
-                # leaves its worker thread to report to an event loop that may be gone by then.
-                await asyncio.to_thread(_probe, self.path)
-            # isolation_level=None: we issue BEGIN ourselves, so sqlite3 never opens one behind our back.
-            conn = await aiosqlite.connect(self.path, isolation_level=None)
-            conn.row_factory = aiosqlite.Row
-            await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            await _enable_wal(conn)
-            await conn.execute("PRAGMA synchronous = NORMAL")  # durable enough with WAL, much faster
-            await conn.execute("PRAGMA foreign_keys = ON")
+            conn = await asyncio.to_thread(_connect, self.path)
         except sqlite3.Error as exc:
-            if conn is not None:
-                await conn.close()
             raise StorageError(
                 f"Could not open the SQLite database {self.path}: {exc}. "
                 "Check ACKGATE_DATABASE_URL and that the directory exists and is writable."
             ) from exc
         self._conn = conn
+        if self.path != ":memory:":
+            self._checkpointer = _Checkpointer(self.path, lambda: conn.total_changes)
+            self._checkpointer.start()
 
     async def close(self) -> None:
         async with self._lock:
+            if self._checkpointer is not None:
+                checkpointer, self._checkpointer = self._checkpointer, None
+                await checkpointer.stop()
             if self._conn is not None:
                 conn, self._conn = self._conn, None
-                await conn.close()
+                conn.close()
 
-    def _connection(self) -> aiosqlite.Connection:
+    def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
             raise StorageError("The SQLite store is not open. Call open() before using it.")
         return self._conn
@@ -111,9 +214,9 @@ class _Db:
         )
 
     @asynccontextmanager
-    async def statement(self, doing: str, *, urgent: bool = False) -> AsyncIterator[aiosqlite.Connection]:
+    async def statement(self, doing: str, *, urgent: bool = False) -> AsyncIterator[sqlite3.Connection]:
         """The connection for one statement, outside any transaction: a write commits as the
-        statement ends, atomically, in one call to the driver's thread instead of three."""
+        statement ends, atomically."""
         async with self._lock.held(urgent=urgent):
             conn = self._connection()
             try:
@@ -122,19 +225,21 @@ class _Db:
                 raise self._failed(doing, exc) from exc
 
     @asynccontextmanager
-    async def writing(self, doing: str) -> AsyncIterator[aiosqlite.Connection]:
+    async def writing(self, doing: str) -> AsyncIterator[sqlite3.Connection]:
         """One write transaction; any exception rolls it back, so a failure changes nothing."""
         async with self._lock:
             conn = self._connection()
             try:
-                await conn.execute("BEGIN IMMEDIATE")
+                await _retrying(lambda: conn.execute("BEGIN IMMEDIATE"))
                 try:
                     yield conn
                 except BaseException:
-                    await conn.rollback()
+                    conn.rollback()
                     raise
-                await conn.commit()
+                await _retrying(conn.commit)
             except sqlite3.Error as exc:
+                if conn.in_transaction:
+                    conn.rollback()
                 raise self._failed(doing, exc) from exc
 
     def read(self, doing: str) -> AbstractAsyncContextManager[_Session]:
@@ -150,28 +255,36 @@ class _Db:
         return self.transaction("apply database migrations")
 
 
-class _Session(DriverSession[aiosqlite.Connection]):
+def _all_rows(conn: sqlite3.Connection, text: str, values: tuple[object, ...]) -> list[Row]:
+    # Fetched to the end, so the statement is finished (and, outside a transaction, committed)
+    # within the same call even when it has a RETURNING clause.
+    return conn.execute(text, values).fetchall()
+
+
+class _Session(DriverSession[sqlite3.Connection]):
     """The statements' session on the shared connection; a UNIQUE failure's message names the column."""
 
     dialect = SQLITE
 
     async def _fetch(self, text: str, values: tuple[object, ...]) -> list[Row]:
-        return list(await self._conn.execute_fetchall(text, values))
+        return await _retrying(partial(_all_rows, self._conn, text, values))
 
     async def _run(self, text: str, values: tuple[object, ...]) -> None:
-        # Fetched to the end, so the statement is finished (and, outside a transaction, committed)
-        # within the same call even when it has a RETURNING clause.
-        await self._conn.execute_fetchall(text, values)
+        await _retrying(partial(_all_rows, self._conn, text, values))
 
     async def _run_many(self, text: str, values: list[tuple[object, ...]]) -> None:
-        await self._conn.executemany(text, values)
+        if not self._conn.in_transaction:
+            # Outside a transaction each row would commit on its own, and a retry after "busy"
+            # could repeat the rows already written: several rows are written in a transaction.
+            raise StorageError(f"Could not {self._doing}: several rows are written in one transaction.")
+        await _retrying(partial(self._conn.executemany, text, values))
 
     def _unique_key(self, exc: Exception) -> str | None:
         return str(exc) if isinstance(exc, sqlite3.IntegrityError) and "UNIQUE" in str(exc) else None
 
     async def execute_script(self, script: str, /) -> None:
         for statement in split_statements(script):
-            await self._conn.execute(statement)
+            await _retrying(partial(self._conn.execute, statement))
 
 
 class SqliteStore(RoleStore[_Db]):

@@ -1,0 +1,152 @@
+"""The SQLite backend runs its statements on the event loop's thread, so it must never block that
+loop: another process's write lock is waited for with awaited pauses (the loop goes on serving),
+and the WAL is copied back into the database file by a checkpoint off the loop."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from bot.core.domain import MessageRef
+from bot.core.errors import StorageError
+from storage import sqlite as sq
+from storage.sqlite import SqliteStore
+
+
+def _rival(path: Path) -> sqlite3.Connection:
+    """Another process's connection holding the write lock."""
+    rival = sqlite3.connect(path, isolation_level=None)
+    rival.execute("BEGIN IMMEDIATE")
+    return rival
+
+
+async def _ticks_while(awaitable: object, *, every: float = 0.01) -> tuple[object, int]:
+    """Run ``awaitable`` and count how often another coroutine got the loop meanwhile."""
+    ticks = 0
+    done = asyncio.Event()
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while not done.is_set():
+            await asyncio.sleep(every)
+            ticks += 1
+
+    ticking = asyncio.ensure_future(ticker())
+    try:
+        result = await awaitable  # type: ignore[misc]
+    finally:
+        done.set()
+        await ticking
+    return result, ticks
+
+
+async def test_a_write_waits_for_another_writer_without_blocking_the_loop(tmp_path: Path) -> None:
+    path = tmp_path / "a.db"
+    store = SqliteStore(str(path))
+    await store.open()
+    try:
+        rival = _rival(path)
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.3, rival.commit)  # the rival lets go after 300 ms
+        previous, ticks = await _ticks_while(store.settings.set("severity", "critical"))
+        rival.close()
+        assert previous is None
+        assert await store.settings.get("severity") == "critical"
+        # the loop ran other work during the wait: a blocking busy_timeout would give 0 ticks
+        assert ticks >= 10
+    finally:
+        await store.close()
+
+
+async def test_a_write_that_cannot_get_the_lock_in_time_fails_cleanly_and_changes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sq, "BUSY_TIMEOUT_SECONDS", 0.2)
+    path = tmp_path / "a.db"
+    store = SqliteStore(str(path))
+    await store.open()
+    rival = _rival(path)
+    try:
+        with pytest.raises(StorageError, match=r"Could not save setting severity in the SQLite database .*locked"):
+            await store.settings.set("severity", "critical")
+    finally:
+        rival.rollback()
+        rival.close()
+    try:
+        assert await store.settings.get("severity") is None
+        await store.settings.set("severity", "low")  # the connection is usable again, no transaction left open
+        assert await store.settings.get("severity") == "low"
+    finally:
+        await store.close()
+
+
+async def test_lone_statements_wait_for_the_lock_too(tmp_path: Path) -> None:
+    path = tmp_path / "a.db"
+    store = SqliteStore(str(path))
+    await store.open()
+    try:
+        rival = _rival(path)
+        asyncio.get_running_loop().call_later(0.2, rival.commit)
+        # Messages.add is one statement outside a transaction (autocommit)
+        ref = MessageRef("slack", "C1", "1.0")
+        _, ticks = await _ticks_while(store.messages.add("r-1", ref))
+        rival.close()
+        assert await store.messages.refs("r-1") == [ref]
+        assert ticks >= 5
+    finally:
+        await store.close()
+
+
+async def test_writes_reach_the_database_file_by_a_checkpoint_off_the_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sq, "CHECKPOINT_EVERY_SECONDS", 0.05)
+    path = tmp_path / "a.db"
+    store = SqliteStore(str(path))
+    await store.open()
+    try:
+        await store.settings.set("severity", "critical")
+        # No automatic checkpoint on the loop's connection: until the checkpointer runs, only the WAL has it.
+        for _ in range(100):
+            await asyncio.sleep(0.02)
+            copy = tmp_path / "copy.db"
+            copy.write_bytes(path.read_bytes())  # the database file alone, without its -wal
+            conn = sqlite3.connect(copy)
+            try:
+                rows = conn.execute("SELECT value FROM settings WHERE key = 'severity'").fetchall()
+            except sqlite3.OperationalError:  # not even the schema has been copied back yet
+                rows = []
+            finally:
+                conn.close()
+            copy.unlink()
+            if rows:
+                break
+        assert rows == [("critical",)]
+    finally:
+        await store.close()
+
+
+async def test_the_loops_connection_never_checkpoints_by_itself(tmp_path: Path) -> None:
+    store = SqliteStore(str(tmp_path / "a.db"))
+    await store.open()
+    try:
+        conn = store._db._connection()
+        assert conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+        assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 0
+    finally:
+        await store.close()
+
+
+async def test_several_rows_outside_a_transaction_are_refused(tmp_path: Path) -> None:
+    store = SqliteStore(str(tmp_path / "a.db"))
+    await store.open()
+    try:
+        async with store._db.write("insert two rows") as s:
+            with pytest.raises(StorageError, match="several rows are written in one transaction"):
+                await s.execute_many("INSERT INTO settings (key, value) VALUES (?1, ?2)", [("a", "1"), ("b", "2")])
+        assert await store.settings.get("a") is None
+    finally:
+        await store.close()
