@@ -29,6 +29,7 @@ import logging
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from functools import partial
 from typing import TypeVar
@@ -126,13 +127,15 @@ def split_statements(script: str) -> list[str]:
 
 class _Checkpointer:
     """Copies the WAL back into the database file off the loop: a passive checkpoint (it never
-    waits for, nor blocks, a reader or writer) on its own connection in a worker thread, once a
-    second after the loop's connection has written."""
+    waits for, nor blocks, a reader or writer) on its own connection, in a thread of its own,
+    once a second after the loop's connection has written. The one thread also closes that
+    connection, so a checkpoint still running when the store closes finishes first."""
 
     def __init__(self, path: str, writes: Callable[[], int]) -> None:
         self._path = path
         self._writes = writes
         self._conn: sqlite3.Connection | None = None
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ackgate-sqlite-checkpoint")
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -144,9 +147,13 @@ class _Checkpointer:
             with suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        await asyncio.wrap_future(self._thread.submit(self._close))
+        self._thread.shutdown(wait=False)
+
+    def _close(self) -> None:
         if self._conn is not None:
             conn, self._conn = self._conn, None
-            await asyncio.to_thread(conn.close)
+            conn.close()
 
     def _checkpoint(self) -> None:
         if self._conn is None:
@@ -162,7 +169,7 @@ class _Checkpointer:
                 continue
             seen = now
             try:
-                await asyncio.to_thread(self._checkpoint)
+                await asyncio.wrap_future(self._thread.submit(self._checkpoint))
             except sqlite3.Error as exc:  # the next round tries again; the WAL only grows meanwhile
                 log.warning("SQLite checkpoint of %s failed: %s", self._path, exc)
 

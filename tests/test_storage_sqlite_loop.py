@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -150,3 +152,28 @@ async def test_several_rows_outside_a_transaction_are_refused(tmp_path: Path) ->
         assert await store.settings.get("a") is None
     finally:
         await store.close()
+
+
+async def test_closing_waits_for_a_running_checkpoint_and_then_closes_its_connection(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sq, "CHECKPOINT_EVERY_SECONDS", 0.01)
+    started = threading.Event()
+    checkpoint = sq._Checkpointer._checkpoint
+
+    def slow_checkpoint(self: sq._Checkpointer) -> None:
+        started.set()
+        time.sleep(0.3)  # still running when the store closes
+        checkpoint(self)
+
+    monkeypatch.setattr(sq._Checkpointer, "_checkpoint", slow_checkpoint)
+    store = SqliteStore(str(tmp_path / "a.db"))
+    await store.open()
+    checkpointer = store._db._checkpointer
+    assert checkpointer is not None
+    await store.settings.set("severity", "critical")
+    await asyncio.to_thread(started.wait, 5)
+    await store.close()
+    await asyncio.sleep(0.5)  # past the slow checkpoint: nothing of it may still be running by now
+    # the checkpoint finished before its connection was closed, and nothing was left open after
+    assert checkpointer._conn is None
