@@ -42,7 +42,7 @@ from slack_bolt.context.ack.async_ack import AsyncAck
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.adapters.throttling import notify_when_queued
-from bot.core import messages
+from bot.core import messages, pressure
 from bot.core.clock import Clock, SystemClock
 from bot.core.command_recovery import COMMAND_LEASE
 from bot.core.commands import Command, OpenForm, RequestAccess, RequestAuth, Revoke, form_text, parse_command
@@ -120,6 +120,7 @@ class Background:
         self._now = now
         self._queue: deque[tuple[float, Job, Job, tuple[Any, ...]]] = deque()
         self._ticking: asyncio.TimerHandle | None = None
+        pressure.watch(self)  # a backlog here is overload: storage then paces the background
 
     def __len__(self) -> int:
         """Jobs waiting for a turn."""
