@@ -47,6 +47,7 @@ from bot.core.clock import Clock, SystemClock
 from bot.core.command_recovery import COMMAND_LEASE
 from bot.core.commands import Command, OpenForm, RequestAccess, RequestAuth, Revoke, form_text, parse_command
 from bot.core.domain import Principal, ReceivedCommand
+from bot.core.eager import start_eagerly
 from bot.core.errors import ChatError, UpstreamError, UsageError, UserError
 from bot.core.ports import ChatNotifier, CommandInbox
 from bot.core.router import shown
@@ -520,10 +521,13 @@ class SlackApp:
         self._client = client
 
     async def dispatch(self, inbound: Inbound, body: Body) -> web.Response:
-        """Run the listener for ``inbound`` in a task of its own and answer as soon as it acks."""
+        """Run the listener for ``inbound`` and answer as soon as it acks. It starts at once, in this
+        request's task (:func:`bot.core.eager.start_eagerly`): a listener acks before its first real
+        wait, so the answer usually goes out in the same loop iteration; whatever it does after
+        waiting continues in a task of its own."""
         ack = Ack()
         loop = asyncio.get_running_loop()
-        task = loop.create_task(self._run(inbound, body, ack))
+        task = start_eagerly(self._run(inbound, body, ack))
         task.add_done_callback(ack.ended)
         budget = loop.call_later(ACK_BUDGET, ack.expire)
         try:
