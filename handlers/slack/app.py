@@ -6,7 +6,9 @@ models of :mod:`handlers.slack.inbound` (4xx, one log line, no body echoed, for 
 hands it to its listener itself. (bolt's ``AsyncApp`` used to dispatch: it checked the signature a
 second time, ran its middleware chain and polled every 10 ms for the ack, which set an 11 ms floor
 under every acknowledgement. Only bolt's ``AsyncAck`` is kept, for its response bodies.) The
-request waits on the ack alone: a future, set the moment the listener acks.
+request waits on the ack alone: a future, set the moment the listener acks. The listener starts at
+once in the request's own task (:func:`bot.core.eager.start_eagerly`), so an ack that needs no real
+wait goes out in the loop iteration that read the request.
 
 Each slash command and form submission is then recorded once, under Slack's ``trigger_id``, in the
 :class:`bot.core.ports.CommandInbox` (one insert, shared by replicas): a retry or a replay of the same
