@@ -21,7 +21,9 @@ from types import TracebackType
 class PriorityLock:
     """``async with lock:`` (normal) or ``async with lock.held(urgent=True):``."""
 
-    def __init__(self, *, normal_per_iteration: int = 0, crowded: Callable[[], bool] | None = None) -> None:
+    def __init__(self, *, normal_per_iteration: int = 1, crowded: Callable[[], bool] | None = None) -> None:
+        if normal_per_iteration < 1:  # none at all would leave normal waiters waiting for good
+            raise ValueError("normal_per_iteration must be at least 1")
         self._locked = False
         self._urgent: deque[asyncio.Future[None]] = deque()
         self._normal: deque[asyncio.Future[None]] = deque()

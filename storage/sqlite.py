@@ -44,6 +44,7 @@ from storage.sql import SQLITE, DriverSession
 BUSY_TIMEOUT_SECONDS = 5.0
 BUSY_FIRST_PAUSE_SECONDS = 0.001
 BUSY_LONGEST_PAUSE_SECONDS = 0.05
+WAL_RETRY_SECONDS = 0.05  # between tries to switch to WAL, in the opening thread
 CHECKPOINT_EVERY_SECONDS = 1.0
 CROWDED_PER_ITERATION = 4  # background statements let through per loop iteration while overloaded
 
@@ -93,7 +94,7 @@ def _enable_wal(conn: sqlite3.Connection) -> None:
         except sqlite3.OperationalError as exc:
             if not _busy(exc) or time.monotonic() >= deadline:
                 raise
-            time.sleep(BUSY_FIRST_PAUSE_SECONDS * 50)
+            time.sleep(WAL_RETRY_SECONDS)
 
 
 def _connect(path: str) -> sqlite3.Connection:

@@ -136,3 +136,8 @@ async def test_a_listeners_backlog_is_what_crowds_storage(monkeypatch: pytest.Mo
             break
         await asyncio.sleep(0.01)
     assert not pressure.overloaded()
+
+
+def test_a_crowded_lock_must_let_at_least_one_normal_holder_in_per_iteration() -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        PriorityLock(normal_per_iteration=0, crowded=lambda: True)
