@@ -8,6 +8,8 @@ import asyncio
 import sqlite3
 import threading
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -23,6 +25,16 @@ def _rival(path: Path) -> sqlite3.Connection:
     rival = sqlite3.connect(path, isolation_level=None)
     rival.execute("BEGIN IMMEDIATE")
     return rival
+
+
+@asynccontextmanager
+async def _opened(path: str) -> AsyncIterator[SqliteStore]:
+    store = SqliteStore(path)
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
 
 
 async def _ticks_while(awaitable: object, *, every: float = 0.01) -> tuple[object, int]:
@@ -47,9 +59,7 @@ async def _ticks_while(awaitable: object, *, every: float = 0.01) -> tuple[objec
 
 async def test_a_write_waits_for_another_writer_without_blocking_the_loop(tmp_path: Path) -> None:
     path = tmp_path / "a.db"
-    store = SqliteStore(str(path))
-    await store.open()
-    try:
+    async with _opened(str(path)) as store:
         rival = _rival(path)
         loop = asyncio.get_running_loop()
         loop.call_later(0.3, rival.commit)  # the rival lets go after 300 ms
@@ -59,8 +69,6 @@ async def test_a_write_waits_for_another_writer_without_blocking_the_loop(tmp_pa
         assert await store.settings.get("severity") == "critical"
         # the loop ran other work during the wait: a blocking busy_timeout would give 0 ticks
         assert ticks >= 10
-    finally:
-        await store.close()
 
 
 async def test_a_write_that_cannot_get_the_lock_in_time_fails_cleanly_and_changes_nothing(
@@ -87,9 +95,7 @@ async def test_a_write_that_cannot_get_the_lock_in_time_fails_cleanly_and_change
 
 async def test_lone_statements_wait_for_the_lock_too(tmp_path: Path) -> None:
     path = tmp_path / "a.db"
-    store = SqliteStore(str(path))
-    await store.open()
-    try:
+    async with _opened(str(path)) as store:
         rival = _rival(path)
         asyncio.get_running_loop().call_later(0.2, rival.commit)
         # Messages.add is one statement outside a transaction (autocommit)
@@ -98,8 +104,6 @@ async def test_lone_statements_wait_for_the_lock_too(tmp_path: Path) -> None:
         rival.close()
         assert await store.messages.refs("r-1") == [ref]
         assert ticks >= 5
-    finally:
-        await store.close()
 
 
 async def test_writes_reach_the_database_file_by_a_checkpoint_off_the_loop(
@@ -107,9 +111,7 @@ async def test_writes_reach_the_database_file_by_a_checkpoint_off_the_loop(
 ) -> None:
     monkeypatch.setattr(sq, "CHECKPOINT_EVERY_SECONDS", 0.05)
     path = tmp_path / "a.db"
-    store = SqliteStore(str(path))
-    await store.open()
-    try:
+    async with _opened(str(path)) as store:
         await store.settings.set("severity", "critical")
         # No automatic checkpoint on the loop's connection: until the checkpointer runs, only the WAL has it.
         for _ in range(100):
@@ -127,31 +129,21 @@ async def test_writes_reach_the_database_file_by_a_checkpoint_off_the_loop(
             if rows:
                 break
         assert rows == [("critical",)]
-    finally:
-        await store.close()
 
 
 async def test_the_loops_connection_never_checkpoints_by_itself(tmp_path: Path) -> None:
-    store = SqliteStore(str(tmp_path / "a.db"))
-    await store.open()
-    try:
+    async with _opened(str(tmp_path / "a.db")) as store:
         conn = store._db._connection()
         assert conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
         assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 0
-    finally:
-        await store.close()
 
 
 async def test_several_rows_outside_a_transaction_are_refused(tmp_path: Path) -> None:
-    store = SqliteStore(str(tmp_path / "a.db"))
-    await store.open()
-    try:
+    async with _opened(str(tmp_path / "a.db")) as store:
         async with store._db.write("insert two rows") as s:
             with pytest.raises(StorageError, match="several rows are written in one transaction"):
                 await s.execute_many("INSERT INTO settings (key, value) VALUES (?1, ?2)", [("a", "1"), ("b", "2")])
         assert await store.settings.get("a") is None
-    finally:
-        await store.close()
 
 
 async def test_closing_waits_for_a_running_checkpoint_and_then_closes_its_connection(
