@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from aiohttp import web
 from pydantic import SecretStr
 
+from bot.core import lanes
 from bot.core.errors import StorageError
 from bot.core.webhooks import (
     HANDLED_EVENT_TYPES,
@@ -175,7 +176,7 @@ def _task_spawner(app: web.Application, *, grace: float) -> Spawn:
     tasks: set[asyncio.Task[None]] = set()
 
     def spawn(coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
+        task = lanes.spawn(coro)  # after the 2xx: background, never ahead of a request
         tasks.add(task)
         task.add_done_callback(tasks.discard)
 

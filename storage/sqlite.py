@@ -34,7 +34,6 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppres
 from functools import partial
 from typing import TypeVar
 
-from bot.core import pressure
 from bot.core.errors import StorageError
 from storage.codec import Row
 from storage.common import RoleStore
@@ -46,7 +45,6 @@ BUSY_FIRST_PAUSE_SECONDS = 0.001
 BUSY_LONGEST_PAUSE_SECONDS = 0.05
 WAL_RETRY_SECONDS = 0.05  # between tries to switch to WAL, in the opening thread
 CHECKPOINT_EVERY_SECONDS = 1.0
-CROWDED_PER_ITERATION = 4  # background statements let through per loop iteration while overloaded
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -185,8 +183,7 @@ class _Db:
     def __init__(self, path: str) -> None:
         self.path = path
         self._conn: sqlite3.Connection | None = None
-        # Overloaded, the background's statements pass a few per loop iteration (bot.core.pressure).
-        self._lock = PriorityLock(normal_per_iteration=CROWDED_PER_ITERATION, crowded=pressure.overloaded)
+        self._lock = PriorityLock()
         self._checkpointer: _Checkpointer | None = None
 
     async def open(self) -> None:

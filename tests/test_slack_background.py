@@ -18,7 +18,7 @@ from aiohttp.test_utils import TestServer
 from pydantic import SecretStr
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.core import messages
+from bot.core import lanes, messages
 from bot.core.domain import ReceivedCommand
 from bot.core.ports import Store
 from bot.runtime.simulators.slack import SlackSimulator
@@ -228,3 +228,25 @@ async def test_a_click_not_recorded_within_the_budget_gets_an_empty_200_then_bus
     (answer,) = await rig.answers(token)
     assert messages.SLACK_BUSY in json.dumps(answer)
     assert rig.service.decided == []
+
+
+async def test_jobs_and_busy_answers_run_in_the_background_lane_never_ahead_of_an_ack() -> None:
+    clock = Clock()
+    background = Background(1, wait=5, backlog=1, now=clock)
+    lanes_seen: list[tuple[str, bool]] = []
+    gate = asyncio.Event()
+
+    async def work(name: str) -> None:
+        lanes_seen.append((name, lanes.in_background()))
+        await gate.wait()
+
+    async def busy(name: str) -> None:
+        lanes_seen.append((f"busy {name}", lanes.in_background()))
+
+    background.submit(work, busy, "first")  # takes the one turn
+    background.submit(work, busy, "second")  # waits in the backlog
+    background.submit(work, busy, "third")  # the backlog is full: busy at once
+    await settle()
+    gate.set()
+    await settle()
+    assert sorted(lanes_seen) == [("busy third", True), ("first", True), ("second", True)]

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from bot.core import lanes
 from bot.core.approval_cards import ApprovalCards
 from bot.core.clock import Clock
 from bot.core.domain import GrantStatus
@@ -127,7 +128,7 @@ async def start_up(reconciler: Reconciler, *, wait: float = START_UP_WAIT_SECOND
     """Run a first pass before serving, waiting at most ``wait`` seconds for it; a longer pass (a
     slow provisioner) carries on in the background and its task is returned, for the caller to
     cancel at shutdown. None when it finished in time."""
-    task = asyncio.create_task(_first_pass(reconciler), name="ackgate-reconcile-start-up")
+    task = lanes.spawn(_first_pass(reconciler), name="ackgate-reconcile-start-up")
     done, _ = await asyncio.wait({task}, timeout=wait)
     if task in done:
         return None

@@ -25,7 +25,7 @@ from bot.adapters.metrics import PrometheusMetrics
 from bot.adapters.pagerduty import PagerDutyClient
 from bot.adapters.pagerduty_events import EventsClient
 from bot.adapters.provisioners import build_provisioners
-from bot.core import messages
+from bot.core import lanes, messages
 from bot.core.access import AccessService
 from bot.core.admin import PAGERDUTY_REST, AdminService
 from bot.core.approval_cards import ApprovalCards
@@ -95,9 +95,7 @@ class WebhookHealth:
 
     def signature_failed(self) -> None:
         self._metrics.webhook_signature_failures.inc()
-        task = asyncio.get_running_loop().create_task(
-            self._org.record_webhook(at=self._clock.now(), signature_ok=False)
-        )
+        task = lanes.spawn(self._org.record_webhook(at=self._clock.now(), signature_ok=False))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -479,7 +477,7 @@ def build_app(
                 first_pass = await start_up(reconciler)
                 if first_pass is not None:
                     stack.push_async_callback(_cancel, first_pass)
-                scheduler.start()
+                lanes.start_in_background(scheduler.start)  # its passes never go ahead of a request
             yield
 
     app.cleanup_ctx.append(lifecycle)

@@ -52,12 +52,11 @@ def _start(args: argparse.Namespace) -> int:
 
 
 def _run(main: Coroutine[Any, Any, int]) -> int:
-    """Run the server's loop: uvloop's (a dependency on every platform but Windows), else asyncio's."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(main)
-    return uvloop.run(main)
+    """Run the server's loop (:func:`bot.runtime.loops.lane_loop_factory`: uvloop's, with the background lane)."""
+    from bot.runtime.loops import lane_loop_factory
+
+    with asyncio.Runner(loop_factory=lane_loop_factory()) as runner:
+        return runner.run(main)
 
 
 def _workers(text: str) -> int:

@@ -44,7 +44,7 @@ from slack_bolt.context.ack.async_ack import AsyncAck
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.adapters.throttling import notify_when_queued
-from bot.core import messages, pressure
+from bot.core import lanes, messages
 from bot.core.clock import Clock, SystemClock
 from bot.core.command_recovery import COMMAND_LEASE
 from bot.core.commands import Command, OpenForm, RequestAccess, RequestAuth, Revoke, form_text, parse_command
@@ -99,7 +99,8 @@ class Background:
     """The bounded turns of work done after an ack, and the backlog waiting for one.
 
     A listener acks, hands its work to :meth:`submit` and returns. At most ``turns`` jobs run at
-    once, each in a task of its own (created in a request's context, so a graceful stop waits for
+    once, each in a task of its own in the loop's background lane (:mod:`bot.core.lanes`: never ahead
+    of an ack; created in a request's context, so a graceful stop waits for
     it); the others wait in a first-in-first-out backlog as plain data: the job's function, its
     "busy" answer (both shared, bound once per process) and the arguments, rather than as suspended
     coroutines with closures and a timer each. A backlog of thousands then costs the garbage
@@ -123,7 +124,6 @@ class Background:
         self._now = now
         self._queue: deque[tuple[float, Job, Job, tuple[Any, ...]]] = deque()
         self._ticking: asyncio.TimerHandle | None = None
-        pressure.watch(self)  # a backlog here is overload: storage then paces the background
 
     def __len__(self) -> int:
         """Jobs waiting for a turn."""
@@ -142,7 +142,7 @@ class Background:
                 self._ticking = asyncio.get_running_loop().call_later(TICK, self._tick)
 
     def _start(self, job: Job, args: tuple[Any, ...], *, turn: bool) -> None:
-        task = asyncio.get_running_loop().create_task(_guarded(job, args))
+        task = lanes.spawn(_guarded(job, args))  # the background lane: never ahead of an ack
         if turn:
             task.add_done_callback(self._finished)
 

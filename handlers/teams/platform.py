@@ -36,7 +36,7 @@ from typing import Any
 import httpx
 from aiohttp import web
 
-from bot.core import messages
+from bot.core import lanes, messages
 from bot.core.clock import Clock
 from bot.core.errors import AckgateError, ConfigError, StorageError
 from bot.core.expiry import every
@@ -132,7 +132,7 @@ class MessagesEndpoint:
             if not first:
                 log.info("Teams sent activity %s again; it runs once", turn.activity_id)
                 return web.Response(status=202)
-        task = asyncio.get_running_loop().create_task(self._run(turn, identity))
+        task = lanes.spawn(self._run(turn, identity))  # after the 202: background
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return web.Response(status=202)
