@@ -45,8 +45,6 @@ BUSY_FIRST_PAUSE_SECONDS = 0.001
 BUSY_LONGEST_PAUSE_SECONDS = 0.05
 WAL_RETRY_SECONDS = 0.05  # between tries to switch to WAL, in the opening thread
 CHECKPOINT_EVERY_SECONDS = 1.0
-CHECKPOINT_BUSY_MS = 20  # how long emptying the WAL waits for another process's writer
-CHECKPOINT_EMPTY_FRAMES = 16384  # WAL pages (64 MB at 4 KB) past which the WAL is emptied
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -129,27 +127,14 @@ def split_statements(script: str) -> list[str]:
 
 
 class _Checkpointer:
-    """Copies the WAL back into the database file off the loop, on its own connection, in a thread
-    of its own, once a second after the loop's connection has written. The one thread also closes
-    that connection, so a checkpoint still running when the store closes finishes first.
+    """Copies the WAL back into the database file off the loop: a passive checkpoint (it never
+    waits for, nor blocks, a reader or writer) on its own connection, in a thread of its own,
+    once a second after the loop's connection has written. The one thread also closes that
+    connection, so a checkpoint still running when the store closes finishes first."""
 
-    Each round is a passive checkpoint (it never waits for, nor blocks, a reader or writer), which
-    copies what the WAL holds while the loop goes on writing. Under writes that never pause, a
-    passive checkpoint never catches up with the end of the WAL, and SQLite starts the WAL over only
-    after one that did: measured, the WAL grew to 365 MB in 10 s of back-to-back flows. So once the
-    WAL holds more than :data:`CHECKPOINT_EMPTY_FRAMES` pages, a second checkpoint, ``TRUNCATE``,
-    runs while this process's writers wait on the connection's lock (``hold``): it has only the
-    frames written during the first to copy, then empties the file. (Doing that every round bounds
-    the WAL tighter but cost 40% of the flows per second, measured.) Another process writing
-    (``--workers``) makes it give up after :data:`CHECKPOINT_BUSY_MS` instead of holding the lock
-    for long; the next round tries again."""
-
-    def __init__(
-        self, path: str, writes: Callable[[], int], hold: Callable[[], AbstractAsyncContextManager[None]]
-    ) -> None:
+    def __init__(self, path: str, writes: Callable[[], int]) -> None:
         self._path = path
         self._writes = writes
-        self._hold = hold
         self._conn: sqlite3.Connection | None = None
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ackgate-sqlite-checkpoint")
         self._task: asyncio.Task[None] | None = None
@@ -171,19 +156,10 @@ class _Checkpointer:
             conn, self._conn = self._conn, None
             conn.close()
 
-    def _connection(self) -> sqlite3.Connection:
+    def _checkpoint(self) -> None:
         if self._conn is None:
             self._conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
-            self._conn.execute(f"PRAGMA busy_timeout = {CHECKPOINT_BUSY_MS}")
-        return self._conn
-
-    def _checkpoint(self) -> int:
-        """A passive checkpoint; the pages the WAL holds."""
-        _, frames, _ = self._connection().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-        return int(frames)
-
-    def _empty(self) -> None:
-        self._connection().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
     async def _run(self) -> None:
         seen = -1  # a store just opened may have migrated: look at the first round whatever it holds
@@ -194,11 +170,7 @@ class _Checkpointer:
                 continue
             seen = now
             try:
-                frames = await asyncio.wrap_future(self._thread.submit(self._checkpoint))
-                if frames > CHECKPOINT_EMPTY_FRAMES:
-                    async with self._hold():  # no write of this process meanwhile: it catches up
-                        await asyncio.wrap_future(self._thread.submit(self._empty))
-                    seen = self._writes()
+                await asyncio.wrap_future(self._thread.submit(self._checkpoint))
             except sqlite3.Error as exc:  # the next round tries again; the WAL only grows meanwhile
                 log.warning("SQLite checkpoint of %s failed: %s", self._path, exc)
 
@@ -226,7 +198,7 @@ class _Db:
             ) from exc
         self._conn = conn
         if self.path != ":memory:":
-            self._checkpointer = _Checkpointer(self.path, lambda: conn.total_changes, self._lock.held)
+            self._checkpointer = _Checkpointer(self.path, lambda: conn.total_changes)
             self._checkpointer.start()
 
     async def close(self) -> None:

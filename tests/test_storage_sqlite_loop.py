@@ -169,26 +169,3 @@ async def test_closing_waits_for_a_running_checkpoint_and_then_closes_its_connec
     await asyncio.sleep(0.5)  # past the slow checkpoint: nothing of it may still be running by now
     # the checkpoint finished before its connection was closed, and nothing was left open after
     assert checkpointer._conn is None
-
-
-async def test_a_wal_past_its_bound_is_emptied_even_under_writes_that_never_pause(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(sq, "CHECKPOINT_EVERY_SECONDS", 0.05)
-    monkeypatch.setattr(sq, "CHECKPOINT_EMPTY_FRAMES", 256)  # 1 MB
-    wal = tmp_path / "a.db-wal"
-    commits = 0
-    sizes: list[int] = []
-    async with _opened(str(tmp_path / "a.db")) as store:
-        end = time.monotonic() + 1.5
-        while time.monotonic() < end:  # the writes never pause for long
-            await store.settings.set(f"key-{commits % 64}", "x" * 3000)
-            commits += 1
-            if commits % 50 == 0:
-                await asyncio.sleep(0)  # the checkpointer's turn on the loop comes round
-                sizes.append(wal.stat().st_size if wal.exists() else 0)
-    grown = [n for n, size in enumerate(sizes) if size > 2**20]
-    assert grown, f"the WAL never passed its bound in {commits} commits: the test did not write enough"
-    # A WAL file never shrinks by itself (SQLite reuses it from the start): only emptying it does.
-    assert 0 in sizes[grown[0] :], "the WAL passed its bound and was never emptied"
-    assert max(sizes) < 16 * 2**20
