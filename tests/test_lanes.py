@@ -194,6 +194,25 @@ async def test_a_cancelled_background_step_is_skipped_and_a_failing_one_goes_to_
     assert len(errors) == 1 and isinstance(errors[0], ValueError)
 
 
+def test_a_step_that_stops_the_loop_leaves_the_rest_of_the_lane_to_run_when_it_runs_again() -> None:
+    loop = lanes.LaneLoop()
+    ran: list[str] = []
+    try:
+        context = lanes.background_context()
+
+        def stop() -> None:
+            raise SystemExit(3)  # escapes the loop, as SystemExit and KeyboardInterrupt do
+
+        loop.call_soon(stop, context=context)
+        loop.call_soon(ran.append, "after", context=context)
+        with pytest.raises(SystemExit):
+            loop.run_until_complete(asyncio.sleep(0.01))
+        loop.run_until_complete(asyncio.sleep(0.01))
+    finally:
+        loop.close()
+    assert ran == ["after"]
+
+
 def test_a_closed_loop_refuses_background_callbacks() -> None:
     loop = lanes.LaneLoop()
     loop.close()

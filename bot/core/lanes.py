@@ -105,23 +105,21 @@ class Lanes(asyncio.AbstractEventLoop):
             super().call_soon(self._pump)
         return handle
 
-    def background_waiting(self) -> int:
-        """Background steps ready and waiting for a slice."""
-        return len(self._lane)
-
     def _pump(self) -> None:
         lane = self._lane
         end = time.perf_counter() + SLICE
-        while lane:
-            handle = lane.popleft()
-            if not handle.cancelled():
-                handle._run()  # as the loop runs a handle: an exception goes to its handler
-            if time.perf_counter() >= end:
-                break
-        if lane:
-            super().call_soon(self._pump)  # the next iteration, after the foreground's
-        else:
-            self._pump_due = False
+        try:
+            while lane:
+                handle = lane.popleft()
+                if not handle.cancelled():
+                    handle._run()  # as the loop runs a handle: an exception goes to its handler
+                if time.perf_counter() >= end:
+                    break
+        finally:  # also when SystemExit or KeyboardInterrupt escapes a step: what waits is not stranded
+            if lane:
+                super().call_soon(self._pump)  # the next iteration, after the foreground's
+            else:
+                self._pump_due = False
 
 
 class LaneLoop(Lanes, asyncio.SelectorEventLoop):
