@@ -9,6 +9,7 @@ propagate as the fail-closed errors of bot.core.errors.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 
@@ -108,7 +109,7 @@ class AccessService:
         asked = _asked_duration(command.duration, ceiling)
         ctx = gates.GateContext(self.pagerduty, actor, reason=reason)
         reasons: dict[str, str] = {}
-        chosen: tuple[Flow, gates.Verdict] | None = None
+        chosen: tuple[Flow, gates.Verdict, GateEvaluated] | None = None
         for flow in flows:
             if not await gates.requester_allowed(flow, self.policy, ctx):
                 reasons[flow.name] = "you are not among the requesters of this flow"
@@ -117,18 +118,21 @@ class AccessService:
                 reasons[flow.name] = f"allows at most {format_duration(min(flow.max_duration, resource.max_duration))}"
                 continue
             verdict = await gates.evaluate(flow, ctx)
-            await self.bus.publish(
-                GateEvaluated(now, actor.email, resource.name, flow.name, verdict.passed, verdict.reason, verdict.facts)
+            evaluated = GateEvaluated(
+                now, actor.email, resource.name, flow.name, verdict.passed, verdict.reason, verdict.facts
             )
             if verdict.passed:
-                chosen = (flow, verdict)
+                # audited in the transaction that stores the request (bus.commit's ``before``)
+                chosen = (flow, verdict, evaluated)
                 break
+            await self.bus.publish(evaluated)
             reasons[flow.name] = verdict.reason
         if chosen is None:
             return await self._refuse(actor, resource, asked, reason, reasons)
-        flow, verdict = chosen
+        flow, verdict, evaluated = chosen
         duration = asked or min(flow.default_duration, flow.max_duration, resource.max_duration)
         if duration < MIN_DURATION:
+            await self.bus.publish(evaluated)
             raise UsageError(messages.duration_out_of_range(duration, min(flow.max_duration, resource.max_duration)))
         request = AccessRequest(
             id=new_id("r"),
@@ -143,8 +147,8 @@ class AccessService:
             note=verdict.evidence,
         )
         if isinstance(flow.approval, AutoApproval):
-            return await self._auto_grant(request, flow, verdict)
-        return await self._ask_approvers(request, flow)
+            return await self._auto_grant(request, flow, verdict, evaluated)
+        return await self._ask_approvers(request, flow, evaluated)
 
     async def _refuse(
         self,
@@ -153,6 +157,7 @@ class AccessService:
         asked: timedelta | None,
         reason: str,
         reasons: dict[str, str],
+        before: Sequence[Event] = (),
     ) -> Card:
         if not reasons:
             raise UsageError(messages.not_requester_flow(resource.name))
@@ -170,10 +175,13 @@ class AccessService:
         await self.bus.commit(
             lambda audit: self.store.requests.add(request, audit=audit),
             lambda _: [AccessRefused(request.created_at, request, reasons)],
+            before=before,
         )
         raise GateRefused(messages.refused(resource.name, reasons), reasons=reasons)
 
-    async def _auto_grant(self, request: AccessRequest, flow: Flow, verdict: gates.Verdict) -> Card:
+    async def _auto_grant(
+        self, request: AccessRequest, flow: Flow, verdict: gates.Verdict, evaluated: GateEvaluated
+    ) -> Card:
         now = self.clock.now()
         shift_end = verdict.shift_end if flow.cap_at_shift_end else None
         approved = replace(request, status=RequestStatus.APPROVED, decided_by=SYSTEM, decided_at=now)
@@ -184,6 +192,7 @@ class AccessService:
                 lambda audit: self.store.requests.add_with_grant(approved, new_grant, audit=audit),
                 lambda pair: [AccessRequested(now, pair[0]), RequestApproved(now, pair[0], SYSTEM)],
                 defer_to=later,
+                before=[evaluated],
             )
             grant = await self.grants.activate(grant, stored, cap=shift_end, later=later)
         if grant.status is GrantStatus.ACTIVE:
@@ -212,10 +221,14 @@ class AccessService:
                 seen.setdefault(e.lower(), None)
         return tuple(seen)
 
-    async def _ask_approvers(self, request: AccessRequest, flow: Flow) -> Card:
+    async def _ask_approvers(self, request: AccessRequest, flow: Flow, evaluated: GateEvaluated) -> Card:
         approval = flow.approval
         assert isinstance(approval, ApproversApproval | OnCallApproval)
-        approvers = await self._eligible_approvers(request, flow)
+        try:
+            approvers = await self._eligible_approvers(request, flow)
+        except Exception:
+            await self.bus.publish(evaluated)  # PagerDuty's on-call lookup failed: the gate still ran
+            raise
         if len(approvers) < approval.required:
             reasons = {flow.name: messages.not_enough_approvers(len(approvers), approval.required)}
             return await self._refuse(
@@ -224,6 +237,7 @@ class AccessService:
                 timedelta(seconds=request.duration_seconds),
                 request.reason,
                 reasons,
+                before=[evaluated],
             )
         request = replace(
             request,
@@ -234,6 +248,7 @@ class AccessService:
         await self.bus.commit(
             lambda audit: self.store.requests.add(request, audit=audit),
             lambda _: [AccessRequested(request.created_at, request), ApprovalRequested(request.created_at, request)],
+            before=[evaluated],
         )
         refs = await self.store.messages.refs(request.id)
         return cards.pending_card(request, reached=len(refs), unreached=self.unreached.pop(request.id, ()))

@@ -4,7 +4,10 @@ Two ways in:
 
 - :meth:`MessageBus.commit` for a state change: the storage method writes the events' audit rows
   in the state change's own transaction (its ``audit`` argument, see :mod:`bot.core.ports`), and only
-  after the commit do the reactions run. A crash can lose a chat message, never an audit row.
+  after the commit do the reactions run. A crash can lose a chat message, never an audit row. An
+  event that changed nothing but led to the change (the gate that let a request through) can ride
+  in the same transaction (``before``): one write instead of two, and published on its own if the
+  change fails.
 - :meth:`MessageBus.publish` for an event that changes no stored state (a gate evaluated, an
   action refused): its audit row is appended on its own (a failure there propagates, because an
   unaudited event must not pass silently), then its reactions run.
@@ -46,14 +49,19 @@ class MessageBus:
         events: Callable[[T], Sequence[Event]],
         *,
         defer_to: list[Event] | None = None,
+        before: Sequence[Event] = (),
     ) -> T:
         """Run a state change whose audit commits with it, then react to its events.
 
         ``write`` calls one storage method, passing it the ``audit`` function it is given;
         ``events`` builds the change's events from the method's result. Errors of ``write`` (a lost
-        compare-and-set, a storage failure) propagate and nothing is audited or reacted to.
-        With ``defer_to`` (from :meth:`reacting_after`) the events are reacted to later instead, so
-        a claimed provisioner call is not held up by chat messages.
+        compare-and-set, a storage failure) propagate and nothing of the change is audited or
+        reacted to. With ``defer_to`` (from :meth:`reacting_after`) the events are reacted to later
+        instead, so a claimed provisioner call is not held up by chat messages.
+
+        ``before``: events that change no stored state and led to this change; their audit rows
+        come first in the same transaction. If ``write`` fails they are published on their own
+        (what was decided stays audited), and ``write``'s error is the one raised.
         """
         built: list[Event] = []
         audited = False
@@ -61,10 +69,15 @@ class MessageBus:
         def audit(result: T) -> list[AuditEvent]:
             nonlocal audited
             audited = True
-            built[:] = events(result)
+            built[:] = [*before, *events(result)]
             return [event.audit() for event in built]
 
-        result = await write(audit)
+        try:
+            result = await write(audit)
+        except Exception:
+            if before:
+                await self._publish_anyway(before)
+            raise
         if not audited:
             # A storage method that ignores ``audit`` is a bug; keep the row rather than lose it.
             log.error("a state change was stored without its audit rows; appending them now")
@@ -89,6 +102,13 @@ class MessageBus:
     def reacts_to(self, event: Event) -> bool:
         """Whether any side effect is registered for ``event``'s type."""
         return bool(self._registry.get(type(event)))
+
+    async def _publish_anyway(self, events: Sequence[Event]) -> None:
+        """``publish`` after a failed change; its own failure is logged, not raised over the change's."""
+        try:
+            await self.publish(*events)
+        except Exception:
+            log.exception("could not audit %s after its state change failed", [type(e).__name__ for e in events])
 
     async def publish(self, *events: Event) -> None:
         """Audit and react to events that change no stored state."""
