@@ -31,7 +31,9 @@ def _lone_audit_rows(world: World, monkeypatch: pytest.MonkeyPatch) -> list[Audi
     return lone
 
 
-async def test_an_auto_grant_writes_its_gate_row_with_the_request(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_an_auto_grant_writes_its_gate_row_with_the_request(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
     _ack_incident(world)
     lone = _lone_audit_rows(world, monkeypatch)
     card = await world.type(alice, "prod-db 2h")
