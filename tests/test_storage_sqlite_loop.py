@@ -10,11 +10,12 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from bot.core.domain import MessageRef
+from bot.core.domain import AuditEvent, MessageRef
 from bot.core.errors import StorageError
 from storage import sqlite as sq
 from storage.sqlite import SqliteStore
@@ -129,6 +130,31 @@ async def test_writes_reach_the_database_file_by_a_checkpoint_off_the_loop(
             if rows:
                 break
         assert rows == [("critical",)]
+
+
+async def _wal_after_writes_that_never_pause(path: Path, writes: int) -> int:
+    """The -wal file's size after ``writes`` commits with nothing but a loop turn between them."""
+    async with _opened(str(path)) as store:
+        start = datetime.now(UTC)
+        for i in range(writes):  # each a new row of a few pages: a passive pass always finds more
+            await store.audit.append(AuditEvent(start, "test.write", "me", f"s{i}", {"pad": "x" * 3000}))
+            await asyncio.sleep(0)  # the checkpointer's task gets its turns; the writes never pause
+        size = path.with_name(path.name + "-wal").stat().st_size
+        assert len(await store.audit.since(start)) == writes
+    return size
+
+
+async def test_a_wal_under_writes_that_never_pause_is_started_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sq, "CHECKPOINT_EVERY_SECONDS", 0.02)
+    # the control, in the same test: passive checkpoints alone, the WAL only grows
+    monkeypatch.setattr(sq, "RESTART_AFTER_FRAMES", 10**9)
+    grown = await _wal_after_writes_that_never_pause(tmp_path / "control.db", 2500)
+    monkeypatch.setattr(sq, "RESTART_AFTER_FRAMES", 64)
+    bounded = await _wal_after_writes_that_never_pause(tmp_path / "a.db", 2500)
+    assert grown > 30 * 1024 * 1024  # ~54 MB: every frame ever written
+    assert bounded < grown / 2  # ~16 MB: what a few rounds write between restarts
 
 
 async def test_the_loops_connection_never_checkpoints_by_itself(tmp_path: Path) -> None:
