@@ -250,3 +250,65 @@ async def test_jobs_and_busy_answers_run_in_the_background_lane_never_ahead_of_a
     gate.set()
     await settle()
     assert sorted(lanes_seen) == [("busy third", True), ("first", True), ("second", True)]
+
+
+@pytest.fixture
+async def full_rig(memory_store: Store) -> AsyncIterator[tuple[Rig, Background]]:
+    """The Slack app with a background of one turn and a backlog of one, both taken by the test."""
+    background = Background(1, wait=60, backlog=1)
+    async with SlackSimulator() as slack:
+        slack.add_user(ALICE, "alice@example.com", "Alice Liddell")
+        client = AsyncWebClient(token=slack.token, base_url=slack.base_url)
+        service = FakeAccess(slack)
+        built = build_slack_app(
+            client=client,
+            service=_typed(service),
+            identity=SlackIdentity(client),
+            inbox=memory_store.commands,
+            notifier=SlackNotifier(client),
+            background=background,
+        )
+        web_app = web.Application()
+        mount_slack(web_app, slack_app=built, signing_secret=SecretStr(SECRET))
+        async with TestServer(web_app, host="127.0.0.1") as server, aiohttp.ClientSession() as session:
+            yield Rig(slack, service, str(server.make_url("/slack/events")), session), background
+
+
+async def test_a_command_finding_the_background_full_is_answered_busy_in_its_ack_and_nothing_is_recorded(
+    full_rig: tuple[Rig, Background], memory_store: Store
+) -> None:
+    rig, background = full_rig
+    gate = asyncio.Event()
+    log: list[str] = []
+    fill(background, log, gate, 2)  # the one turn runs, the one backlog place waits
+    await settle()
+    assert background.full()
+    status, ack, token = await rig.command("prod-db 2h fixing replication lag", trigger_id="full.1")
+    assert status == 200
+    assert json.loads(ack) == {"response_type": "ephemeral", "text": messages.SLACK_BUSY}
+    # nothing recorded (no recovery pass will run it), nothing posted later, nothing executed
+    far = datetime.now(UTC) + timedelta(hours=1)
+    unanswered = await memory_store.commands.claim_unanswered(
+        far, lease_until=far, received_after=far - timedelta(days=1), max_attempts=10_000
+    )
+    assert unanswered == []
+    gate.set()
+    await settle(3)
+    assert rig.slack.responses.get(token, []) == []
+    assert rig.service.executed == []
+    assert not background.full()
+    # with a turn free again the same user's next command is recorded and runs
+    status, ack, token = await rig.command("prod-db 2h fixing replication lag", trigger_id="full.2")
+    assert status == 200 and messages.SLACK_BUSY not in ack
+    (answer,) = await rig.answers(token)
+    assert messages.SLACK_BUSY not in json.dumps(answer)
+    assert len(rig.service.executed) == 1
+
+
+def test_full_means_no_free_turn_and_a_full_backlog() -> None:
+    background = Background(1, wait=60, backlog=1)
+    assert not background.full()
+    background._free = 0
+    assert not background.full()  # the backlog has room
+    background._queue.append((0.0, recorder([], "x"), recorder([], "y"), ()))
+    assert background.full()

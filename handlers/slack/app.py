@@ -20,7 +20,8 @@ deadline never depends on either. What a listener does after its ack is handed t
 number of background turns (:class:`Background`); a backlog waits as data, not as coroutines, so
 slow work queues instead of crowding the event loop that answers acks. A job that gets no turn
 within :data:`TURN_WAIT` is answered with :data:`bot.core.messages.SLACK_BUSY` (and the row marked
-answered), well inside the command's lease. A request that could not even be recorded within
+answered), well inside the command's lease; a slash command that finds no turn free and the
+backlog full is answered "busy" in its ack and recorded nothing. A request that could not even be recorded within
 :data:`ACK_BUDGET` is answered "busy" at once instead of failing past Slack's deadline.
 Users see ``UserError``/``UpstreamError`` messages; anything unexpected becomes the generic
 sentence and a logged traceback.
@@ -128,6 +129,11 @@ class Background:
     def __len__(self) -> int:
         """Jobs waiting for a turn."""
         return len(self._queue)
+
+    def full(self) -> bool:
+        """Whether a job submitted now would be given its busy answer at once (no free turn, the
+        backlog full): a listener can then answer "busy" in its ack and record nothing."""
+        return self._free <= 0 and len(self._queue) >= self._backlog
 
     def submit(self, job: Job, busy: Job, *args: Any) -> None:
         """Run ``job(*args)`` in a turn when one is free; ``busy(*args)`` instead when none comes in time."""
@@ -287,6 +293,12 @@ class _Listeners:
             parsed = parse_command(normalise_mentions(text))
         except UsageError as exc:  # parsing is pure, so the usage line can be the ack itself
             await ack(**render_notice(exc.message), response_type="ephemeral")
+            return
+        if self._background.full():
+            # Shed at the edge: "busy" in the ack itself, with no record, no follow-up post and no
+            # answered mark, the cheapest answer while overloaded (nothing was started, so a
+            # retry of the same command is a new try, not a duplicate).
+            await ack(text=messages.SLACK_BUSY, response_type="ephemeral")
             return
         user_id = str(command.get("user_id") or "")
         trigger_id = str(command.get("trigger_id") or "")
@@ -582,7 +594,7 @@ def build_slack_app(
     passes its pooled one); ``logger`` receives unexpected failures with their tracebacks."""
     log = logger or _log
     clock = clock or SystemClock()
-    background = background or Background()
+    background = background if background is not None else Background()  # an empty one has len() 0
     answerer = Answerer(
         inbox=inbox,
         notifier=notifier or SlackNotifier(client),
