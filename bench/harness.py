@@ -213,6 +213,27 @@ class Sampler(threading.Thread):
         return [s for s in self.samples if start <= s[0] <= end]
 
 
+def runqueue_wait(pids: Sequence[int]) -> dict[int, tuple[float, float]]:
+    """Each process's main thread from ``/proc/PID/schedstat``: seconds on a CPU and seconds
+    runnable but waiting for one (the kernel's run queue); empty where the kernel keeps no schedstat."""
+    got: dict[int, tuple[float, float]] = {}
+    for pid in pids:
+        try:
+            on_cpu, waiting, _ = Path(f"/proc/{pid}/schedstat").read_text().split()
+        except (OSError, ValueError):
+            continue
+        got[pid] = (int(on_cpu) / 1e9, int(waiting) / 1e9)
+    return got
+
+
+def children(pid: int) -> list[int]:
+    """The processes ``pid`` started (``serve --workers N``'s workers)."""
+    try:
+        return [int(x) for x in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
 def compile_project() -> None:
     """Write the project's bytecode, as installing its wheel does. A checkout installed in editable
     mode has none, and with ``PYTHONDONTWRITEBYTECODE`` set (this machine, the container image) every
