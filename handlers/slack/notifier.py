@@ -30,6 +30,14 @@ from handlers.slack.blocks import render_card
 from handlers.slack.retry import ATTEMPT_TIMEOUT_SECONDS, retry_handlers
 
 _log = logging.getLogger(__name__)
+# The loggers handed to slack_sdk's clients, with a level of their own: the clients check the
+# logger's own level (not the effective one) before formatting their debug lines, which name the
+# response_url (a capability), the arguments and the bodies. With NOTSET they formatted them on
+# every call for nothing; at WARNING they never do, whatever level the root is given.
+_response_url_log = logging.getLogger("ackgate.slack.response_url")
+_response_url_log.setLevel(logging.WARNING)
+_web_api_log = logging.getLogger("ackgate.slack.web_api")
+_web_api_log.setLevel(logging.WARNING)
 
 PLATFORM = "slack"
 TITLE = "Slack"  # its row in /access admin status
@@ -77,7 +85,11 @@ def web_client(*, token: str, base_url: str) -> AsyncWebClient:
     """The Web API client Ackgate uses: bounded retries on 429, 5xx and refused connections
     (:mod:`handlers.slack.retry`)."""
     return AsyncWebClient(
-        token=token, base_url=base_url, timeout=ATTEMPT_TIMEOUT_SECONDS, retry_handlers=retry_handlers()
+        token=token,
+        base_url=base_url,
+        timeout=ATTEMPT_TIMEOUT_SECONDS,
+        retry_handlers=retry_handlers(),
+        logger=_web_api_log,
     )
 
 
@@ -119,7 +131,11 @@ async def post_response(url: str, message: Mapping[str, Any], *, session: aiohtt
     Without ``session``, a session of its own for this one post. The URL is a capability for 30
     minutes, so it never reaches a log line."""
     client = AsyncWebhookClient(
-        url=url, session=session, timeout=ATTEMPT_TIMEOUT_SECONDS, retry_handlers=retry_handlers()
+        url=url,
+        session=session,
+        timeout=ATTEMPT_TIMEOUT_SECONDS,
+        retry_handlers=retry_handlers(),
+        logger=_response_url_log,
     )
     try:
         sent = await client.send_dict(dict(message))
