@@ -28,7 +28,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from procs import HOST, SIGNING_SECRET, classify, user_id  # this directory, on sys.path when run as a script
+from procs import HOST, SIGNING_SECRET, classify, interim, user_id  # this directory, on sys.path when run as a script
 from report import quantile
 
 from bot.runtime.simulators import slack_requests
@@ -54,6 +54,7 @@ class Receiver:
         self.arrived: dict[str, tuple[float, dict[str, Any]]] = {}
         self.url = ""
         self.expected = 0  # how many answers make it complete
+        self.notes = 0  # interim notes ("Queued: …") received, not counted as answers
         self.complete = asyncio.Event()
         self._runner: web.AppRunner | None = None
 
@@ -76,6 +77,9 @@ class Receiver:
         except ValueError:
             message = {}
         got = (time.monotonic(), message if isinstance(message, dict) else {})
+        if interim(got[1]):  # the answer itself follows on the same response_url
+            self.notes += 1
+            return web.Response(text="ok")
         self.arrived.setdefault(token, got)  # the first answer counts
         if self.expected and len(self.arrived) >= self.expected:
             self.complete.set()
@@ -205,6 +209,7 @@ async def closed_loop(spec: dict[str, Any]) -> dict[str, Any]:
         **summary(latencies),
         "failures": failures,
         "outcomes": outcomes,
+        "queued_notes": receiver.notes,
     }
 
 
@@ -246,7 +251,15 @@ async def burst(spec: dict[str, Any]) -> dict[str, Any]:
         outcomes[kind] += 1
         if kind == "granted" and at - sent_at.get(token, at) <= 60.0:
             outcomes["granted_60s"] += 1
-    return {"mode": "burst", "users": users, "acks": acks, "answered": len(receiver.arrived), **outcomes}
+    answered = len(receiver.arrived)
+    return {
+        "mode": "burst",
+        "users": users,
+        "acks": acks,
+        "answered": answered,
+        "queued_notes": receiver.notes,
+        **outcomes,
+    }
 
 
 MODES = {"open": open_loop, "closed": closed_loop, "burst": burst}

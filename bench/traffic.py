@@ -193,10 +193,13 @@ def p2(report: Report, sizes: Sizes, workdir: Path, postgres_url: str | None, po
     p99: dict[str, list[float]] = {k: [] for k in rates}
     refused: dict[str, dict[str, int]] = {"sqlite": {}, "postgres": {}, LIFTED: {}}
 
+    notes: dict[str, int] = {"sqlite": 0, "postgres": 0, LIFTED: 0}
+
     def not_granted(backend: str, got: dict[str, Any]) -> None:
         for kind, count in {**got["outcomes"], **got["failures"]}.items():
             if kind != "granted":
                 refused[backend][kind] = refused[backend].get(kind, 0) + count
+        notes[backend] += int(got.get("queued_notes") or 0)
 
     with child("fakes", {"users": sizes.flow_users}) as fakes, postgres_database(postgres_url, postgres_db) as pg:
         for _ in range(sizes.rounds):
@@ -240,7 +243,12 @@ def p2(report: Report, sizes: Sizes, workdir: Path, postgres_url: str | None, po
             f"P2 full flows/s, {backend}, {sizes.connections} conn",
             anchors,
             f"{spread(rates[backend], per_s)} granted, p99 {ms(statistics.median(p99[backend]))}; "
-            f"not granted: {', '.join(f'{k} {v}' for k, v in sorted(refused[backend].items())) or 'none'}",
+            f"not granted: {', '.join(f'{k} {v}' for k, v in sorted(refused[backend].items())) or 'none'}"
+            + (
+                f"; {notes[backend]:,} told 'queued' first (PagerDuty's budget), then answered"
+                if notes[backend]
+                else ""
+            ),
             ratio(rates[backend], rates["bolt"], "× Bolt"),
             "≥ 0.25 × Bolt",
             verdict(ok),
