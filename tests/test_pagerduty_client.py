@@ -734,3 +734,52 @@ async def test_a_used_up_budget_queues_the_call_and_tells_the_caller_once_instea
     assert 3.0 <= waited < 8.0  # queued behind the two pings' slots, then sent
     assert told == ["queued"]  # once, after QUEUE_NOTE_SECONDS
     assert len(pd_sim.requests) == 3
+
+
+async def test_a_paced_limiter_starts_its_burst_at_once_then_one_per_interval_never_over_its_budget() -> None:
+    time_ = FakeTime(start=0.0)
+    limiter = SlidingWindowLimiter(60, window=60.0, burst=5, monotonic=time_, sleep=time_.sleep)  # one a second
+    started: list[float] = []
+    for _ in range(20):  # all asking at t=0
+        await limiter.acquire(deadline=time_.now + 1000)
+        started.append(time_.now)
+    assert started[:5] == [0.0] * 5  # the burst
+    assert started[5:] == [float(n) for n in range(1, 16)]  # then paced at the budget's average rate
+    assert limiter.next_free() == 1.0
+    # an idle spell refills the burst, and the sliding window still caps any 60 s
+    time_.now = 100.0
+    assert limiter.next_free() == 0.0
+    for arrival in [100, 100, 100, 100, 100, 100, 101, 150, 150, 150]:
+        time_.now = max(time_.now, float(arrival))
+        await limiter.acquire(deadline=time_.now + 1000)
+        started.append(time_.now)
+    for t in started:
+        assert sum(1 for s in started if t <= s < t + 60) <= 60
+
+
+async def test_lookups_under_a_spent_budget_share_calls_and_none_waits_for_the_window(
+    pd_sim: PagerDutySimulator, make_pd_client: ClientFactory
+) -> None:
+    # a 6-second "minute" of 60 calls: 10 at once, then one every 0.1 s
+    client = make_pd_client(requests_per_minute=60, budget_window=6.0, queue_seconds=30.0)
+    users = [pd_sim.add_user(f"user{n}@example.com", f"User {n}") for n in range(16)]
+    for _ in range(10):
+        await client.ping()  # the burst is spent
+    before = len(pd_sim.requests)
+    slowest = 0.0
+    done = 0
+    stop = time.monotonic() + 2.0
+
+    async def requester(user: str) -> None:  # like a flow: look up, then ask again at once
+        nonlocal slowest, done
+        while time.monotonic() < stop:
+            started = time.monotonic()
+            assert await client.acknowledged_incidents(user) == []
+            slowest = max(slowest, time.monotonic() - started)
+            done += 1
+
+    await asyncio.gather(*(requester(u) for u in users))
+    calls = len(pd_sim.requests) - before
+    assert done >= 16 * 10  # each of the 16 looked up at every slot, about
+    assert calls <= 2.0 / 0.1 + 4  # one call per paced slot, whoever asked meanwhile sharing it
+    assert slowest < 1.0  # nobody waited for the 6-second window to slide

@@ -15,8 +15,11 @@ at once; lookups for different users waiting at the same time share a call (``us
 them all, and each user keeps only the incidents assigned to and acknowledged by them), with at
 most :data:`BATCH_CALLS` such calls in flight per filter, so one warm request costs at most one call.
 
-A sliding-window limiter keeps us under PagerDuty's 960 requests/minute per token. A budget slot is
-taken only once one of the pooled connections is ours, so slots go to calls actually sent. When the
+A sliding-window limiter keeps us under PagerDuty's 960 requests/minute per token, paced (a burst
+of :data:`BURST_FRACTION`-th of the budget, then its average rate), and an incident batch waits for
+a free slot before it closes, so under a spent budget the lookups arriving meanwhile share the
+call. A budget slot is taken only once one of the pooled connections is ours, so slots go to calls
+actually sent. When the
 budget is used up, a call waits its turn (up to ``queue_seconds``) instead of being refused, and
 the deadline counts from when it is sent; a caller that has waited :data:`QUEUE_NOTE_SECONDS` is
 told so once (:func:`bot.adapters.throttling.notify_when_queued`). Retries follow :mod:`bot.adapters.retrying`. The
@@ -59,6 +62,11 @@ QUEUE_SECONDS = 30.0  # how long a call may wait for the request budget (half a 
 QUEUE_NOTE_SECONDS = 3.0  # a caller waiting this long in the budget's queue is told once
 MAX_BATCH = 50  # users in one GET /incidents (user_ids[]); keeps the URL short
 BATCH_CALLS = 4  # GET /incidents calls in flight per filter; lookups arriving meanwhile share the next
+# The budget is paced: this many calls may start at once (at least BURST_MIN), then one every
+# minute / budget (900 a minute: 30 at once, then one each 67 ms), so a busy minute cannot spend
+# it all in its first seconds; a batch waits for its slot before it closes, so lookups gather.
+BURST_FRACTION = 30
+BURST_MIN = 10
 SWEEP_AFTER = 10  # different users looked up within SWEEP_WINDOW: the next miss sweeps the user list
 SWEEP_WINDOW = 5.0
 USER_CACHE_ENTRIES = 100_000
@@ -113,7 +121,11 @@ class PagerDutyClient:
         self._policy = Backoff(max_attempts=max(1, max_attempts), first=FIRST_BACKOFF_SECONDS, hint_replaces=True)
         self._on_call = on_call
         self._limiter = SlidingWindowLimiter(
-            requests_per_minute, window=budget_window, monotonic=monotonic, sleep=sleep
+            requests_per_minute,
+            window=budget_window,
+            burst=max(BURST_MIN, requests_per_minute // BURST_FRACTION),
+            monotonic=monotonic,
+            sleep=sleep,
         )
         self._connections = asyncio.Semaphore(MAX_CONNECTIONS)
         self._queue_seconds = queue_seconds
@@ -228,7 +240,8 @@ class PagerDutyClient:
         limiter = self._limiter
 
         def still_queued() -> None:
-            if limiter.backlog() > 0:
+            # a slot reserved ahead, or none free now (a batch waits for its slot before closing)
+            if limiter.backlog() > 0 or limiter.next_free() > 0:
                 notice()
 
         handle = loop.call_later(QUEUE_NOTE_SECONDS, still_queued)
@@ -312,6 +325,13 @@ class PagerDutyClient:
     async def _run_batches(self, batch: _Batch, services: tuple[str, ...], urgencies: tuple[str, ...]) -> None:
         try:
             while batch.waiting:
+                # Under a spent budget, wait for the slot first and close the batch after: every
+                # lookup arriving meanwhile rides in this call instead of taking a slot of its own.
+                wait = self._limiter.next_free()
+                if wait > 0:
+                    await self._sleep(min(wait, self._queue_seconds))
+                    if not batch.waiting:
+                        break
                 users = list(batch.waiting)[:MAX_BATCH]
                 waiters = [batch.waiting.pop(u) for u in users]
                 try:
