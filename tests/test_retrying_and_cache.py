@@ -214,6 +214,7 @@ async def test_a_budget_slot_is_spent_only_on_a_call_actually_sent() -> None:
         deadline=0.3,
         max_attempts=1,
         requests_per_minute=budget,
+        budget_burst=budget,  # unpaced: this is about which calls take a slot, not when
     )
     # more lookups than connections, all stuck: the extra ones time out waiting for a connection
     stuck = await asyncio.gather(

@@ -105,6 +105,7 @@ class PagerDutyClient:
         on_call: CallHook | None = None,
         queue_seconds: float = QUEUE_SECONDS,
         budget_window: float = 60.0,
+        budget_burst: int | None = None,
     ) -> None:
         secret = token.get_secret_value()
         if not secret or not secret.isprintable() or any(c.isspace() for c in secret):
@@ -123,7 +124,7 @@ class PagerDutyClient:
         self._limiter = SlidingWindowLimiter(
             requests_per_minute,
             window=budget_window,
-            burst=max(BURST_MIN, requests_per_minute // BURST_FRACTION),
+            burst=budget_burst if budget_burst is not None else max(BURST_MIN, requests_per_minute // BURST_FRACTION),
             monotonic=monotonic,
             sleep=sleep,
         )
