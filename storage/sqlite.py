@@ -31,6 +31,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
+from contextvars import ContextVar
 from functools import partial
 from typing import TypeVar
 
@@ -43,6 +44,9 @@ from storage.sql import SQLITE, DriverSession
 BUSY_TIMEOUT_SECONDS = 5.0
 BUSY_FIRST_PAUSE_SECONDS = 0.001
 BUSY_LONGEST_PAUSE_SECONDS = 0.05
+# An urgent statement (a command record an ack waits for) tries again every millisecond: another
+# process's write, or a RESTART checkpoint, holds the lock a few ms, and doubling pauses overshot it.
+URGENT_PAUSE_SECONDS = 0.001
 WAL_RETRY_SECONDS = 0.05  # between tries to switch to WAL, in the opening thread
 CHECKPOINT_EVERY_SECONDS = 1.0
 # A WAL still longer than this after a passive checkpoint is started over (see _Checkpointer).
@@ -59,6 +63,9 @@ def _busy(exc: sqlite3.OperationalError) -> bool:
     if isinstance(code, int):
         return code & 0xFF == sqlite3.SQLITE_BUSY
     return "locked" in str(exc)
+
+
+_URGENT: ContextVar[bool] = ContextVar("ackgate_sqlite_urgent", default=False)
 
 
 async def _retrying(call: Callable[[], T]) -> T:
@@ -80,7 +87,7 @@ async def _retrying(call: Callable[[], T]) -> T:
         except sqlite3.OperationalError as exc:
             if not _busy(exc) or time.monotonic() >= deadline:
                 raise
-        pause = min(pause * 2, BUSY_LONGEST_PAUSE_SECONDS)
+        pause = URGENT_PAUSE_SECONDS if _URGENT.get() else min(pause * 2, BUSY_LONGEST_PAUSE_SECONDS)
 
 
 def _enable_wal(conn: sqlite3.Connection) -> None:
@@ -243,10 +250,13 @@ class _Db:
         statement ends, atomically."""
         async with self._lock.held(urgent=urgent):
             conn = self._connection()
+            marked = _URGENT.set(urgent)
             try:
                 yield conn
             except sqlite3.Error as exc:
                 raise self._failed(doing, exc) from exc
+            finally:
+                _URGENT.reset(marked)
 
     @asynccontextmanager
     async def writing(self, doing: str) -> AsyncIterator[sqlite3.Connection]:

@@ -195,3 +195,31 @@ async def test_closing_waits_for_a_running_checkpoint_and_then_closes_its_connec
     await asyncio.sleep(0.5)  # past the slow checkpoint: nothing of it may still be running by now
     # the checkpoint finished before its connection was closed, and nothing was left open after
     assert checkpointer._conn is None
+
+
+async def _late_after_rival(store: SqliteStore, path: Path, *, urgent: bool, hold: float) -> float:
+    """How long after another connection releases its write lock (held ``hold`` s) a lone write lands."""
+    rival = _rival(path)
+    released: list[float] = []
+
+    def release() -> None:
+        rival.commit()
+        released.append(time.monotonic())
+
+    asyncio.get_running_loop().call_later(hold, release)
+    async with store._db.write("write a setting", urgent=urgent) as s:
+        await s.execute("INSERT OR REPLACE INTO settings (key, value) VALUES (?1, ?2)", f"k{urgent}", "v")
+    landed = time.monotonic()
+    rival.close()
+    return landed - released[0]
+
+
+async def test_an_urgent_write_behind_another_connections_lock_tries_every_millisecond(tmp_path: Path) -> None:
+    path = tmp_path / "a.db"
+    async with _opened(str(path)) as store:
+        # released at 70 ms: doubling pauses (1, 2, 4 … ms, the control) try next at 113 ms
+        normal = await _late_after_rival(store, path, urgent=False, hold=0.07)
+        urgent = await _late_after_rival(store, path, urgent=True, hold=0.07)
+        assert await store.settings.get("kTrue") == "v" and await store.settings.get("kFalse") == "v"
+    assert normal > 0.03
+    assert urgent < 0.02
