@@ -550,6 +550,21 @@ async def test_exhausted_request_budget_fails_the_call_closed(
     assert fake_time.sleeps == []
 
 
+async def test_an_incident_lookup_whose_slot_is_past_the_queue_is_refused_at_once_not_after_waiting(
+    pd_sim: PagerDutySimulator, make_pd_client: ClientFactory, fake_time: FakeTime
+) -> None:
+    client = make_pd_client(time=fake_time, requests_per_minute=2, queue_seconds=5.0, cache_ttl=0, user_cache_ttl=0)
+    alice = pd_sim.add_user("alice@example.com", "Alice")
+    await client.ping()
+    await client.ping()  # the next slot is a minute away, past the 5-s queue
+
+    with pytest.raises(PagerDutyUnavailable, match="budget"):
+        await client.acknowledged_incidents(alice)
+
+    assert len(pd_sim.requests) == 2
+    assert fake_time.sleeps == []  # the batch did not wait for the slot before being refused
+
+
 # --- secrets and metrics ----------------------------------------------------------------------
 
 

@@ -328,9 +328,11 @@ class PagerDutyClient:
             while batch.waiting:
                 # Under a spent budget, wait for the slot first and close the batch after: every
                 # lookup arriving meanwhile rides in this call instead of taking a slot of its own.
+                # A slot further off than the queue allows is not waited for here: the call is then
+                # refused by the budget at once, as any call would be, so nobody waits twice.
                 wait = self._limiter.next_free()
-                if wait > 0:
-                    await self._sleep(min(wait, self._queue_seconds))
+                if 0 < wait <= self._queue_seconds:
+                    await self._sleep(wait)
                     if not batch.waiting:
                         break
                 users = list(batch.waiting)[:MAX_BATCH]
