@@ -44,9 +44,6 @@ from storage.sql import SQLITE, DriverSession
 BUSY_TIMEOUT_SECONDS = 5.0
 BUSY_FIRST_PAUSE_SECONDS = 0.001
 BUSY_LONGEST_PAUSE_SECONDS = 0.05
-# An urgent statement (a command record an ack waits for) tries again every millisecond: another
-# process's write, or a RESTART checkpoint, holds the lock a few ms, and doubling pauses overshot it.
-URGENT_PAUSE_SECONDS = 0.001
 WAL_RETRY_SECONDS = 0.05  # between tries to switch to WAL, in the opening thread
 CHECKPOINT_EVERY_SECONDS = 1.0
 # A WAL still longer than this after a passive checkpoint is started over (see _Checkpointer).
@@ -87,7 +84,11 @@ async def _retrying(call: Callable[[], T]) -> T:
         except sqlite3.OperationalError as exc:
             if not _busy(exc) or time.monotonic() >= deadline:
                 raise
-        pause = URGENT_PAUSE_SECONDS if _URGENT.get() else min(pause * 2, BUSY_LONGEST_PAUSE_SECONDS)
+        if not _URGENT.get():
+            # An urgent statement (a command record an ack waits for) keeps trying at the first
+            # pause: another process's write or a RESTART checkpoint holds the lock a few ms, and
+            # doubling pauses overshot its release.
+            pause = min(pause * 2, BUSY_LONGEST_PAUSE_SECONDS)
 
 
 def _enable_wal(conn: sqlite3.Connection) -> None:

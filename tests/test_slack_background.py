@@ -9,6 +9,7 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 
 import aiohttp
@@ -158,25 +159,33 @@ class SlowInbox:
         return getattr(self.inner, name)
 
 
-@pytest.fixture
-async def slow_rig(memory_store: Store, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[Rig, SlowInbox]]:
-    monkeypatch.setattr(slack_app_module, "ACK_BUDGET", 0.3)
+@asynccontextmanager
+async def _alice_rig(inbox: object, background: Background | None = None) -> AsyncIterator[Rig]:
+    """The Slack app behind a real HTTP server, Alice its one user, over ``inbox``."""
     async with SlackSimulator() as slack:
         slack.add_user(ALICE, "alice@example.com", "Alice Liddell")
         client = AsyncWebClient(token=slack.token, base_url=slack.base_url)
         service = FakeAccess(slack)
-        inbox = SlowInbox(memory_store)
         built = build_slack_app(
             client=client,
             service=_typed(service),
             identity=SlackIdentity(client),
             inbox=inbox,  # type: ignore[arg-type]
             notifier=SlackNotifier(client),
+            background=background,
         )
         web_app = web.Application()
         mount_slack(web_app, slack_app=built, signing_secret=SecretStr(SECRET))
         async with TestServer(web_app, host="127.0.0.1") as server, aiohttp.ClientSession() as session:
-            yield Rig(slack, service, str(server.make_url("/slack/events")), session), inbox
+            yield Rig(slack, service, str(server.make_url("/slack/events")), session)
+
+
+@pytest.fixture
+async def slow_rig(memory_store: Store, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[Rig, SlowInbox]]:
+    monkeypatch.setattr(slack_app_module, "ACK_BUDGET", 0.3)
+    inbox = SlowInbox(memory_store)
+    async with _alice_rig(inbox) as rig:
+        yield rig, inbox
 
 
 async def test_a_request_not_recorded_within_the_budget_is_answered_busy_and_its_work_never_starts(
@@ -256,22 +265,8 @@ async def test_jobs_and_busy_answers_run_in_the_background_lane_never_ahead_of_a
 async def full_rig(memory_store: Store) -> AsyncIterator[tuple[Rig, Background]]:
     """The Slack app with a background of one turn and a backlog of one, both taken by the test."""
     background = Background(1, wait=60, backlog=1)
-    async with SlackSimulator() as slack:
-        slack.add_user(ALICE, "alice@example.com", "Alice Liddell")
-        client = AsyncWebClient(token=slack.token, base_url=slack.base_url)
-        service = FakeAccess(slack)
-        built = build_slack_app(
-            client=client,
-            service=_typed(service),
-            identity=SlackIdentity(client),
-            inbox=memory_store.commands,
-            notifier=SlackNotifier(client),
-            background=background,
-        )
-        web_app = web.Application()
-        mount_slack(web_app, slack_app=built, signing_secret=SecretStr(SECRET))
-        async with TestServer(web_app, host="127.0.0.1") as server, aiohttp.ClientSession() as session:
-            yield Rig(slack, service, str(server.make_url("/slack/events")), session), background
+    async with _alice_rig(memory_store.commands, background) as rig:
+        yield rig, background
 
 
 async def test_a_command_finding_the_background_full_is_answered_busy_in_its_ack_and_nothing_is_recorded(

@@ -140,7 +140,7 @@ class Background:
         if self._free > 0:
             self._free -= 1
             self._start(job, args, turn=True)
-        elif len(self._queue) >= self._backlog:
+        elif self.full():
             self._start(busy, args, turn=False)
         else:
             self._queue.append((self._now(), job, busy, args))
