@@ -65,7 +65,9 @@ async def test_user_by_email_encodes_plus_so_it_does_not_arrive_as_a_space(
 
     assert user is not None
     assert user.id == wanted
-    assert "alice%2Boncall%40example.com" in pd_sim.requests_to("/users")[0].raw_query
+    sent = pd_sim.requests_to("/users")[0]
+    assert "alice%2Boncall" in sent.raw_query  # a literal + would be read as a space
+    assert sent.query.getall("query") == ["alice+oncall@example.com"]
 
 
 async def test_user_by_email_is_none_when_only_substrings_match(
