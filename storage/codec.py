@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, fields
+from dataclasses import fields
 from datetime import UTC, datetime
 from enum import Enum
 from typing import Any, Protocol
@@ -178,11 +178,13 @@ def dump_json(value: object) -> str:
     return json.dumps(value, default=_json_default, separators=(",", ":"))
 
 
-_INCIDENT_FIELDS = frozenset(f.name for f in fields(Incident))
+_INCIDENT_NAMES = tuple(f.name for f in fields(Incident))  # in declaration order, as asdict gives them
+_INCIDENT_FIELDS = frozenset(_INCIDENT_NAMES)
 
 
 def _dump_incident(incident: Incident | None) -> str | None:
-    return None if incident is None else dump_json(asdict(incident))
+    # its fields are plain values: read directly, not through asdict's recursive deep copy
+    return None if incident is None else dump_json({name: getattr(incident, name) for name in _INCIDENT_NAMES})
 
 
 def _load_incident(text: str | None) -> Incident | None:

@@ -1,8 +1,10 @@
 """The expiry scheduler: revokes each grant at its expiry without scanning every grant each tick.
 
-It sleeps until the earliest expiry (one indexed query), or until woken because a grant was
-made or extended, then ends what is due. Revokes the provisioner did not confirm are retried on
-the same loop, pending approvals time out, and the reconciler finishes what a crash left behind.
+It sleeps until the earliest expiry (one indexed query after each pass), or the idle interval,
+then ends what is due. A grant made or extended only moves that wake-up earlier (:meth:`expires`,
+no query and no pass: nothing is due before it expires), so hundreds of grants a second cost no
+pass each; :meth:`wake` asks for a pass at once. Revokes the provisioner did not confirm are
+retried on the same loop, pending approvals time out, and the reconciler finishes what a crash left behind.
 On start it first catches up on everything that expired while Ackgate was down. Safe on several
 replicas: each transition is compare-and-set and each provisioner call is claimed first. One step's
 failure (the database briefly away) never stops the others, nor the next pass.
@@ -15,6 +17,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime, timedelta
 
 from bot.core.access import AccessService
 from bot.core.clock import Clock
@@ -46,10 +49,20 @@ class ExpiryScheduler:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._pass_wanted = True  # the first pass catches up on what expired while Ackgate was down
+        self._next: datetime | None = None  # the earliest expiry known: the store's, or a grant's since
+        self._idle_at: datetime | None = None  # when the idle interval after the last pass ends
 
     def wake(self) -> None:
-        """A grant was made or extended: recompute when to wake up."""
+        """Something may be due now (the clock moved, a replica's work): a pass at once."""
+        self._pass_wanted = True
         self._wake.set()
+
+    def expires(self, at: datetime) -> None:
+        """A grant was made or extended to end at ``at``: wake up by then, if that is sooner."""
+        if self._next is None or at < self._next:
+            self._next = at
+            self._wake.set()
 
     async def run_once(self) -> None:
         """Do everything that is due now, including telling holders their grants expired. Tests call
@@ -69,26 +82,45 @@ class ExpiryScheduler:
         for job in self.jobs:
             await isolated("timed job", getattr(job, "__qualname__", repr(job)), job())
 
-    async def seconds_until_next(self) -> float:
-        nxt = await self.grants.next_expiry()
-        if nxt is None:
-            return self.idle_seconds
-        return min(max((nxt - self.clock.now()).total_seconds(), 0.0), self.idle_seconds)
+    async def _after_pass(self) -> None:
+        """The idle interval starts again, and the next wake-up is the store's earliest expiry, or
+        a grant's made while it was read (``expires`` during the query), whichever is sooner."""
+        self._idle_at = self.clock.now() + timedelta(seconds=self.idle_seconds)
+        self._next = None
+        stored = await self.grants.next_expiry()
+        if stored is not None and (self._next is None or stored < self._next):
+            self._next = stored
+
+    def _due(self) -> bool:
+        now = self.clock.now()
+        return (
+            self._pass_wanted
+            or self._idle_at is None
+            or now >= self._idle_at
+            or (self._next is not None and self._next <= now)
+        )
+
+    def _seconds_to_wait(self) -> float:
+        wake_at = self._idle_at if self._next is None or self._idle_at is None else min(self._next, self._idle_at)
+        return 0.0 if wake_at is None else max((wake_at - self.clock.now()).total_seconds(), 0.0)
 
     async def run(self) -> None:
         while not self._stopping:
             self._wake.clear()  # before the pass, so a wake during it is not lost
             try:
-                await self._pass()
-                delay = await self.seconds_until_next()
+                if self._due():
+                    self._pass_wanted = False
+                    await self._pass()
+                    await self._after_pass()
+                delay = self._seconds_to_wait()
             except asyncio.CancelledError:
                 raise
             except AckgateError as exc:  # the database briefly away: expected, no traceback
                 log.warning("expiry pass failed; retrying shortly: %s", exc.message)
-                delay = 1.0
+                self._pass_wanted, delay = True, 1.0
             except Exception:
                 log.exception("expiry pass failed; retrying shortly")
-                delay = 1.0
+                self._pass_wanted, delay = True, 1.0
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=delay)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
+from datetime import datetime
 
 from bot.core import cards
 from bot.core.approval_cards import ApprovalCards
@@ -58,7 +59,7 @@ class Reactions:
         notifiers: Mapping[str, ChatNotifier],
         messages: MessageStore,
         metrics: Metrics | None = None,
-        wake_scheduler: Callable[[], None] = lambda: None,
+        wake_scheduler: Callable[[datetime], None] = lambda at: None,
         address_book: AddressBook | None = None,
         card_claims: ApprovalCards | None = None,
     ) -> None:
@@ -157,10 +158,15 @@ class Reactions:
     ) -> None:
         """Redraw every approver's card: the count, the decision, or (after a failed provisioning)
         that the approved access could not be given, so no card still says "Approved"."""
+        if isinstance(event, RequestApproved) and event.by == SYSTEM:
+            return  # approved as it was made (automatic access): no approver was ever shown a card
         request = event.request
+        refs = await self.messages.refs(request.id)
+        if not refs:
+            return
         failed = event.grant if isinstance(event, ProvisioningFailed) else None
         card = cards.approval_card(request, failed=failed)
-        for ref in await self.messages.refs(request.id):
+        for ref in refs:
             notifier = self._notifier(ref.platform)  # where the message is, whoever asked
             if notifier is None:
                 continue
@@ -198,8 +204,8 @@ class Reactions:
 
     # --- scheduler and metrics ------------------------------------------------------------
 
-    async def wake(self, event: Event) -> None:
-        self.wake_scheduler()
+    async def wake(self, event: AccessGranted | GrantExtended) -> None:
+        self.wake_scheduler(event.grant.expires_at)
 
     def count(self, outcome: str) -> Reaction:
         async def counted(event: Event) -> None:

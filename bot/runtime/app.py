@@ -391,7 +391,7 @@ def build_app(
         notifiers=notifiers,
         messages=store.messages,
         metrics=metrics,
-        wake_scheduler=scheduler.wake,
+        wake_scheduler=scheduler.expires,
         address_book=store.address_book,
         card_claims=card_claims,
     )

@@ -205,7 +205,9 @@ async def open_world(
         )
         reconciler = Reconciler(service.grants, store=audited, clock=clock)  # type: ignore[arg-type]
         scheduler = ExpiryScheduler(service, grants=store.grants, clock=clock, reconciler=reconciler)
-        bus.use(registry(Reactions(notifiers={"slack": chat}, messages=store.messages, wake_scheduler=scheduler.wake)))
+        bus.use(
+            registry(Reactions(notifiers={"slack": chat}, messages=store.messages, wake_scheduler=scheduler.expires))
+        )
         try:
             yield World(service, scheduler, store, pd, client, chat, clock, noop, flaky, reconciler)
         finally:
