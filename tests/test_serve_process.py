@@ -276,7 +276,12 @@ async def test_two_workers_share_the_port_each_with_its_own_instance_and_stop_cl
     tmp_path: Path, pd: PagerDutySimulator, slack: SlackSimulator
 ) -> None:
     users = _on_call_people(pd, slack, 24)
-    env = {**_platforms(pd, slack), "ACKGATE_DRAIN_SECONDS": "10", "ACKGATE_INSTANCE_ID": "box"}
+    env = {
+        **_platforms(pd, slack),
+        "ACKGATE_DRAIN_SECONDS": "10",
+        "ACKGATE_INSTANCE_ID": "box",
+        "PAGERDUTY_REQUESTS_PER_MINUTE": "900",
+    }
     async with serve(tmp_path, "--workers", "2", listening=2, **env) as child:
         # a new connection for each request, so the kernel spreads them over both workers
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
@@ -288,7 +293,10 @@ async def test_two_workers_share_the_port_each_with_its_own_instance_and_stop_cl
         code = await stopped(child, within=40)
 
     assert code == 0, child.lines[-8:]
-    assert sum("listening on" in line for line in child.lines) == 2
+    listening = [json.loads(line) for line in child.lines if "listening on" in line]
+    assert sorted(line["instance"] for line in listening) == ["box:w0", "box:w1"]
+    # PagerDuty's budget is per API key: the workers share it instead of each spending all of it
+    assert [line["pagerduty_requests_per_minute"] for line in listening] == [450, 450]
     assert sum(line.endswith('"stopped"}') or '"msg": "stopped"' in line for line in child.lines) == 2, child.lines
     answers = [str(slack.responses[f"t-{u}"][-1]) for u in users]
     assert all("Access granted: prod-db" in a for a in answers), answers[:3]

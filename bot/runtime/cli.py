@@ -34,18 +34,18 @@ def _serve(args: argparse.Namespace) -> int:
 def _start(args: argparse.Namespace) -> int:
     from bot.runtime import logs
     from bot.runtime.config import load_settings
-    from bot.runtime.server import preflight, serve, serve_workers, settle_garbage_collector, worker_instance
+    from bot.runtime.server import preflight, serve, serve_workers, settle_garbage_collector, worker_settings
 
     settings = load_settings()
     workers: int = getattr(args, "workers", 1)
-    worker: int | None = getattr(args, "worker", None)
+    worker: tuple[int, int] | None = getattr(args, "worker", None)
     if workers > 1:
         preflight(settings)  # every refusal once, here, before any worker starts
         logs.configure(settings.log_level)
         settle_garbage_collector()  # the parent only waits on its workers from here
         return serve_workers(settings, workers)
     if worker is not None:
-        settings = settings.model_copy(update={"instance_id": worker_instance(settings, worker)})
+        settings = worker_settings(settings, *worker)
     app = preflight(settings)
     logs.configure(settings.log_level)
     return _run(serve(app, settings, reuse_port=worker is not None))
@@ -57,6 +57,13 @@ def _run(main: Coroutine[Any, Any, int]) -> int:
 
     with asyncio.Runner(loop_factory=lane_loop_factory()) as runner:
         return runner.run(main)
+
+
+def _worker(text: str) -> tuple[int, int]:
+    index, _, count = text.partition("/")
+    if not (index.isdigit() and count.isdigit() and int(index) < int(count)):
+        raise argparse.ArgumentTypeError("--worker takes <index>/<count>, as serve --workers passes it")
+    return int(index), int(count)
 
 
 def _workers(text: str) -> int:
@@ -162,7 +169,8 @@ def parser() -> argparse.ArgumentParser:
         default=1,
         help="processes listening on the one port (SO_REUSEPORT); PostgreSQL or a SQLite file (default 1)",
     )
-    serve.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # set by --workers for each process
+    # set by --workers for each process: "<index>/<count>"
+    serve.add_argument("--worker", type=_worker, help=argparse.SUPPRESS)
     serve.set_defaults(run=_serve)
     check = sub.add_parser("check-config", help="validate the policy file (and, with --env, the settings)")
     check.add_argument("--policy", type=Path, help="policy file (default: ACKGATE_POLICY_FILE)")

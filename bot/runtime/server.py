@@ -141,7 +141,13 @@ async def serve(app: web.Application, settings: Settings, *, reuse_port: bool = 
             port,
             ", ".join(platforms(settings)) or "none",
             storage_description(settings.database_url),
-            extra={"version": version(), "port": port, "storage": storage_description(settings.database_url)},
+            extra={
+                "version": version(),
+                "port": port,
+                "storage": storage_description(settings.database_url),
+                "instance": settings.instance_id,
+                "pagerduty_requests_per_minute": settings.pagerduty_requests_per_minute,
+            },
         )
         await stop.wait()
         log.info("stopping: finishing in-flight work for up to %g s", settings.drain_seconds)
@@ -180,11 +186,18 @@ def settle_garbage_collector() -> None:
 WORKER_STOP_MARGIN = 10.0  # seconds past the drain time a worker is given to exit before it is killed
 
 
-def worker_instance(settings: Settings, index: int) -> str:
-    """Worker ``index``'s instance id: the process's own, with ``:w<index>``."""
+def worker_settings(settings: Settings, index: int, count: int) -> Settings:
+    """Worker ``index`` of ``count``: its own instance id (the process's, with ``:w<index>``), and
+    its share of the PagerDuty request budget, which is PagerDuty's per API key, so the workers
+    together stay under ``PAGERDUTY_REQUESTS_PER_MINUTE`` instead of each spending all of it."""
     from bot.runtime.app import instance_id
 
-    return f"{instance_id(settings)}:w{index}"
+    return settings.model_copy(
+        update={
+            "instance_id": f"{instance_id(settings)}:w{index}",
+            "pagerduty_requests_per_minute": max(1, settings.pagerduty_requests_per_minute // max(1, count)),
+        }
+    )
 
 
 async def _migrate(url: str) -> None:
@@ -215,7 +228,7 @@ def serve_workers(settings: Settings, workers: int) -> int:
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         for index in range(workers):
-            command = [sys.executable, "-m", "bot.runtime.cli", "serve", "--worker", str(index)]
+            command = [sys.executable, "-m", "bot.runtime.cli", "serve", "--worker", f"{index}/{workers}"]
             children.append(subprocess.Popen(command))  # noqa: S603 - our own interpreter and module
         log.info("started %d workers on port %s", workers, settings.port, extra={"workers": workers})
         code = 0
