@@ -12,6 +12,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
+from bot.core import messages
 from bot.core.errors import ConfigError
 from bot.core.ports import Store
 from storage.sqlite import SqliteStore
@@ -29,7 +30,6 @@ class PrunesSeen(Protocol):
 
 
 _SQLITE = "sqlite:///"
-_ACCEPTED = "use sqlite:///path/to/ackgate.db (sqlite:////abs/path.db for an absolute path) or postgresql://user@host:5432/dbname"
 
 
 def open_store(url: str) -> Store:
@@ -48,4 +48,4 @@ def open_store(url: str) -> Store:
         return PostgresStore(url)
     # Only the scheme is echoed: the rest of the URL may carry a password.
     shown = f"{scheme}://" if sep else "a value without a scheme"
-    raise ConfigError(f"ACKGATE_DATABASE_URL is not a database URL Ackgate knows ({shown}): {_ACCEPTED}.")
+    raise ConfigError(messages.unknown_database_url(shown))

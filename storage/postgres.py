@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 import asyncpg
 
+from bot.core import messages
 from bot.core.errors import ConfigError, StorageError
 from storage.codec import Row
 from storage.common import RoleStore
@@ -62,15 +63,10 @@ class _Pool:
             )
         except ValueError as exc:  # asyncpg's ClientConfigurationError is one too
             await self.close()
-            raise ConfigError(
-                "ACKGATE_DATABASE_URL is not a valid PostgreSQL URL: use postgresql://user:password@host:5432/dbname."
-            ) from exc
+            raise ConfigError(messages.POSTGRES_BAD_URL) from exc
         except _DRIVER_ERRORS as exc:
             await self.close()
-            raise StorageError(
-                f"Could not connect to PostgreSQL at {self.where}: {exc}. "
-                "Check ACKGATE_DATABASE_URL and that the database is running."
-            ) from exc
+            raise StorageError(messages.postgres_cannot_connect(self.where, exc)) from exc
 
     async def close(self) -> None:
         pools = [pool for pool in (self._reserved, self._pool) if pool is not None]
@@ -84,7 +80,7 @@ class _Pool:
         ``urgent``: the reserved connection, free even when the background holds the whole pool."""
         pool = self._reserved if urgent else self._pool
         if pool is None:
-            raise StorageError("The PostgreSQL store is not open. Call open() before using it.")
+            raise StorageError(messages.store_not_open("PostgreSQL"))
         try:
             async with pool.acquire(timeout=ACQUIRE_TIMEOUT_SECONDS) as conn:
                 if not transaction:
@@ -93,10 +89,7 @@ class _Pool:
                 async with conn.transaction():
                     yield conn
         except _DRIVER_ERRORS as exc:
-            raise StorageError(
-                f"Could not {doing} in PostgreSQL at {self.where}: {exc}. "
-                "Check that the database is running and reachable."
-            ) from exc
+            raise StorageError(messages.postgres_failed(doing, self.where, exc)) from exc
 
     def read(self, doing: str) -> AbstractAsyncContextManager[_Session]:
         return _Session.over(self.connection(doing), doing)

@@ -35,6 +35,7 @@ from contextvars import ContextVar
 from functools import partial
 from typing import TypeVar
 
+from bot.core import messages
 from bot.core.errors import StorageError
 from storage.codec import Row
 from storage.common import RoleStore
@@ -216,10 +217,7 @@ class _Db:
         try:
             conn = await asyncio.to_thread(_connect, self.path)
         except sqlite3.Error as exc:
-            raise StorageError(
-                f"Could not open the SQLite database {self.path}: {exc}. "
-                "Check ACKGATE_DATABASE_URL and that the directory exists and is writable."
-            ) from exc
+            raise StorageError(messages.sqlite_cannot_open(self.path, exc)) from exc
         self._conn = conn
         if self.path != ":memory:":
             self._checkpointer = _Checkpointer(self.path, lambda: conn.total_changes)
@@ -236,14 +234,11 @@ class _Db:
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
-            raise StorageError("The SQLite store is not open. Call open() before using it.")
+            raise StorageError(messages.store_not_open("SQLite"))
         return self._conn
 
     def _failed(self, doing: str, exc: sqlite3.Error) -> StorageError:
-        return StorageError(
-            f"Could not {doing} in the SQLite database {self.path}: {exc}. "
-            "Check the file's permissions and free disk space."
-        )
+        return StorageError(messages.sqlite_failed(doing, self.path, exc))
 
     @asynccontextmanager
     async def statement(self, doing: str, *, urgent: bool = False) -> AsyncIterator[sqlite3.Connection]:
@@ -311,7 +306,7 @@ class _Session(DriverSession[sqlite3.Connection]):
         if not self._conn.in_transaction:
             # Outside a transaction each row would commit on its own, and a retry after "busy"
             # could repeat the rows already written: several rows are written in a transaction.
-            raise StorageError(f"Could not {self._doing}: several rows are written in one transaction.")
+            raise StorageError(messages.several_rows_outside_transaction(self._doing))
         await _retrying(partial(self._conn.executemany, text, values))
 
     def _unique_key(self, exc: Exception) -> str | None:

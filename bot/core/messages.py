@@ -236,6 +236,55 @@ def not_stored(kind: str, ident: str) -> str:
     return f"No {kind} has the id {ident}."
 
 
+# --- the storage backends, for the operator (logs, start-up refusals) ----------------------------
+
+
+def unknown_database_url(shown: str) -> str:
+    """``shown``: the URL's scheme only (the rest may carry a password)."""
+    return (
+        f"ACKGATE_DATABASE_URL is not a database URL Ackgate knows ({shown}): use sqlite:///path/to/ackgate.db "
+        "(sqlite:////abs/path.db for an absolute path) or postgresql://user@host:5432/dbname."
+    )
+
+
+def store_not_open(backend: str) -> str:
+    """A store used before ``open()`` (or after ``close()``): a programming error, said plainly."""
+    return f"The {backend} store is not open. Call open() before using it."
+
+
+def several_rows_outside_transaction(doing: str) -> str:
+    return f"Could not {doing}: several rows are written in one transaction."
+
+
+def sqlite_cannot_open(path: str, detail: object) -> str:
+    return (
+        f"Could not open the SQLite database {path}: {detail}. "
+        "Check ACKGATE_DATABASE_URL and that the directory exists and is writable."
+    )
+
+
+def sqlite_failed(doing: str, path: str, detail: object) -> str:
+    return (
+        f"Could not {doing} in the SQLite database {path}: {detail}. Check the file's permissions and free disk space."
+    )
+
+
+POSTGRES_BAD_URL = (
+    "ACKGATE_DATABASE_URL is not a valid PostgreSQL URL: use postgresql://user:password@host:5432/dbname."
+)
+
+
+def postgres_cannot_connect(where: str, detail: object) -> str:
+    return (
+        f"Could not connect to PostgreSQL at {where}: {detail}. "
+        "Check ACKGATE_DATABASE_URL and that the database is running."
+    )
+
+
+def postgres_failed(doing: str, where: str, detail: object) -> str:
+    return f"Could not {doing} in PostgreSQL at {where}: {detail}. Check that the database is running and reachable."
+
+
 def id_taken(what: str) -> str:
     """An insert whose id is already stored; ``what`` names it (``request r-1``)."""
     return f"Could not save {what}: that id is already taken."
