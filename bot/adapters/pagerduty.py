@@ -19,8 +19,8 @@ A sliding-window limiter keeps us under PagerDuty's 960 requests/minute per toke
 of :data:`BURST_FRACTION`-th of the budget, then its average rate), and an incident batch waits for
 a free slot before it closes, so under a spent budget the lookups arriving meanwhile share the
 call. A budget slot is taken only once one of the pooled connections is ours, so slots go to calls
-actually sent. When the
-budget is used up, a call waits its turn (up to ``queue_seconds``) instead of being refused, and
+actually sent. When the budget is used up, a call waits its turn (up to ``queue_seconds``) instead
+of being refused, and
 the deadline counts from when it is sent; a caller that has waited :data:`QUEUE_NOTE_SECONDS` is
 told so once (:func:`bot.adapters.throttling.notify_when_queued`). Retries follow :mod:`bot.adapters.retrying`. The
 token never appears in a message or a log line.
@@ -613,7 +613,7 @@ def _segment(value: str) -> str:
     # dot segment cannot be quoted (httpx and yarl both read "%2E%2E" as ".." and resolve it) and
     # an empty one would name the list: neither is an id, so neither is asked for.
     if not value.strip("."):
-        raise PagerDutyNotFound(f"PagerDuty has no object named {value!r}.")
+        raise PagerDutyNotFound(f"PagerDuty has no object named {value[:40]!r}.")  # only dots: cut, not echoed whole
     return quote(value, safe="")
 
 

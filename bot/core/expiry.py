@@ -17,7 +17,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from bot.core.access import AccessService
 from bot.core.clock import Clock
@@ -51,7 +51,7 @@ class ExpiryScheduler:
         self._stopping = False
         self._pass_wanted = True  # the first pass catches up on what expired while Ackgate was down
         self._next: datetime | None = None  # the earliest expiry known: the store's, or a grant's since
-        self._idle_at: datetime | None = None  # when the idle interval after the last pass ends
+        self._idle_at = datetime.min.replace(tzinfo=UTC)  # when the idle interval after the last pass ends
 
     def wake(self) -> None:
         """Something may be due now (the clock moved, a replica's work): a pass at once."""
@@ -93,16 +93,11 @@ class ExpiryScheduler:
 
     def _due(self) -> bool:
         now = self.clock.now()
-        return (
-            self._pass_wanted
-            or self._idle_at is None
-            or now >= self._idle_at
-            or (self._next is not None and self._next <= now)
-        )
+        return self._pass_wanted or now >= self._idle_at or (self._next is not None and self._next <= now)
 
     def _seconds_to_wait(self) -> float:
-        wake_at = self._idle_at if self._next is None or self._idle_at is None else min(self._next, self._idle_at)
-        return 0.0 if wake_at is None else max((wake_at - self.clock.now()).total_seconds(), 0.0)
+        wake_at = self._idle_at if self._next is None else min(self._next, self._idle_at)
+        return max((wake_at - self.clock.now()).total_seconds(), 0.0)
 
     async def run(self) -> None:
         while not self._stopping:

@@ -195,7 +195,7 @@ def worker_settings(settings: Settings, index: int, count: int) -> Settings:
     return settings.model_copy(
         update={
             "instance_id": f"{instance_id(settings)}:w{index}",
-            "pagerduty_requests_per_minute": max(1, settings.pagerduty_requests_per_minute // max(1, count)),
+            "pagerduty_requests_per_minute": max(1, settings.pagerduty_requests_per_minute // count),
         }
     )
 
