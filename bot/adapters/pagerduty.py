@@ -20,10 +20,9 @@ of :data:`BURST_FRACTION`-th of the budget, then its average rate), and an incid
 a free slot before it closes, so under a spent budget the lookups arriving meanwhile share the
 call. A budget slot is taken only once one of the pooled connections is ours, so slots go to calls
 actually sent. When the budget is used up, a call waits its turn (up to ``queue_seconds``) instead
-of being refused, and
-the deadline counts from when it is sent; a caller that has waited :data:`QUEUE_NOTE_SECONDS` is
-told so once (:func:`bot.adapters.throttling.notify_when_queued`). Retries follow :mod:`bot.adapters.retrying`. The
-token never appears in a message or a log line.
+of being refused, and the deadline counts from when it is sent; a caller that has waited
+:data:`QUEUE_NOTE_SECONDS` is told so once (:func:`bot.adapters.throttling.notify_when_queued`).
+Retries follow :mod:`bot.adapters.retrying`. The token never appears in a message or a log line.
 """
 
 from __future__ import annotations
