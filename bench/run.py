@@ -15,7 +15,8 @@ like with like on the same (possibly busy) machine; the load average is printed 
   the highest rate of a sweep at which the ack p99 stays ≤ 25 ms; ``serve --workers N`` if the CLI has it.
 - P2: closed loop with ``--connections`` (32): whole auto-approve flows per second (ack → PagerDuty →
   grant → provision → message at the response_url) on SQLite and PostgreSQL, against Bolt's ack-only rate.
-  Once more on SQLite with ``PAGERDUTY_REQUESTS_PER_MINUTE`` at its maximum: Ackgate's own rate, not its budget's.
+  Once more on SQLite with ``PAGERDUTY_REQUESTS_PER_MINUTE`` at its maximum: Ackgate's own rate, not its budget's;
+  and with ``serve --workers N`` (the default budget, shared), if the CLI has it.
 - P3: ``--burst-users`` (1,000) distinct users at once, PagerDuty enforcing 960 requests a minute.
 - P4: at ``--grants`` active grants (inserted through the store, in batches): revoke lateness of a
   batch expiring at one instant, of a stream of expiries (scaled down unless ``--full``), idle CPU.

@@ -185,15 +185,16 @@ def postgres_database(base_url: str | None, name: str) -> Iterator[str | None]:
 
 LIFTED = "sqlite, PD budget 100,000/min"
 LIFTED_BUDGET = 100_000  # PAGERDUTY_REQUESTS_PER_MINUTE's maximum
+WORKERS = "sqlite, serve --workers N"
 
 
 def p2(report: Report, sizes: Sizes, workdir: Path, postgres_url: str | None, postgres_db: str) -> None:
     log(f"P2: closed loop, {sizes.connections} connections, {sizes.closed_seconds:g} s a run")
-    rates: dict[str, list[float]] = {"bare": [], "bolt": [], "ack": [], "sqlite": [], "postgres": [], LIFTED: []}
+    backends = ["sqlite", "postgres", LIFTED] + ([WORKERS] if workers_supported() else [])
+    rates: dict[str, list[float]] = {k: [] for k in ["bare", "bolt", "ack", *backends]}
     p99: dict[str, list[float]] = {k: [] for k in rates}
-    refused: dict[str, dict[str, int]] = {"sqlite": {}, "postgres": {}, LIFTED: {}}
-
-    notes: dict[str, int] = {"sqlite": 0, "postgres": 0, LIFTED: 0}
+    refused: dict[str, dict[str, int]] = {k: {} for k in backends}
+    notes: dict[str, int] = dict.fromkeys(backends, 0)
 
     def not_granted(backend: str, got: dict[str, Any]) -> None:
         for kind, count in {**got["outcomes"], **got["failures"]}.items():
@@ -229,18 +230,24 @@ def p2(report: Report, sizes: Sizes, workdir: Path, postgres_url: str | None, po
             not_granted(LIFTED, got)
             rates[LIFTED].append(got["per_second"])
             p99[LIFTED].append(got["p99"] or 0.0)
+            if WORKERS in backends:  # the default budget, shared by the workers
+                with ackgate(workdir, fakes.info, extra_args=["--workers", str(sizes.workers)]) as a:
+                    got = _closed(a.url, sizes, fakes.info, flow=True)
+                not_granted(WORKERS, got)
+                rates[WORKERS].append(got["per_second"])
+                p99[WORKERS].append(got["p99"] or 0.0)
 
     def per_s(x: float) -> str:
         return f"{x:,.0f}/s"
 
     anchors = f"Bolt ack-only {spread(rates['bolt'], per_s)}"
-    for backend in ("sqlite", "postgres", LIFTED):
+    for backend in backends:
         if not rates[backend]:
             report.add(f"P2 full flows/s, {backend}", anchors, "not available: no PostgreSQL", "—", "—", "n/a")
             continue
         ok = statistics.median(rates[backend]) >= 0.25 * statistics.median(rates["bolt"])
         report.add(
-            f"P2 full flows/s, {backend}, {sizes.connections} conn",
+            f"P2 full flows/s, {backend.replace('N', str(sizes.workers))}, {sizes.connections} conn",
             anchors,
             f"{spread(rates[backend], per_s)} granted, p99 {ms(statistics.median(p99[backend]))}; "
             f"not granted: {', '.join(f'{k} {v}' for k, v in sorted(refused[backend].items())) or 'none'}"

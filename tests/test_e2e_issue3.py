@@ -156,6 +156,32 @@ async def test_a_grant_is_revoked_when_its_incident_resolves_and_the_incident_ge
     assert str(ended.end_reason) == "incident_resolved"
 
 
+async def test_a_grant_made_after_its_incident_resolved_ends_at_the_second_sweep(stage: Stage) -> None:
+    alice = stage.person("alice")
+    acknowledged_incident(stage, alice)
+    [incident] = stage.pd.incidents.values()
+    body = webhook(
+        "incident.resolved",
+        incident_data(incident_id=incident.id, number=incident.number, status="resolved", service=DATABASE_SERVICE),
+        at="2026-11-23T12:00:00Z",
+        event_id="ER-EARLY",
+    )
+    assert await stage.webhook(body) == 202
+    # PagerDuty's REST API still shows it acknowledged (another replica's cached lookup, or one
+    # made before the webhook): the grant goes through under the resolved incident.
+    reply = await stage.command(alice, "prod-db 1h replication lag")
+    assert "Access granted: prod-db" in reply.text
+    [grant] = await grants_of(stage, alice.email)
+
+    await stage.pass_time(31)
+
+    told = await stage.wait_for_dm(alice, "revoked because its PagerDuty incident was resolved")
+    assert "prod-db" in told
+    ended = await stage.parts.store.grants.get(grant.id)
+    assert ended is not None and ended.status is GrantStatus.ENDED
+    assert str(ended.end_reason) == "incident_resolved"
+
+
 async def test_an_admin_sets_the_severity_and_a_non_admin_is_refused(stage: Stage) -> None:
     alice, bob, carol = stage.person("alice"), stage.person("bob"), stage.person("carol")
     changed = await stage.command(carol, "admin severity warning")

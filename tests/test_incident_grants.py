@@ -8,6 +8,7 @@ from datetime import timedelta
 import pytest
 
 from bot.core.domain import Grant, GrantStatus
+from bot.core.errors import GateRefused
 from bot.core.mirror import REVOKED_BY
 from tests.fakes import incident_world
 from tests.fakes.incident_world import FROM_EMAIL, WATCHED_SERVICE, IncidentWorld, webhook_body
@@ -300,3 +301,69 @@ async def test_revoke_on_resolve_of_a_grant_ended_meanwhile_is_a_debug_line(
     about = [r for r in caplog.records if grants[0].id in r.getMessage() and "got there first" in r.getMessage()]
     assert [r.levelname for r in about] == ["DEBUG"]
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+# --- a grant made just after its incident resolved ------------------------------------------------
+
+
+async def test_a_grant_made_just_after_its_incident_resolved_is_swept_again_and_ended(iw: IncidentWorld) -> None:
+    incident = iw.acknowledged_incident("alice")
+    await iw.webhook(resolved(iw, incident.id, minutes=0))
+    # PagerDuty's REST API still shows it acknowledged: a lookup older than the webhook, or
+    # another replica's few-second cache, lets one more grant through under the resolved incident.
+    await iw.type(alice, "prod-db 1h")
+    grant = await iw.only_grant("alice@example.com")
+    assert grant.status is GrantStatus.ACTIVE
+
+    iw.clock.advance(iw.mirror.recheck_after - timedelta(seconds=1))
+    assert await iw.mirror.recheck_resolved() == 0  # not due yet
+    assert (await stored(iw, grant.id)).status is GrantStatus.ACTIVE
+    iw.clock.advance(timedelta(seconds=2))
+    assert await iw.mirror.recheck_resolved() == 1
+
+    ended = await stored(iw, grant.id)
+    assert ended.status is GrantStatus.ENDED
+    assert str(ended.end_reason) == "incident_resolved" and ended.ended_by == REVOKED_BY
+    assert REVOKED_NOTICE in [c.title for c in iw.chat.inbox("alice@example.com")]
+    assert await iw.mirror.recheck_resolved() == 0  # swept once
+
+
+async def test_the_second_sweep_keeps_grants_of_flows_that_outlive_their_incident(iw: IncidentWorld) -> None:
+    incident = iw.acknowledged_incident("alice")
+    await iw.webhook(resolved(iw, incident.id, minutes=0))
+    await iw.type(alice, "prod-k8s 1h")
+    iw.clock.advance(iw.mirror.recheck_after + timedelta(seconds=1))
+
+    assert await iw.mirror.recheck_resolved() == 0
+    assert (await iw.only_grant("alice@example.com")).status is GrantStatus.ACTIVE
+
+
+async def test_an_incident_webhook_makes_the_next_gate_check_ask_pagerduty_again(iw: IncidentWorld) -> None:
+    incident = iw.acknowledged_incident("alice")
+    await iw.type(alice, "prod-k8s 1h")
+    await iw.type(alice, "prod-db 1h")
+    assert len(iw.pd.requests_to("/incidents")) == 1  # the second check used the kept list
+
+    iw.pd.unacknowledge(incident.id)
+    at = iw.clock.now()
+    await iw.webhook(webhook_body("incident.unacknowledged", incident_id=incident.id, at=at, service_id="PSVC001"))
+    with pytest.raises(GateRefused, match="no acknowledged PagerDuty incident"):
+        await iw.type(alice, "billing-db 1h")
+
+    assert len(iw.pd.requests_to("/incidents")) == 2
+
+
+async def test_a_reason_naming_an_incident_the_kept_list_lacks_asks_pagerduty_again(iw: IncidentWorld) -> None:
+    first = iw.acknowledged_incident("alice")
+    await iw.type(alice, "prod-k8s 1h")  # alice's acknowledgements are now kept a few seconds
+    second = iw.pd.add_incident(
+        "Disk full", assigned_to=[first.acknowledged_by[0]], acknowledged_by=first.acknowledged_by
+    )
+
+    await iw.type(alice, f"prod-db 1h on #{second.number}")
+
+    [granted] = [g for g in await iw.store.grants.list_for("alice@example.com") if g.resource == "prod-db"]
+    assert granted.incident is not None and granted.incident.id == second.id
+    assert len(iw.pd.requests_to("/incidents")) == 2
+    await iw.type(alice, f"billing-db 1h on #{first.number}")  # named and kept: no call
+    assert len(iw.pd.requests_to("/incidents")) == 2

@@ -153,7 +153,7 @@ async def test_acknowledged_incidents_follow_pagination_beyond_100_newest_first(
 async def test_resolved_incident_no_longer_counts(pd_sim: PagerDutySimulator, make_pd_client: ClientFactory) -> None:
     alice = pd_sim.add_user("alice@example.com", "Alice")
     incident = pd_sim.add_incident("Checkout is down", acknowledged_by=[alice])
-    client = make_pd_client()
+    client = make_pd_client(incident_cache_ttl=0.0)
     assert len(await client.acknowledged_incidents(alice)) == 1
 
     pd_sim.resolve(incident.id)
@@ -463,12 +463,37 @@ async def test_cached_oncalls_make_no_http_call(
     assert len(pd_sim.requests) == 1
 
 
-async def test_acknowledged_incidents_are_never_cached(
+async def test_acknowledged_incidents_are_kept_a_few_seconds_unless_fresh_or_forgotten(
     pd_sim: PagerDutySimulator, make_pd_client: ClientFactory, fake_time: FakeTime
 ) -> None:
     alice = pd_sim.add_user("alice@example.com", "Alice")
     incident = pd_sim.add_incident("Checkout is down", acknowledged_by=[alice])
-    client = make_pd_client(time=fake_time)
+    client = make_pd_client(time=fake_time, incident_cache_ttl=5.0)
+    assert len(await client.acknowledged_incidents(alice)) == 1
+    pd_sim.unacknowledge(incident.id)
+
+    assert len(await client.acknowledged_incidents(alice)) == 1  # kept: no call
+    assert len(pd_sim.requests_to("/incidents")) == 1
+    assert await client.acknowledged_incidents(alice, fresh=True) == []
+    pd_sim.acknowledge(incident.id, alice)
+    assert await client.acknowledged_incidents(alice) != []  # "none" was not kept
+    pd_sim.unacknowledge(incident.id)
+    fake_time.advance(5.1)
+    assert await client.acknowledged_incidents(alice) == []  # the kept list lived 5 s
+    pd_sim.acknowledge(incident.id, alice)
+    assert await client.acknowledged_incidents(alice) != []
+    pd_sim.unacknowledge(incident.id)
+    client.forget_acknowledgements()
+    assert await client.acknowledged_incidents(alice) == []
+    assert len(pd_sim.requests_to("/incidents")) == 6
+
+
+async def test_acknowledged_incidents_with_no_cache_ask_every_time(
+    pd_sim: PagerDutySimulator, make_pd_client: ClientFactory, fake_time: FakeTime
+) -> None:
+    alice = pd_sim.add_user("alice@example.com", "Alice")
+    incident = pd_sim.add_incident("Checkout is down", acknowledged_by=[alice])
+    client = make_pd_client(time=fake_time, incident_cache_ttl=0.0)
     assert len(await client.acknowledged_incidents(alice)) == 1
 
     pd_sim.unacknowledge(incident.id)
@@ -668,6 +693,25 @@ async def test_the_request_budget_comes_from_its_setting(
     assert len(pd_sim.requests) == 2
     with pytest.raises(ValueError, match="PAGERDUTY_REQUESTS_PER_MINUTE"):
         Settings(PAGERDUTY_REQUESTS_PER_MINUTE="0")
+
+
+async def test_the_incident_cache_comes_from_its_setting(
+    pd_sim: PagerDutySimulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PAGERDUTY_INCIDENT_CACHE_SECONDS=0 asks PagerDuty at every check; 5 by default keeps them."""
+    monkeypatch.delenv("PAGERDUTY_FROM_EMAIL", raising=False)
+    alice = pd_sim.add_user("alice@example.com", "Alice")
+    pd_sim.add_incident("Checkout is down", acknowledged_by=[alice])
+    for seconds, calls in (("0", 2), (None, 1)):
+        pd_sim.requests.clear()
+        env = {"PAGERDUTY_INCIDENT_CACHE_SECONDS": seconds} if seconds is not None else {}
+        settings = Settings(PAGERDUTY_API_TOKEN=TOKEN, PAGERDUTY_API_URL=pd_sim.base_url, **env)
+        async with pagerduty_client(settings) as client:
+            await client.acknowledged_incidents(alice)
+            await client.acknowledged_incidents(alice)
+        assert len(pd_sim.requests_to("/incidents")) == calls, seconds
+    with pytest.raises(ValueError, match="PAGERDUTY_INCIDENT_CACHE_SECONDS"):
+        Settings(PAGERDUTY_INCIDENT_CACHE_SECONDS="61")
 
 
 async def test_a_retry_woken_after_the_deadline_reports_why_the_call_failed_not_the_budget() -> None:

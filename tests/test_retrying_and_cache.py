@@ -167,6 +167,35 @@ async def test_a_cancelled_waiter_does_not_cancel_the_shared_lookup() -> None:
         await first
 
 
+async def test_clear_forgets_what_is_kept_and_a_lookup_in_flight_is_neither_kept_nor_joined(
+    fake_time: FakeTime,
+) -> None:
+    cache = CoalescingCache(monotonic=fake_time)
+    gate = asyncio.Event()
+    calls: list[str] = []
+
+    async def load(value: str) -> str:
+        calls.append(value)
+        if value == "old":
+            await gate.wait()
+        return value
+
+    assert await cache.get("k", lambda: load("kept"), ttl=60) == "kept"
+    cache.clear()
+    assert await cache.get("k", lambda: load("new"), ttl=60) == "new"  # the kept value went
+    cache.forget("k")
+    old = asyncio.create_task(cache.get("k", lambda: load("old"), ttl=60))
+    await asyncio.sleep(0)
+    cache.clear()  # while "old" is being looked up
+    after = await cache.get("k", lambda: load("after"), ttl=60)
+    gate.set()
+    assert await old == "old"  # its own caller still has its answer
+    assert after == "after"  # a caller after clear() did not join the lookup begun before it
+    assert await cache.get("k", lambda: load("never"), ttl=60) == "after"  # "old" was not kept over it
+    assert calls == ["kept", "new", "old", "after"]
+    await cache.aclose()
+
+
 # --- PagerDuty: users live long, budget slots go to calls sent ----------------------------------
 
 

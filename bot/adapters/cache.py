@@ -24,6 +24,8 @@ class CoalescingCache:
         self._max_entries = max_entries
         self._cache: dict[Hashable, tuple[float, object]] = {}
         self._inflight: dict[Hashable, asyncio.Task[object]] = {}
+        self._generation = 0  # moved by clear(): a lookup begun before it is not kept, nor joined
+        self._orphans: set[asyncio.Task[object]] = set()
 
     async def get(self, key: Hashable, load: Callable[[], Awaitable[T]], *, ttl: float | Callable[[T], float]) -> T:
         hit = self._cache.get(key)
@@ -33,7 +35,7 @@ class CoalescingCache:
             del self._cache[key]
         task = self._inflight.get(key)
         if task is None:
-            task = asyncio.create_task(self._load(key, load, ttl))
+            task = asyncio.create_task(self._load(key, load, ttl, self._generation))
             task.add_done_callback(_consume_exception)
             self._inflight[key] = task
         # shield: one impatient caller being cancelled must not cancel the call the others share
@@ -42,20 +44,33 @@ class CoalescingCache:
     def forget(self, key: Hashable) -> None:
         self._cache.pop(key, None)
 
+    def clear(self) -> None:
+        """Forget every kept result. Lookups in flight still answer the callers already waiting,
+        but are not kept, and a caller from now on starts a lookup of its own."""
+        self._cache.clear()
+        for task in self._inflight.values():  # still closed by aclose()
+            self._orphans.add(task)
+            task.add_done_callback(self._orphans.discard)
+        self._inflight.clear()
+        self._generation += 1
+
     def put(self, key: Hashable, value: object, *, ttl: float) -> None:
         """Keep ``value`` under ``key`` for ``ttl`` seconds, as if a lookup had loaded it."""
         if ttl > 0:
             self._store(key, value, ttl)
 
-    async def _load(self, key: Hashable, load: Callable[[], Awaitable[T]], ttl: float | Callable[[T], float]) -> object:
+    async def _load(
+        self, key: Hashable, load: Callable[[], Awaitable[T]], ttl: float | Callable[[T], float], generation: int
+    ) -> object:
         try:
             value = await load()
             seconds = ttl(value) if callable(ttl) else ttl
-            if seconds > 0:
+            if seconds > 0 and generation == self._generation:
                 self._store(key, value, seconds)
             return value
         finally:
-            self._inflight.pop(key, None)
+            if generation == self._generation:
+                self._inflight.pop(key, None)
 
     def _store(self, key: Hashable, value: object, ttl: float) -> None:
         now = self._monotonic()
@@ -66,7 +81,7 @@ class CoalescingCache:
         self._cache[key] = (now + ttl, value)
 
     async def aclose(self) -> None:
-        tasks = list(self._inflight.values())
+        tasks = [*self._inflight.values(), *self._orphans]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -10,10 +10,14 @@ Users by email change rarely and are cached for ``user_cache_ttl`` seconds (an h
 their own; on-call entries and "no such user" for ``cache_ttl``; identical concurrent lookups share
 one HTTP call (:class:`bot.adapters.cache.CoalescingCache`). When many different users are looked up at once
 (a burst), one sweep of the user list (a page per 100 users) answers them all instead of a call
-each. Acknowledgements and incidents are never cached, because the gate must see an unacknowledge
-at once; lookups for different users waiting at the same time share a call (``user_ids[]`` holds
-them all, and each user keeps only the incidents assigned to and acknowledged by them), with at
-most :data:`BATCH_CALLS` such calls in flight per filter, so one warm request costs at most one call.
+each. A user's acknowledged incidents are kept ``incident_cache_ttl`` seconds (5), and only when
+there are some: a "none" is asked again every time, so someone who has just acknowledged is never
+refused from the cache, and ``fresh=True`` (the gate's, when the reason names an incident the kept
+list lacks) asks again. :meth:`PagerDutyClient.forget_acknowledgements` drops them all (an incident
+webhook arrived). Incidents by id are never cached. Lookups for different users waiting at the
+same time share a call (``user_ids[]`` holds them all, and each user keeps only the incidents
+assigned to and acknowledged by them), with at most :data:`BATCH_CALLS` such calls in flight per
+filter, so one warm request costs at most one call.
 
 A sliding-window limiter keeps us under PagerDuty's 960 requests/minute per token, paced (a burst
 of :data:`BURST_FRACTION`-th of the budget, then its average rate), and an incident batch waits for
@@ -133,6 +137,7 @@ class PagerDutyClient:
         sleep: Sleep = asyncio.sleep,
         cache_ttl: float = 30.0,
         user_cache_ttl: float = 3600.0,
+        incident_cache_ttl: float = 5.0,
         requests_per_minute: int = 900,
         max_attempts: int = 4,
         on_call: CallHook | None = None,
@@ -165,8 +170,10 @@ class PagerDutyClient:
         self._queue_seconds = queue_seconds
         self._cache = CoalescingCache(monotonic=monotonic)
         self._users = CoalescingCache(monotonic=monotonic, max_entries=USER_CACHE_ENTRIES)
+        self._acks = CoalescingCache(monotonic=monotonic)
         self._cache_ttl = cache_ttl
         self._user_cache_ttl = user_cache_ttl
+        self._incident_cache_ttl = incident_cache_ttl
         self._batches: dict[tuple[tuple[str, ...], tuple[str, ...]], _Batch] = {}
         self._recent_misses: list[float] = []  # when user lookups missed the cache, for SWEEP_AFTER
         if transport is None:
@@ -189,6 +196,7 @@ class PagerDutyClient:
         await asyncio.gather(*runners, return_exceptions=True)
         await self._cache.aclose()
         await self._users.aclose()
+        await self._acks.aclose()
         await self._http.aclose()
 
     async def __aenter__(self) -> PagerDutyClient:
@@ -212,12 +220,26 @@ class PagerDutyClient:
         return self._cache_ttl if user is None else self._user_cache_ttl
 
     async def acknowledged_incidents(
-        self, user_id: str, *, service_ids: Sequence[str] = (), urgencies: Sequence[str] = ()
+        self,
+        user_id: str,
+        *,
+        service_ids: Sequence[str] = (),
+        urgencies: Sequence[str] = (),
+        fresh: bool = False,
     ) -> list[Incident]:
         services, levels = tuple(sorted(set(service_ids))), tuple(sorted(set(urgencies)))
-        key = ("acked", user_id, services, levels)
+        key = (user_id, services, levels)
+        if fresh:
+            self._acks.forget(key)
+        found = self._acks.get(key, lambda: self._acked(user_id, services, levels), ttl=self._acked_ttl)
         # a copy each: callers share one result and must not see each other's changes
-        return list(await self._noted(self._cache.get(key, lambda: self._acked(user_id, services, levels), ttl=0)))
+        return list(await self._noted(found))
+
+    def _acked_ttl(self, incidents: list[Incident]) -> float:
+        return self._incident_cache_ttl if incidents else 0.0
+
+    def forget_acknowledgements(self) -> None:
+        self._acks.clear()
 
     async def oncalls(
         self,

@@ -1,7 +1,10 @@
 """Checking a flow's gate, and who may request, against PagerDuty.
 
 One :class:`GateContext` lives for one request: it asks PagerDuty for each fact at most once,
-however many flows look at it, so a warm request costs one REST call.
+however many flows look at it, so a warm request costs one REST call at most. A user's
+acknowledged incidents may come from the PagerDuty client's short cache; when the reason names an
+incident that list lacks (acknowledged a moment ago), PagerDuty is asked again, and an extension's
+check (``fresh``) always asks.
 """
 
 from __future__ import annotations
@@ -30,10 +33,13 @@ class Verdict:
 
 
 class GateContext:
-    def __init__(self, pagerduty: PagerDutyDirectory, principal: Principal, *, reason: str = "") -> None:
+    def __init__(
+        self, pagerduty: PagerDutyDirectory, principal: Principal, *, reason: str = "", fresh: bool = False
+    ) -> None:
         self._pd = pagerduty
         self.principal = principal
         self.reason = reason
+        self.fresh = fresh  # acknowledgements straight from PagerDuty, never the client's cache
         self._user: PagerDutyUser | None = None
         self._memo: dict[tuple[object, ...], object] = {}
 
@@ -49,7 +55,14 @@ class GateContext:
         key = ("ack", services, urgencies)
         if key not in self._memo:
             user = await self.pd_user()
-            self._memo[key] = await self._pd.acknowledged_incidents(user.id, service_ids=services, urgencies=urgencies)
+            found = await self._pd.acknowledged_incidents(
+                user.id, service_ids=services, urgencies=urgencies, fresh=self.fresh
+            )
+            if found and not self.fresh and _names_other_incident(found, self.reason):
+                found = await self._pd.acknowledged_incidents(
+                    user.id, service_ids=services, urgencies=urgencies, fresh=True
+                )
+            self._memo[key] = found
         result = self._memo[key]
         assert isinstance(result, list)
         return result
@@ -66,13 +79,22 @@ class GateContext:
         return result
 
 
-def pick_incident(incidents: list[Incident], reason: str) -> Incident:
-    """The incident the requester named in their reason (``#42``, ``INC-42``), else the newest."""
+def _named(incidents: list[Incident], reason: str) -> Incident | None:
+    """The incident the requester named in their reason (``#42``, ``INC-42``, or its id), if listed."""
     named = {int(n) for n in _INCIDENT_NUMBER.findall(reason)}
     for incident in incidents:
         if incident.number in named or (incident.id and incident.id in reason):
             return incident
-    return incidents[0]
+    return None
+
+
+def _names_other_incident(incidents: list[Incident], reason: str) -> bool:
+    return bool(_INCIDENT_NUMBER.search(reason)) and _named(incidents, reason) is None
+
+
+def pick_incident(incidents: list[Incident], reason: str) -> Incident:
+    """The incident the requester named in their reason (``#42``, ``INC-42``), else the newest."""
+    return _named(incidents, reason) or incidents[0]
 
 
 async def requester_allowed(flow: Flow, policy: Policy, ctx: GateContext) -> bool:

@@ -350,7 +350,7 @@ class GrantLifecycle:
         if new_expiry - grant.created_at > maximum:
             room = max(maximum - (grant.expires_at - grant.created_at), timedelta())
             raise UsageError(messages.extension_too_long(extra, maximum, room))
-        ctx = gates.GateContext(self.pagerduty, actor)
+        ctx = gates.GateContext(self.pagerduty, actor, fresh=True)  # prolonging access: ask PagerDuty now
         verdict = await gates.evaluate(flow, ctx)
         now = self.clock.now()
         await self.bus.publish(

@@ -11,7 +11,12 @@ backwards and never touches chat twice.
 
 Grants issued under an incident whose flow says ``revoke_on_resolve`` end when the incident
 resolves: at once through the webhook, or through :meth:`MirrorService.check_incidents` where no
-webhook subscription exists. The holder is told by the ordinary ``GrantEnded`` reaction.
+webhook subscription exists. The holder is told by the ordinary ``GrantEnded`` reaction. A grant
+can still be made under an incident just after its resolve was handled, from a lookup made before
+it (a request in flight, or another replica's few-second cache of acknowledgements), so the
+incident's grants are swept once more ``recheck_after`` later (:meth:`MirrorService.recheck_resolved`).
+Every incident event also drops this replica's cached acknowledgements, so its next gate check asks
+PagerDuty.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import logging
 import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Final
 
 from bot.core import messages
@@ -55,6 +60,10 @@ _TONE: Final[Mapping[str, Tone]] = {
 
 # How long a replica may take to post an incident's first message before another may try.
 POST_CLAIM_LEASE: Final = timedelta(seconds=60)
+
+# After a resolve, its grants are swept again once the PagerDuty client's cache of acknowledgements
+# (PAGERDUTY_INCIDENT_CACHE_SECONDS, 5 s by default) and this margin for a request in flight passed.
+RECHECK_MARGIN: Final = timedelta(seconds=25)
 
 # Incidents of revoke-on-resolve grants read from the store at a time by the resolved-incident poll.
 INCIDENT_PAGE: Final = 100
@@ -101,8 +110,12 @@ class MirrorService:
         clock: Clock,
         channel: str | None,
         services: Sequence[str] = (),
+        recheck_after: timedelta = RECHECK_MARGIN + timedelta(seconds=5),
     ) -> None:
         self.store = store
+        self.recheck_after = recheck_after
+        # incident id -> when its grants are swept again (recheck_resolved); in memory only
+        self._rechecks: dict[str, datetime] = {}
         self.notifiers = notifiers
         self.access = access
         self.pagerduty = pagerduty
@@ -131,6 +144,7 @@ class MirrorService:
         status = _status(event)
         if event.event_type not in HANDLED_EVENT_TYPES or incident is None or status is None:
             return
+        self.pagerduty.forget_acknowledgements()
         async with self._lock(incident.id):
             current = await self.store.mirrors.get(incident.id)
             stamped = replace(event, incident=replace(incident, status=status))
@@ -139,6 +153,7 @@ class MirrorService:
                 return
             changed = await self._remember(event, incident, status, current)
             if status == "resolved":
+                self._rechecks[incident.id] = self.clock.now() + self.recheck_after
                 await self.revoke_for_incident(incident.id)
             # A re-run after a crash may change nothing stored, while the message was never posted.
             if changed or (current is not None and not await self.store.messages.refs(subject(incident.id))):
@@ -313,6 +328,16 @@ class MirrorService:
             return False
         log.info("grant %s ended: its PagerDuty incident %s resolved", grant.id, grant.incident and grant.incident.id)
         return True
+
+    async def recheck_resolved(self) -> int:
+        """Sweep again the grants of incidents resolved ``recheck_after`` ago (for the expiry
+        scheduler's ``jobs``): one made meanwhile from an older lookup ends too. Returns the grants ended."""
+        now = self.clock.now()
+        ended = 0
+        for incident_id in [i for i, at in self._rechecks.items() if at <= now]:
+            ended += await self.revoke_for_incident(incident_id)
+            del self._rechecks[incident_id]  # only once swept: a failed read is tried next pass
+        return ended
 
     async def check_incidents(self) -> int:
         """Poll PagerDuty for the incidents of revoke-on-resolve grants; end those whose incident resolved.

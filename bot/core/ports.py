@@ -594,8 +594,15 @@ class PagerDutyDirectory(Protocol):
         *,
         service_ids: Sequence[str] = (),
         urgencies: Sequence[str] = (),
+        fresh: bool = False,
     ) -> list[Incident]:
-        """Incidents currently acknowledged *by this user* (not merely assigned), newest first."""
+        """Incidents currently acknowledged *by this user* (not merely assigned), newest first.
+
+        A list that is not empty may be a few seconds old; ``fresh`` asks PagerDuty again."""
+        ...
+
+    def forget_acknowledgements(self) -> None:
+        """Ask PagerDuty again for every user's acknowledged incidents (an incident changed)."""
         ...
 
     async def oncalls(

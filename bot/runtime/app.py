@@ -39,7 +39,7 @@ from bot.core.errors import AckgateError, ConfigError, StorageError
 from bot.core.expiry import ExpiryScheduler, every
 from bot.core.grants import GrantLifecycle
 from bot.core.incident_notes import IncidentNotes, notes_registry
-from bot.core.mirror import MirrorService
+from bot.core.mirror import RECHECK_MARGIN, MirrorService
 from bot.core.org_settings import OrgSettings, chat_status_key
 from bot.core.outbox import OutboxNotifier, OutboxWorker
 from bot.core.platforms import ChatPlatform, Job, PlatformParts, any_admin_group, health_rows
@@ -238,6 +238,7 @@ def pagerduty_client(settings: Settings, **kwargs: Any) -> PagerDutyClient:
     kwargs.setdefault("timeout", settings.pagerduty_timeout_seconds)
     kwargs.setdefault("deadline", settings.pagerduty_timeout_seconds + 1.0)
     kwargs.setdefault("requests_per_minute", settings.pagerduty_requests_per_minute)
+    kwargs.setdefault("incident_cache_ttl", settings.pagerduty_incident_cache_seconds)
     return PagerDutyClient(
         settings.pagerduty_api_token,
         base_url=settings.pagerduty_api_url,
@@ -330,8 +331,9 @@ def build_app(
         clock=clock,
         channel=settings.mirror_channel,
         services=settings.mirror_services,
+        recheck_after=RECHECK_MARGIN + timedelta(seconds=settings.pagerduty_incident_cache_seconds),
     )
-    jobs: list[Callable[[], Awaitable[int]]] = [auth.expire_due]
+    jobs: list[Callable[[], Awaitable[int]]] = [auth.expire_due, mirror.recheck_resolved]
     if not settings.pagerduty_webhook_secrets:
         # Without webhooks, resolved incidents are found by asking PagerDuty now and then.
         jobs.append(every(settings.incident_check_seconds, clock, mirror.check_incidents))

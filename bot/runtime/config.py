@@ -71,6 +71,11 @@ class Settings(BaseSettings):
     pagerduty_requests_per_minute: int = Field(
         default=900, ge=1, le=100_000, validation_alias="PAGERDUTY_REQUESTS_PER_MINUTE"
     )
+    # How long a user's acknowledged incidents (when there are any) answer their next requests;
+    # 0 asks PagerDuty every time. An incident webhook drops them at once on the replica it reaches.
+    pagerduty_incident_cache_seconds: float = Field(
+        default=5.0, ge=0, le=60, validation_alias="PAGERDUTY_INCIDENT_CACHE_SECONDS"
+    )
 
     # Ackgate
     database_url: str = Field(default="sqlite:///ackgate.db", validation_alias="ACKGATE_DATABASE_URL")
