@@ -10,6 +10,8 @@ import pytest
 from bot.core.domain import Grant, GrantStatus
 from bot.core.errors import GateRefused
 from bot.core.mirror import REVOKED_BY
+from bot.core.webhook_inbox import Inbox
+from bot.core.webhooks import parse_event
 from tests.fakes import incident_world
 from tests.fakes.incident_world import FROM_EMAIL, WATCHED_SERVICE, IncidentWorld, webhook_body
 from tests.fakes.pagerduty_openapi import check_request
@@ -305,37 +307,64 @@ async def test_revoke_on_resolve_of_a_grant_ended_meanwhile_is_a_debug_line(
 
 # --- a grant made just after its incident resolved ------------------------------------------------
 
+RECHECK = timedelta(seconds=30)
 
-async def test_a_grant_made_just_after_its_incident_resolved_is_swept_again_and_ended(iw: IncidentWorld) -> None:
+
+def inbox(iw: IncidentWorld) -> Inbox:
+    """The webhook inbox of one process on the world's store; a new one is that process restarted."""
+    return Inbox(iw.store.inbox, on_event=iw.mirror.on_event, clock=iw.clock, recheck_after=RECHECK)
+
+
+async def delivered(iw: IncidentWorld, body: bytes) -> None:
+    first = inbox(iw)
+    event = parse_event(body)
+    assert await first.accept(event, body)
+    assert await first.process(event.id)
+
+
+@pytest.mark.parametrize("service_id", ["PSVC001", WATCHED_SERVICE])  # not mirrored, and mirrored
+async def test_a_grant_made_just_after_its_incident_resolved_ends_at_the_second_sweep_after_a_restart(
+    iw: IncidentWorld, service_id: str
+) -> None:
     incident = iw.acknowledged_incident("alice")
-    await iw.webhook(resolved(iw, incident.id, minutes=0))
+    await delivered(iw, resolved(iw, incident.id, minutes=0, service_id=service_id))
     # PagerDuty's REST API still shows it acknowledged: a lookup older than the webhook, or
     # another replica's few-second cache, lets one more grant through under the resolved incident.
     await iw.type(alice, "prod-db 1h")
     grant = await iw.only_grant("alice@example.com")
     assert grant.status is GrantStatus.ACTIVE
 
-    iw.clock.advance(iw.mirror.recheck_after - timedelta(seconds=1))
-    assert await iw.mirror.recheck_resolved() == 0  # not due yet
+    restarted = inbox(iw)  # the process that handled the resolve is gone; the second sweep is a row
+    iw.clock.advance(RECHECK - timedelta(seconds=1))
+    assert await restarted.recover() == 0  # not due yet
     assert (await stored(iw, grant.id)).status is GrantStatus.ACTIVE
     iw.clock.advance(timedelta(seconds=2))
-    assert await iw.mirror.recheck_resolved() == 1
+    assert await restarted.recover() == 1
 
     ended = await stored(iw, grant.id)
     assert ended.status is GrantStatus.ENDED
     assert str(ended.end_reason) == "incident_resolved" and ended.ended_by == REVOKED_BY
     assert REVOKED_NOTICE in [c.title for c in iw.chat.inbox("alice@example.com")]
-    assert await iw.mirror.recheck_resolved() == 0  # swept once
+    iw.clock.advance(RECHECK * 3)
+    assert await restarted.recover() == 0  # swept once more, not again and again
 
 
 async def test_the_second_sweep_keeps_grants_of_flows_that_outlive_their_incident(iw: IncidentWorld) -> None:
     incident = iw.acknowledged_incident("alice")
-    await iw.webhook(resolved(iw, incident.id, minutes=0))
+    await delivered(iw, resolved(iw, incident.id, minutes=0))
     await iw.type(alice, "prod-k8s 1h")
-    iw.clock.advance(iw.mirror.recheck_after + timedelta(seconds=1))
+    iw.clock.advance(RECHECK + timedelta(seconds=1))
 
-    assert await iw.mirror.recheck_resolved() == 0
+    assert await inbox(iw).recover() == 1
     assert (await iw.only_grant("alice@example.com")).status is GrantStatus.ACTIVE
+
+
+async def test_only_a_resolve_is_handed_in_again(iw: IncidentWorld) -> None:
+    incident = iw.acknowledged_incident("alice")
+    at = iw.clock.now()
+    await delivered(iw, webhook_body("incident.acknowledged", incident_id=incident.id, at=at, service_id="PSVC001"))
+    iw.clock.advance(RECHECK + timedelta(seconds=1))
+    assert await inbox(iw).recover() == 0
 
 
 async def test_an_incident_webhook_makes_the_next_gate_check_ask_pagerduty_again(iw: IncidentWorld) -> None:

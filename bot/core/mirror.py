@@ -13,9 +13,10 @@ Grants issued under an incident whose flow says ``revoke_on_resolve`` end when t
 resolves: at once through the webhook, or through :meth:`MirrorService.check_incidents` where no
 webhook subscription exists. The holder is told by the ordinary ``GrantEnded`` reaction. A grant
 can still be made under an incident just after its resolve was handled, from a lookup made before
-it (a request in flight, or another replica's few-second cache of acknowledgements), so the
-incident's grants are swept once more ``recheck_after`` later (:meth:`MirrorService.recheck_resolved`).
-Every incident event also drops this replica's cached acknowledgements, so its next gate check asks
+it (a request in flight, or another replica's few-second cache of acknowledgements), so the inbox
+hands the resolve in again later (:data:`bot.core.webhook_inbox.RECHECK_SUFFIX`): the same event
+again is no older than what is mirrored, and ends the incident's grants all the same. Every
+incident event also drops this replica's cached acknowledgements, so its next gate check asks
 PagerDuty.
 """
 
@@ -26,7 +27,7 @@ import logging
 import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Final
 
 from bot.core import messages
@@ -60,10 +61,6 @@ _TONE: Final[Mapping[str, Tone]] = {
 
 # How long a replica may take to post an incident's first message before another may try.
 POST_CLAIM_LEASE: Final = timedelta(seconds=60)
-
-# After a resolve, its grants are swept again once the PagerDuty client's cache of acknowledgements
-# (PAGERDUTY_INCIDENT_CACHE_SECONDS, 5 s by default) and this margin for a request in flight passed.
-RECHECK_MARGIN: Final = timedelta(seconds=25)
 
 # Incidents of revoke-on-resolve grants read from the store at a time by the resolved-incident poll.
 INCIDENT_PAGE: Final = 100
@@ -110,12 +107,8 @@ class MirrorService:
         clock: Clock,
         channel: str | None,
         services: Sequence[str] = (),
-        recheck_after: timedelta = RECHECK_MARGIN + timedelta(seconds=5),
     ) -> None:
         self.store = store
-        self.recheck_after = recheck_after
-        # incident id -> when its grants are swept again (recheck_resolved); in memory only
-        self._rechecks: dict[str, datetime] = {}
         self.notifiers = notifiers
         self.access = access
         self.pagerduty = pagerduty
@@ -153,7 +146,6 @@ class MirrorService:
                 return
             changed = await self._remember(event, incident, status, current)
             if status == "resolved":
-                self._rechecks[incident.id] = self.clock.now() + self.recheck_after
                 await self.revoke_for_incident(incident.id)
             # A re-run after a crash may change nothing stored, while the message was never posted.
             if changed or (current is not None and not await self.store.messages.refs(subject(incident.id))):
@@ -328,16 +320,6 @@ class MirrorService:
             return False
         log.info("grant %s ended: its PagerDuty incident %s resolved", grant.id, grant.incident and grant.incident.id)
         return True
-
-    async def recheck_resolved(self) -> int:
-        """Sweep again the grants of incidents resolved ``recheck_after`` ago (for the expiry
-        scheduler's ``jobs``): one made meanwhile from an older lookup ends too. Returns the grants ended."""
-        now = self.clock.now()
-        ended = 0
-        for incident_id in [i for i, at in self._rechecks.items() if at <= now]:
-            ended += await self.revoke_for_incident(incident_id)
-            del self._rechecks[incident_id]  # only once swept: a failed read is tried next pass
-        return ended
 
     async def check_incidents(self) -> int:
         """Poll PagerDuty for the incidents of revoke-on-resolve grants; end those whose incident resolved.

@@ -7,6 +7,12 @@ to ``on_event``, and marks it done. :meth:`Inbox.recover` (at start-up and perio
 expiry scheduler) takes what a crash or a failure left pending once its lease lapsed or its retry
 is due. A failing event is retried with exponential backoff ``max_attempts`` times, then parked:
 logged once, counted, and shown in the admin status.
+
+An ``incident.resolved`` event, once handled, is stored once more as ``<id>:recheck``, due
+``recheck_after`` later, and handled again then by whichever replica's recovery pass takes it: a
+grant made under the incident meanwhile, from a lookup older than the webhook (a request in
+flight, another replica's cached acknowledgements, PagerDuty's REST API not yet showing the
+resolve), ends too. Being a row in the inbox, that second sweep survives a crash or a restart.
 """
 
 from __future__ import annotations
@@ -33,6 +39,11 @@ DEFAULT_BACKOFF: Final = timedelta(seconds=5)
 MAX_BACKOFF: Final = timedelta(minutes=10)
 _ERROR_CHARS: Final = 500
 
+RECHECK_SUFFIX: Final = ":recheck"
+# After a resolve, its second sweep waits for the PagerDuty client's cache of acknowledgements
+# (PAGERDUTY_INCIDENT_CACHE_SECONDS) to lapse, and this margin more for a request in flight.
+RECHECK_MARGIN: Final = timedelta(seconds=25)
+
 
 class Inbox:
     """The core side of the webhook inbox: accept (store), process (claim, run, finish), recover."""
@@ -48,7 +59,9 @@ class Inbox:
         backoff: timedelta = DEFAULT_BACKOFF,
         on_parked: Callable[[], None] = lambda: None,
         instance: str = "",
+        recheck_after: timedelta | None = None,
     ) -> None:
+        self.recheck_after = recheck_after  # None: a resolve is handled once only
         self.store = store
         self.instance = instance  # named in its claims, so a restart takes back its dead ones at once
         self.on_event = on_event
@@ -103,6 +116,17 @@ class Inbox:
         except Exception as exc:
             await self._failed(delivery, token, exc)
             return False
+        if self.recheck_after is not None and event.event_type == "incident.resolved" and event_id == event.id:
+            try:  # not for the recheck itself, whose row id is the event's id and the suffix
+                await self.store.add(
+                    event_id + RECHECK_SUFFIX,
+                    event_type=delivery.event_type,
+                    body=delivery.body,
+                    at=self.clock.now() + self.recheck_after,
+                )
+            except StorageError as exc:  # still pending: handled again (each grant ends once), then stored
+                await self._failed(delivery, token, exc)
+                return False
         await self._settle(self.store.finish(event_id, token=token, at=self.clock.now()))
         return True
 

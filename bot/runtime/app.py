@@ -39,7 +39,7 @@ from bot.core.errors import AckgateError, ConfigError, StorageError
 from bot.core.expiry import ExpiryScheduler, every
 from bot.core.grants import GrantLifecycle
 from bot.core.incident_notes import IncidentNotes, notes_registry
-from bot.core.mirror import RECHECK_MARGIN, MirrorService
+from bot.core.mirror import MirrorService
 from bot.core.org_settings import OrgSettings, chat_status_key
 from bot.core.outbox import OutboxNotifier, OutboxWorker
 from bot.core.platforms import ChatPlatform, Job, PlatformParts, any_admin_group, health_rows
@@ -50,7 +50,7 @@ from bot.core.reactions import Reactions, registry
 from bot.core.reconciler import Reconciler, start_up
 from bot.core.router import CommandRouter
 from bot.core.secrets import SecretBox
-from bot.core.webhook_inbox import Inbox
+from bot.core.webhook_inbox import RECHECK_MARGIN, Inbox
 from bot.core.webhooks import WebhookEvent
 from bot.runtime.config import Settings
 from bot.runtime.inflight import InFlight
@@ -331,9 +331,8 @@ def build_app(
         clock=clock,
         channel=settings.mirror_channel,
         services=settings.mirror_services,
-        recheck_after=RECHECK_MARGIN + timedelta(seconds=settings.pagerduty_incident_cache_seconds),
     )
-    jobs: list[Callable[[], Awaitable[int]]] = [auth.expire_due, mirror.recheck_resolved]
+    jobs: list[Callable[[], Awaitable[int]]] = [auth.expire_due]
     if not settings.pagerduty_webhook_secrets:
         # Without webhooks, resolved incidents are found by asking PagerDuty now and then.
         jobs.append(every(settings.incident_check_seconds, clock, mirror.check_incidents))
@@ -414,6 +413,7 @@ def build_app(
         clock=clock,
         on_parked=metrics.webhook_events_parked.inc,
         instance=instance,
+        recheck_after=RECHECK_MARGIN + timedelta(seconds=settings.pagerduty_incident_cache_seconds),
     )
     # At start-up (the scheduler's first pass) and every few seconds after: events a crash or a
     # failure left in the inbox. Done events are kept as long as PagerDuty may redeliver them.

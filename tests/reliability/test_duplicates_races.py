@@ -297,6 +297,45 @@ async def test_a_resolved_webhook_delivered_twice_revokes_the_incident_grant_onc
     assert await cluster.audit_count("grant.revoked", grant_id) == 1
 
 
+async def test_a_grant_let_through_after_the_resolve_by_a_cached_lookup_ends_at_the_second_sweep(
+    cluster: Cluster,
+) -> None:
+    """Replica B keeps alice's acknowledgement a few seconds; the resolve reaches replica A. A
+    request on B in those seconds is granted from B's cache; the resolve, handed in again from the
+    inbox 30 s later, ends it. On one replica the webhook dropped the cache: the request is refused."""
+    alice = cluster.person("alice")
+    incident_id = cluster.acknowledged_incident(alice)
+    b = other(cluster, 0)
+    first = _GRANT_ID.search(await cluster.command(alice, "prod-db 1h replication lag", instance=b))
+    assert first is not None
+    cluster.pd.resolve(incident_id)
+    body = incident_webhook("incident.resolved", incident_id=incident_id, event_id="01RESOLVED2", status="resolved")
+    answer = await cluster.send(
+        "POST", "/webhooks/pagerduty", body=body, headers=webhook_headers(body, webhook_id="whk-r2"), instance=0
+    )
+    assert answer.status == 202
+    await cluster.settle(0.5)
+
+    text = await cluster.command(alice, "prod-db 30m still on it", instance=b)
+
+    if cluster.instances == 1:
+        assert "Access to prod-db was not granted" in text, text
+        return
+    second = _GRANT_ID.search(text)
+    assert second is not None, text
+    assert (await cluster.parts().store.grants.get(second.group(0))).status is GrantStatus.ACTIVE  # type: ignore[union-attr]
+    cluster.clock.advance(later(31))
+    for instance in range(cluster.instances):
+        cluster.parts(instance).scheduler.wake()
+    await eventually(cluster, lambda: cluster.provisioner_calls("revoke", second.group(0)) > 0)
+    await cluster.settle(0.5)
+    grant = await cluster.parts().store.grants.get(second.group(0))
+    assert grant is not None and grant.status is GrantStatus.ENDED, grant
+    assert str(grant.end_reason) == "incident_resolved"
+    assert cluster.provisioner_calls("revoke", second.group(0)) == 1
+    assert await cluster.audit_count("grant.revoked", second.group(0)) == 1
+
+
 # --- revokes ------------------------------------------------------------------------------------
 
 
