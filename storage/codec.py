@@ -174,8 +174,12 @@ def _json_default(value: object) -> object:
     return str(value)
 
 
+# One encoder for every row: json.dumps with options builds a new JSONEncoder at each call.
+_ENCODER = json.JSONEncoder(default=_json_default, separators=(",", ":"))
+
+
 def dump_json(value: object) -> str:
-    return json.dumps(value, default=_json_default, separators=(",", ":"))
+    return _ENCODER.encode(value)
 
 
 _INCIDENT_NAMES = tuple(f.name for f in fields(Incident))  # in declaration order, as asdict gives them

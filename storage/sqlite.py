@@ -15,6 +15,11 @@ nothing here may block for long:
   runs a passive checkpoint on a connection of its own, in a worker thread, once a second after
   writes.
 
+- **Group commit.** A commit is the dearest statement of a flow. Write transactions that find
+  others waiting for the connection with them become savepoints of one ``BEGIN IMMEDIATE``
+  transaction, committed once they have all had their turn (or before the next lone statement);
+  each writer goes on only when that commit is done (:meth:`_Db.writing`).
+
 One connection is shared by every coroutine, so a lock keeps their statements from interleaving,
 and each write runs in ``BEGIN IMMEDIATE`` so a second process on the same file waits instead of
 racing: compare-and-set stays atomic. The lock serves urgent writes first
@@ -210,6 +215,8 @@ class _Db:
         self._conn: sqlite3.Connection | None = None
         self._lock = PriorityLock()
         self._checkpointer: _Checkpointer | None = None
+        self._open: asyncio.Future[None] | None = None  # the shared transaction's commit, if one is open
+        self._committers: set[asyncio.Task[None]] = set()
 
     async def open(self) -> None:
         if self._conn is not None:
@@ -225,6 +232,7 @@ class _Db:
 
     async def close(self) -> None:
         async with self._lock:
+            await self._commit_open()
             if self._checkpointer is not None:
                 checkpointer, self._checkpointer = self._checkpointer, None
                 await checkpointer.stop()
@@ -246,6 +254,7 @@ class _Db:
         statement ends, atomically."""
         async with self._lock.held(urgent=urgent):
             conn = self._connection()
+            await self._commit_open()  # a lone statement sees (and writes) only what is committed
             marked = _URGENT.set(urgent)
             try:
                 yield conn
@@ -254,23 +263,84 @@ class _Db:
             finally:
                 _URGENT.reset(marked)
 
+    async def _commit_open(self) -> None:
+        """Commit the shared transaction, if one is open, and tell its writers. The lock is held."""
+        committed, self._open = self._open, None
+        if committed is None:
+            return
+        conn = self._connection()
+        try:
+            await _retrying(conn.commit)
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.rollback()
+            committed.set_exception(self._failed("commit the writes of a transaction", exc))
+            return
+        committed.set_result(None)
+
+    async def _commit_later(self, committed: asyncio.Future[None]) -> None:
+        """Commit ``committed``'s transaction once the writers already waiting for the lock joined it."""
+        async with self._lock:
+            if self._open is committed:
+                await self._commit_open()
+
     @asynccontextmanager
     async def writing(self, doing: str) -> AsyncIterator[sqlite3.Connection]:
-        """One write transaction; any exception rolls it back, so a failure changes nothing."""
+        """One write transaction; any exception rolls it back, so a failure changes nothing.
+
+        Group commit: the transaction is a savepoint of a shared one, committed once every writer
+        already waiting for the connection has had its turn (:meth:`_commit_later`), or before the
+        next lone statement. The block's caller goes on only once that commit is done, so nobody
+        acts on a write a crash could still lose; a commit that fails fails every writer in it.
+        """
         async with self._lock:
             conn = self._connection()
             try:
-                await _retrying(lambda: conn.execute("BEGIN IMMEDIATE"))
-                try:
-                    yield conn
-                except BaseException:
-                    conn.rollback()
-                    raise
-                await _retrying(conn.commit)
+                if self._open is None:
+                    await _retrying(lambda: conn.execute("BEGIN IMMEDIATE"))
+                    self._open = self._shared()
+                committed = self._open
+                conn.execute("SAVEPOINT w")
             except sqlite3.Error as exc:
-                if conn.in_transaction:
-                    conn.rollback()
                 raise self._failed(doing, exc) from exc
+            try:
+                yield conn
+                conn.execute("RELEASE w")
+            except BaseException as exc:
+                self._undo(committed, exc)
+                if isinstance(exc, sqlite3.Error):
+                    raise self._failed(doing, exc) from exc
+                raise
+        await asyncio.shield(committed)
+
+    def _shared(self) -> asyncio.Future[None]:
+        """A new shared transaction's commit, and the task that will make it."""
+        loop = asyncio.get_running_loop()
+        committed: asyncio.Future[None] = loop.create_future()
+        # read by every writer in it; this only keeps asyncio quiet when none is left to read it
+        committed.add_done_callback(lambda f: f.cancelled() or f.exception())
+        committer = loop.create_task(self._commit_later(committed))
+        self._committers.add(committer)
+        committer.add_done_callback(self._committers.discard)
+        return committed
+
+    def _undo(self, committed: asyncio.Future[None], exc: BaseException) -> None:
+        """Roll back one writer's savepoint; if SQLite rolled back the whole shared transaction
+        (a full disk, say), its other writers are told their writes are lost."""
+        conn = self._connection()
+        try:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK TO w")
+                conn.execute("RELEASE w")
+                return
+        except sqlite3.Error:
+            if conn.in_transaction:
+                conn.rollback()
+        if self._open is committed:
+            self._open = None
+        if not committed.done():
+            error = exc if isinstance(exc, sqlite3.Error) else sqlite3.OperationalError(str(exc))
+            committed.set_exception(self._failed("commit the writes of a transaction", error))
 
     def read(self, doing: str) -> AbstractAsyncContextManager[_Session]:
         return _Session.over(self.statement(doing), doing)

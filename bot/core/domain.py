@@ -12,11 +12,17 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
+_ID_ALPHABET = "23456789abcdefghjkmnpqrstuvwxyz"
+_ID_BYTES_KEPT = 256 - 256 % len(_ID_ALPHABET)  # bytes at or past it would favour the first letters
+
 
 def new_id(prefix: str) -> str:
-    """A short, unguessable, human-typable id such as ``g-7k2m9q4x``."""
-    alphabet = "23456789abcdefghjkmnpqrstuvwxyz"
-    return prefix + "-" + "".join(secrets.choice(alphabet) for _ in range(8))
+    """A short, unguessable, human-typable id such as ``g-7k2m9q4x``: 8 letters drawn uniformly
+    from the system's random source, read once (``secrets.choice`` would read it for each letter)."""
+    letters: list[str] = []
+    while len(letters) < 8:
+        letters += [_ID_ALPHABET[b % len(_ID_ALPHABET)] for b in secrets.token_bytes(12) if b < _ID_BYTES_KEPT]
+    return prefix + "-" + "".join(letters[:8])
 
 
 @dataclass(frozen=True)

@@ -38,8 +38,12 @@ NO_EMAIL = (
 STORAGE_DOWN = "Ackgate's database is not answering, so nothing was changed. Try again in a minute."
 
 
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
 def when(at: datetime) -> str:
-    return at.strftime("%H:%M UTC, %d %b")
+    """``14:05 UTC, 04 Dec``, in English whatever the process's locale (strftime's ``%b`` is not)."""
+    return f"{at.hour:02d}:{at.minute:02d} UTC, {at.day:02d} {_MONTHS[at.month - 1]}"
 
 
 def usage_for(kind: str) -> str:

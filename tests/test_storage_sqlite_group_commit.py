@@ -1,0 +1,119 @@
+"""SQLite group commit (storage.sqlite ``_Db.writing``): write transactions waiting for the connection
+together share one commit, each as a savepoint of it. A writer goes on only once its write is
+committed (another connection sees it), a writer that fails undoes only its own part, and a
+commit that fails fails every writer in it with none of their rows stored."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bot.core.errors import StorageError
+from storage.sqlite import SqliteStore
+
+WRITERS = 10
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    opened = SqliteStore(str(tmp_path / "ackgate.db"))
+    await opened.open()
+    conn = opened._db._connection()
+    conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, who TEXT NOT NULL)")
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+def outside(store: SqliteStore) -> list[str]:
+    """What another process reading the file sees: committed rows only."""
+    other = sqlite3.connect(store._db.path)
+    try:
+        return sorted(row[0] for row in other.execute("SELECT who FROM t"))
+    finally:
+        other.close()
+
+
+def count_begins(store: SqliteStore) -> list[str]:
+    begun: list[str] = []
+    store._db._connection().set_trace_callback(lambda sql: begun.append(sql) if sql.startswith("BEGIN") else None)
+    return begun
+
+
+async def test_writers_waiting_together_share_one_commit_and_each_goes_on_only_once_it_is_committed(
+    store: SqliteStore,
+) -> None:
+    begun = count_begins(store)
+    seen_after: dict[str, list[str]] = {}
+
+    async def writer(n: int) -> None:
+        who = f"w{n}"
+        async with store._db.transaction(f"insert {who}") as s:
+            await s.execute("INSERT INTO t (who) VALUES (?)", who)
+        seen_after[who] = outside(store)
+
+    await asyncio.gather(*(writer(n) for n in range(WRITERS)))
+
+    assert len(begun) < WRITERS / 2, begun  # one transaction a statement would be 10
+    for who, seen in seen_after.items():
+        assert who in seen, f"{who} went on before its row was committed"
+    assert outside(store) == sorted(f"w{n}" for n in range(WRITERS))
+
+
+async def test_a_writer_that_fails_undoes_only_its_own_part(store: SqliteStore) -> None:
+    async def failing() -> None:
+        async with store._db.transaction("insert then fail") as s:
+            await s.execute("INSERT INTO t (who) VALUES (?)", "failed")
+            raise ValueError("the caller changed its mind")
+
+    async def fine(who: str) -> None:
+        async with store._db.transaction(f"insert {who}") as s:
+            await s.execute("INSERT INTO t (who) VALUES (?)", who)
+
+    results = await asyncio.gather(fine("before"), failing(), fine("after"), return_exceptions=True)
+
+    assert [type(r) for r in results] == [type(None), ValueError, type(None)]
+    assert outside(store) == ["after", "before"]
+
+
+class _FailingCommit:
+    """The store's connection, whose next commit fails as a full disk would make it."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+        self.fail = True
+
+    def commit(self) -> None:
+        if self.fail:
+            self.fail = False
+            raise sqlite3.OperationalError("database or disk is full")
+        self._conn.commit()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+
+async def test_a_commit_that_fails_fails_every_writer_in_it_and_stores_none_of_their_rows(
+    store: SqliteStore,
+) -> None:
+    real = store._db._connection()
+    store._db._conn = _FailingCommit(real)  # type: ignore[assignment]
+
+    async def writer(who: str) -> None:
+        async with store._db.transaction(f"insert {who}") as s:
+            await s.execute("INSERT INTO t (who) VALUES (?)", who)
+
+    results = await asyncio.gather(*(writer(f"w{n}") for n in range(3)), return_exceptions=True)
+
+    assert all(isinstance(r, StorageError) for r in results), results
+    assert all("disk is full" in str(r) for r in results)
+    assert outside(store) == []
+    await writer("later")  # the next transaction starts afresh
+    assert outside(store) == ["later"]
+    store._db._conn = real
