@@ -40,9 +40,10 @@ def outside(store: SqliteStore) -> list[str]:
         other.close()
 
 
-def count_begins(store: SqliteStore) -> list[str]:
+def count_begins(store: SqliteStore, statement: str = "BEGIN") -> list[str]:
+    """The statements starting ``statement`` the store's connection runs from now on (tried ones too)."""
     begun: list[str] = []
-    store._db._connection().set_trace_callback(lambda sql: begun.append(sql) if sql.startswith("BEGIN") else None)
+    store._db._connection().set_trace_callback(lambda sql: begun.append(sql) if sql.startswith(statement) else None)
     return begun
 
 
@@ -117,3 +118,24 @@ async def test_a_commit_that_fails_fails_every_writer_in_it_and_stores_none_of_t
     await writer("later")  # the next transaction starts afresh
     assert outside(store) == ["later"]
     store._db._conn = real
+
+
+async def test_writers_queued_behind_another_process_lock_all_land_in_one_or_two_commits(store: SqliteStore) -> None:
+    """``serve --workers N`` on one file: while another process holds the write lock the first
+    writer waits for it (awaited pauses), the others queue behind it, and all of them then commit."""
+    rival = sqlite3.connect(store._db.path, isolation_level=None)
+    rival.execute("BEGIN IMMEDIATE")
+    asyncio.get_running_loop().call_later(0.1, rival.commit)
+    committed = count_begins(store, "COMMIT")  # a BEGIN refused as busy is traced too
+
+    async def writer(n: int) -> None:
+        async with store._db.transaction(f"insert w{n}") as s:
+            await s.execute("INSERT INTO t (who) VALUES (?)", f"w{n}")
+
+    try:
+        await asyncio.gather(*(writer(n) for n in range(WRITERS)))
+    finally:
+        rival.close()
+
+    assert outside(store) == sorted(f"w{n}" for n in range(WRITERS))
+    assert 1 <= len(committed) <= 2, committed
