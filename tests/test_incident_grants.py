@@ -324,7 +324,7 @@ async def delivered(iw: IncidentWorld, body: bytes) -> None:
 
 @pytest.mark.parametrize("service_id", ["PSVC001", WATCHED_SERVICE])  # not mirrored, and mirrored
 async def test_a_grant_made_just_after_its_incident_resolved_ends_at_the_second_sweep_after_a_restart(
-    iw: IncidentWorld, service_id: str
+    iw: IncidentWorld, service_id: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     incident = iw.acknowledged_incident("alice")
     await delivered(iw, resolved(iw, incident.id, minutes=0, service_id=service_id))
@@ -339,7 +339,9 @@ async def test_a_grant_made_just_after_its_incident_resolved_ends_at_the_second_
     assert await restarted.recover() == 0  # not due yet
     assert (await stored(iw, grant.id)).status is GrantStatus.ACTIVE
     iw.clock.advance(timedelta(seconds=2))
+    caplog.set_level(logging.INFO, logger="ackgate.webhooks")
     assert await restarted.recover() == 1
+    assert not [r for r in caplog.records if r.levelno >= logging.INFO]  # routine: not "recovered" at INFO
 
     ended = await stored(iw, grant.id)
     assert ended.status is GrantStatus.ENDED

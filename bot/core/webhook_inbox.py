@@ -168,17 +168,23 @@ class Inbox:
             log.warning("could not record a PagerDuty webhook outcome: %s", exc.message)
 
     async def recover(self, *, limit: int = 100) -> int:
-        """Process what is pending and claimable now (crashed, failed and due, never claimed).
+        """Process what is pending and claimable now (crashed, failed and due, never claimed, and
+        the resolves due to be swept again).
 
         For the expiry scheduler's ``jobs``; returns how many events it handled.
         """
-        handled = 0
+        recovered = rechecked = 0
         for delivery in await self.store.due(self.clock.now(), limit=limit):
             if await self.process(delivery.event_id):
-                handled += 1
-        if handled:
-            log.info("recovered %d PagerDuty webhook events from the inbox", handled)
-        return handled
+                if delivery.event_id.endswith(RECHECK_SUFFIX):
+                    rechecked += 1
+                else:
+                    recovered += 1
+        if recovered:
+            log.info("recovered %d PagerDuty webhook events from the inbox", recovered)
+        if rechecked:  # routine, not a sign of trouble
+            log.debug("swept the grants of %d resolved incidents once more", rechecked)
+        return recovered + rechecked
 
     async def prune(self, *, kept: timedelta) -> int:
         """Forget deliveries done more than ``kept`` ago (PagerDuty redelivers for 48 hours)."""
