@@ -264,17 +264,22 @@ class _Db:
                 _URGENT.reset(marked)
 
     async def _commit_open(self) -> None:
-        """Commit the shared transaction, if one is open, and tell its writers. The lock is held."""
-        committed, self._open = self._open, None
-        if committed is None:
+        """Commit the shared transaction, if one is open, and tell its writers. The lock is held.
+        Whatever stops the commit (cancelled while another process holds the lock, say) rolls it
+        back and is what its writers are told: none of them is left waiting."""
+        if self._open is None:
             return
         conn = self._connection()
+        committed, self._open = self._open, None
         try:
             await _retrying(conn.commit)
-        except sqlite3.Error as exc:
+        except BaseException as exc:
             if conn.in_transaction:
                 conn.rollback()
-            committed.set_exception(self._failed("commit the writes of a transaction", exc))
+            error = exc if isinstance(exc, sqlite3.Error) else sqlite3.OperationalError(f"interrupted ({exc!r})")
+            committed.set_exception(self._failed("commit the writes of a transaction", error))
+            if not isinstance(exc, sqlite3.Error):
+                raise
             return
         committed.set_result(None)
 

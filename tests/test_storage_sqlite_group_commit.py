@@ -139,3 +139,32 @@ async def test_writers_queued_behind_another_process_lock_all_land_in_one_or_two
 
     assert outside(store) == sorted(f"w{n}" for n in range(WRITERS))
     assert 1 <= len(committed) <= 2, committed
+
+
+class _LockedCommit(_FailingCommit):
+    """A commit that keeps answering "database is locked", as while another process holds the file."""
+
+    def commit(self) -> None:
+        raise sqlite3.OperationalError("database is locked")
+
+
+async def test_a_commit_stopped_while_it_waits_fails_its_writers_instead_of_leaving_them_waiting(
+    store: SqliteStore,
+) -> None:
+    real = store._db._connection()
+    store._db._conn = _LockedCommit(real)  # type: ignore[assignment]
+
+    async def writer(who: str) -> None:
+        async with store._db.transaction(f"insert {who}") as s:
+            await s.execute("INSERT INTO t (who) VALUES (?)", who)
+
+    writers = [asyncio.create_task(writer(f"w{n}")) for n in range(3)]
+    for _ in range(20):  # until the commit is waiting out the "locked" answers
+        await asyncio.sleep(0.005)
+    [committer] = store._db._committers
+    committer.cancel()  # a shutdown, say
+
+    results = await asyncio.wait_for(asyncio.gather(*writers, return_exceptions=True), timeout=2)
+    assert all(isinstance(r, StorageError) for r in results), results
+    store._db._conn = real
+    assert outside(store) == []
