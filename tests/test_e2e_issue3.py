@@ -167,6 +167,7 @@ async def test_a_grant_made_after_its_incident_resolved_ends_at_the_second_sweep
         event_id="ER-EARLY",
     )
     assert await stage.webhook(body) == 202
+    delivered_at = (await stage.parts.org.webhook_status()).last_event_at
     # PagerDuty's REST API still shows it acknowledged (another replica's cached lookup, or one
     # made before the webhook): the grant goes through under the resolved incident.
     reply = await stage.command(alice, "prod-db 1h replication lag")
@@ -180,6 +181,9 @@ async def test_a_grant_made_after_its_incident_resolved_ends_at_the_second_sweep
     ended = await stage.parts.store.grants.get(grant.id)
     assert ended is not None and ended.status is GrantStatus.ENDED
     assert str(ended.end_reason) == "incident_resolved"
+    # the second sweep is no delivery: the admin status's last webhook is still the real one
+    assert delivered_at is not None
+    assert (await stage.parts.org.webhook_status()).last_event_at == delivered_at
 
 
 async def test_an_admin_sets_the_severity_and_a_non_admin_is_refused(stage: Stage) -> None:

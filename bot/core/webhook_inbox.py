@@ -60,8 +60,11 @@ class Inbox:
         on_parked: Callable[[], None] = lambda: None,
         instance: str = "",
         recheck_after: timedelta | None = None,
+        on_recheck: OnEvent | None = None,
     ) -> None:
         self.recheck_after = recheck_after  # None: a resolve is handled once only
+        # what handles the second sweep (``on_event`` unless told): it arrived from no webhook
+        self.on_recheck = on_recheck or on_event
         self.store = store
         self.instance = instance  # named in its claims, so a restart takes back its dead ones at once
         self.on_event = on_event
@@ -107,8 +110,9 @@ class Inbox:
             log.warning("PagerDuty webhook event %s parked: %s", event_id, exc.message)
             self.on_parked()
             return False
+        rechecking = event_id != event.id  # the row of a resolve's second sweep: <id>:recheck
         try:
-            await self.on_event(event)
+            await (self.on_recheck if rechecking else self.on_event)(event)
         except asyncio.CancelledError:
             # Stopped mid-way (shutdown): hand the event back at once rather than after the lease.
             await self._settle(self.store.retry(event_id, token=token, at=self.clock.now(), error="interrupted"))
@@ -116,8 +120,8 @@ class Inbox:
         except Exception as exc:
             await self._failed(delivery, token, exc)
             return False
-        if self.recheck_after is not None and event.event_type == "incident.resolved" and event_id == event.id:
-            try:  # not for the recheck itself, whose row id is the event's id and the suffix
+        if self.recheck_after is not None and event.event_type == "incident.resolved" and not rechecking:
+            try:
                 await self.store.add(
                     event_id + RECHECK_SUFFIX,
                     event_type=delivery.event_type,

@@ -414,6 +414,7 @@ def build_app(
         on_parked=metrics.webhook_events_parked.inc,
         instance=instance,
         recheck_after=RECHECK_MARGIN + timedelta(seconds=settings.pagerduty_incident_cache_seconds),
+        on_recheck=mirror.on_event,  # not a delivery: the admin status's "last webhook" stays put
     )
     # At start-up (the scheduler's first pass) and every few seconds after: events a crash or a
     # failure left in the inbox. Done events are kept as long as PagerDuty may redeliver them.
