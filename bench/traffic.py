@@ -247,7 +247,7 @@ def p2(report: Report, sizes: Sizes, workdir: Path, postgres_url: str | None, po
             continue
         ok = statistics.median(rates[backend]) >= 0.25 * statistics.median(rates["bolt"])
         report.add(
-            f"P2 full flows/s, {backend.replace('N', str(sizes.workers))}, {sizes.connections} conn",
+            f"P2 full flows/s, {backend.replace('--workers N', f'--workers {sizes.workers}')}, {sizes.connections} conn",
             anchors,
             f"{spread(rates[backend], per_s)} granted, p99 {ms(statistics.median(p99[backend]))}; "
             f"not granted: {', '.join(f'{k} {v}' for k, v in sorted(refused[backend].items())) or 'none'}"

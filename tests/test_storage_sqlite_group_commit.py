@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,23 @@ def outside(store: SqliteStore) -> list[str]:
         other.close()
 
 
+async def insert(store: SqliteStore, who: str) -> None:
+    """One write transaction of one row."""
+    async with store._db.transaction(f"insert {who}") as s:
+        await s.execute("INSERT INTO t (who) VALUES (?)", who)
+
+
+@contextmanager
+def connection_swapped(store: SqliteStore, stand_in: Any) -> Iterator[None]:
+    """The store's connection replaced by ``stand_in`` (which wraps it) for the block."""
+    real = store._db._connection()
+    store._db._conn = stand_in
+    try:
+        yield
+    finally:
+        store._db._conn = real
+
+
 def count_begins(store: SqliteStore, statement: str = "BEGIN") -> list[str]:
     """The statements starting ``statement`` the store's connection runs from now on (tried ones too)."""
     begun: list[str] = []
@@ -54,10 +72,8 @@ async def test_writers_waiting_together_share_one_commit_and_each_goes_on_only_o
     seen_after: dict[str, list[str]] = {}
 
     async def writer(n: int) -> None:
-        who = f"w{n}"
-        async with store._db.transaction(f"insert {who}") as s:
-            await s.execute("INSERT INTO t (who) VALUES (?)", who)
-        seen_after[who] = outside(store)
+        await insert(store, f"w{n}")
+        seen_after[f"w{n}"] = outside(store)
 
     await asyncio.gather(*(writer(n) for n in range(WRITERS)))
 
@@ -73,11 +89,7 @@ async def test_a_writer_that_fails_undoes_only_its_own_part(store: SqliteStore) 
             await s.execute("INSERT INTO t (who) VALUES (?)", "failed")
             raise ValueError("the caller changed its mind")
 
-    async def fine(who: str) -> None:
-        async with store._db.transaction(f"insert {who}") as s:
-            await s.execute("INSERT INTO t (who) VALUES (?)", who)
-
-    results = await asyncio.gather(fine("before"), failing(), fine("after"), return_exceptions=True)
+    results = await asyncio.gather(insert(store, "before"), failing(), insert(store, "after"), return_exceptions=True)
 
     assert [type(r) for r in results] == [type(None), ValueError, type(None)]
     assert outside(store) == ["after", "before"]
@@ -103,21 +115,14 @@ class _FailingCommit:
 async def test_a_commit_that_fails_fails_every_writer_in_it_and_stores_none_of_their_rows(
     store: SqliteStore,
 ) -> None:
-    real = store._db._connection()
-    store._db._conn = _FailingCommit(real)  # type: ignore[assignment]
+    with connection_swapped(store, _FailingCommit(store._db._connection())):
+        results = await asyncio.gather(*(insert(store, f"w{n}") for n in range(3)), return_exceptions=True)
 
-    async def writer(who: str) -> None:
-        async with store._db.transaction(f"insert {who}") as s:
-            await s.execute("INSERT INTO t (who) VALUES (?)", who)
-
-    results = await asyncio.gather(*(writer(f"w{n}") for n in range(3)), return_exceptions=True)
-
-    assert all(isinstance(r, StorageError) for r in results), results
-    assert all("disk is full" in str(r) for r in results)
-    assert outside(store) == []
-    await writer("later")  # the next transaction starts afresh
-    assert outside(store) == ["later"]
-    store._db._conn = real
+        assert all(isinstance(r, StorageError) for r in results), results
+        assert all("disk is full" in str(r) for r in results)
+        assert outside(store) == []
+        await insert(store, "later")  # the next transaction starts afresh
+        assert outside(store) == ["later"]
 
 
 async def test_writers_queued_behind_another_process_lock_all_land_in_one_or_two_commits(store: SqliteStore) -> None:
@@ -128,12 +133,8 @@ async def test_writers_queued_behind_another_process_lock_all_land_in_one_or_two
     asyncio.get_running_loop().call_later(0.1, rival.commit)
     committed = count_begins(store, "COMMIT")  # a BEGIN refused as busy is traced too
 
-    async def writer(n: int) -> None:
-        async with store._db.transaction(f"insert w{n}") as s:
-            await s.execute("INSERT INTO t (who) VALUES (?)", f"w{n}")
-
     try:
-        await asyncio.gather(*(writer(n) for n in range(WRITERS)))
+        await asyncio.gather(*(insert(store, f"w{n}") for n in range(WRITERS)))
     finally:
         rival.close()
 
@@ -151,20 +152,13 @@ class _LockedCommit(_FailingCommit):
 async def test_a_commit_stopped_while_it_waits_fails_its_writers_instead_of_leaving_them_waiting(
     store: SqliteStore,
 ) -> None:
-    real = store._db._connection()
-    store._db._conn = _LockedCommit(real)  # type: ignore[assignment]
+    with connection_swapped(store, _LockedCommit(store._db._connection())):
+        writers = [asyncio.create_task(insert(store, f"w{n}")) for n in range(3)]
+        for _ in range(20):  # until the commit is waiting out the "locked" answers
+            await asyncio.sleep(0.005)
+        [committer] = store._db._committers
+        committer.cancel()  # a shutdown, say
 
-    async def writer(who: str) -> None:
-        async with store._db.transaction(f"insert {who}") as s:
-            await s.execute("INSERT INTO t (who) VALUES (?)", who)
-
-    writers = [asyncio.create_task(writer(f"w{n}")) for n in range(3)]
-    for _ in range(20):  # until the commit is waiting out the "locked" answers
-        await asyncio.sleep(0.005)
-    [committer] = store._db._committers
-    committer.cancel()  # a shutdown, say
-
-    results = await asyncio.wait_for(asyncio.gather(*writers, return_exceptions=True), timeout=2)
+        results = await asyncio.wait_for(asyncio.gather(*writers, return_exceptions=True), timeout=2)
     assert all(isinstance(r, StorageError) for r in results), results
-    store._db._conn = real
     assert outside(store) == []
